@@ -1,0 +1,92 @@
+"""KL / entropy calibration (TensorRT's "entropy calibration", GTC 2017, "8-bit Inference with TensorRT").
+
+For each candidate i in [start, n] over the histogram h of |x| (n = bins up to the last non-empty one):
+    P = h[0:i], with the outliers sum(h[i:]) added to P[i-1]
+    Q = h[0:i] cut into 128 groups (bin j in group floor(128 j / i), as pytorch-quantization's
+        linspace grouping), each group's mass spread evenly over its NON-ZERO bins (zero bins stay 0)
+    KL(P || Q) over the normalised P and Q, terms with P = 0 skipped.
+Where P > 0 but Q = 0 (the last bin empty while outliers exist) the divergence is infinite: that
+candidate cannot win (no smoothing epsilon, so no free parameter).
+The threshold is the right edge of bin i-1, T = i * width (pytorch-quantization, the default) or
+(i + 0.5) * width (ncnn, the slides). Ties go to the largest i (pytorch-quantization's last argmin).
+
+Exact zeros are left out of bin 0 (as ncnn does when it builds its histogram): ReLU outputs and
+padding pile millions of zeros there, and the search would then favour tiny thresholds. The stored
+histogram is never modified: we work on a copy.
+
+Speed: the divergence of every candidate is computed at once from prefix sums. With S_g the mass and
+z_g the non-zero bin count of group g, and C_i = sum h[0:i], N = sum h:
+    sum_j P_j log Q_j = sum_g S_g log(S_g / z_g) + O_i log Q_{i-1}
+    KL_i = (sum_j P_j log P_j - sum_j P_j log Q_j) / N + log(C_i / N)
+which costs O(128) per candidate instead of O(i): about 1 ms for 2048 bins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from quantviz.calib.result import Curve, MethodConfig, Threshold, make_threshold, require_data
+from quantviz.histogram import Histogram
+from quantviz.stats import TensorStats
+
+
+def _xlogx(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    out = np.zeros_like(v, dtype=np.float64)
+    pos = v > 0
+    out[pos] = v[pos] * np.log(v[pos])
+    return out
+
+
+def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Candidates i (numbers of bins kept) and KL(P_i || Q_i) for each, vectorised (see module doc)."""
+    h = np.asarray(counts, dtype=np.float64)
+    n = h.size
+    first = max(start, target, 1)
+    if n < first:
+        return np.array([n], dtype=np.int64), np.array([0.0])
+    cand = np.arange(first, n + 1, dtype=np.int64)
+    total = h.sum()
+    cum = np.concatenate(([0.0], np.cumsum(h)))
+    cum_nz = np.concatenate(([0], np.cumsum(h > 0)))
+    cum_hlogh = np.concatenate(([0.0], np.cumsum(_xlogx(h))))
+    groups = np.arange(target + 1, dtype=np.int64)
+    bounds = (groups[None, :] * cand[:, None] + target - 1) // target  # a_g = ceil(g i / target)
+    mass = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]
+    nonzero = cum_nz[bounds[:, 1:]] - cum_nz[bounds[:, :-1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogq = np.where(mass > 0, mass * np.log(mass / np.maximum(nonzero, 1)), 0.0).sum(axis=1)
+    last = h[cand - 1]
+    outliers = total - cum[cand]
+    p_last = last + outliers
+    plogp = cum_hlogh[cand - 1] + _xlogx(p_last)
+    q_last = np.where(last > 0, mass[:, -1] / np.maximum(nonzero[:, -1], 1), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogq = plogq + np.where(outliers > 0, outliers * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
+        kl = (plogp - plogq) / total + np.log(cum[cand] / total)
+    kl = np.where((outliers > 0) & (last == 0), np.inf, kl)
+    return cand, np.maximum(kl, 0.0)  # rounding can leave -1e-16 where P == Q
+
+
+def kl_histogram(stats: TensorStats) -> Histogram:
+    """The |x| histogram KL searches: exact zeros removed from bin 0 (on a copy), cut after the last non-empty bin."""
+    h = stats.abs_hist
+    counts = h.counts.copy()
+    counts[0] -= min(stats.zero_count, int(counts[0]))
+    return Histogram(counts, h.edges.copy()).used()
+
+
+def threshold_kl(stats: TensorStats, config: MethodConfig) -> Threshold:
+    """TensorRT entropy threshold with the whole KL curve (see module doc)."""
+    require_data(stats, "KL")
+    hist = kl_histogram(stats)
+    if hist.total == 0:  # all exact zeros
+        return make_threshold("kl", 0.0, 0.0, config, note="all values are exactly zero")
+    cand, div = kl_curve(hist.counts, config.kl_start_bin, config.kl_target_bins)
+    best = int(len(div) - 1 - np.argmin(div[::-1]))
+    offset = 0.5 if config.kl_threshold == "center" else 0.0
+    xs = (cand + offset) * hist.width
+    t = float(min(xs[best], stats.absmax))  # never beyond what was observed
+    curve = Curve(xs.astype(np.float64), div, "threshold", "KL divergence", t)
+    lo, hi = (-t, t) if config.symmetric else (max(stats.min, -t), min(stats.max, t))
+    return make_threshold("kl", lo, hi, config, curve, bins_used=int(hist.bins), candidate_bins=int(cand[best]))

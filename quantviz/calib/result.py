@@ -1,0 +1,96 @@
+"""Records shared by every calibration method: its settings and its result."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from quantviz.config import KL_START_BIN, KL_TARGET_BINS
+from quantviz.errors import QuantvizError
+from quantviz.fakequant import asymmetric_params, power_of_two_scale, symmetric_scale
+from quantviz.stats import TensorStats
+
+DEFAULT_PERCENTILE = 99.99
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings of every method, with their defaults (one place).
+
+    symmetric: int8 [-T, T] (True) or uint8 [min, max] (False).
+    power_of_two: round the scale up to a power of two (engines without a multiplier).
+    kl_threshold: "edge" (pytorch-quantization: T = i * width) or "center" (ncnn, the TensorRT
+    slides: T = (i + 0.5) * width) for the argmin candidate i.
+    """
+
+    symmetric: bool = True
+    power_of_two: bool = False
+    percentile: float = DEFAULT_PERCENTILE
+    kl_threshold: str = "edge"
+    kl_start_bin: int = KL_START_BIN
+    kl_target_bins: int = KL_TARGET_BINS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percentile <= 100:
+            raise QuantvizError(f"The percentile must be in (0, 100], not {self.percentile}.")
+        if self.kl_threshold not in ("edge", "center"):
+            raise QuantvizError(f"The KL threshold position must be 'edge' or 'center', not '{self.kl_threshold}'.")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """What a method minimised or traced, for the UI: y(x) with the chosen x marked."""
+
+    x: npt.NDArray[np.float64]
+    y: npt.NDArray[np.float64]
+    x_label: str
+    y_label: str
+    chosen: float
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A method's result for one tensor. Symmetric: min = -threshold, max = threshold, zero_point 0."""
+
+    method: str
+    threshold: float
+    min: float
+    max: float
+    scale: float
+    zero_point: int
+    symmetric: bool
+    curve: Curve | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def require_data(stats: TensorStats, method: str) -> None:
+    if stats.empty:
+        raise QuantvizError(
+            f"Tensor '{stats.name}' has no finite values in the calibration data (empty, or only NaN/Inf): "
+            f"{method} cannot calibrate it."
+        )
+
+
+def make_threshold(method: str, lo: float, hi: float, config: MethodConfig, curve: Curve | None = None, **details: Any) -> Threshold:
+    """Scale and zero point for a clip range: symmetric uses T = max(|lo|, |hi|)."""
+    if config.symmetric:
+        t = max(abs(lo), abs(hi))
+        scale = symmetric_scale(t)
+        if config.power_of_two:
+            scale = power_of_two_scale(scale)
+            t = scale * 127
+        return Threshold(method, t, -t, t, scale, 0, True, curve, dict(details))
+    scale, zp, nlo, nhi = asymmetric_params(lo, hi)
+    if config.power_of_two:
+        scale = power_of_two_scale(scale)
+        zp = int(np.clip(np.round(-min(lo, 0.0) / scale), 0, 255))
+        nlo, nhi = -zp * scale, (255 - zp) * scale
+    return Threshold(method, max(abs(nlo), abs(nhi)), nlo, nhi, scale, zp, False, curve, dict(details))
+
+
+def finite_or(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) else fallback

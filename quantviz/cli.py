@@ -1,0 +1,194 @@
+"""Command line: ``python -m quantviz COMMAND ...`` (the contract is ../shared/design/CLI.md).
+
+Each command calls the same functions the app's pages call. Exit status: 0 success; 2 bad input,
+with one sentence on stderr; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from quantviz.calib import METHODS, MethodConfig
+from quantviz.collect import collect
+from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
+from quantviz.data import ImagePreprocess, open_source
+from quantviz.errors import CancelledError, QuantvizError
+from quantviz.model import load_model
+from quantviz.stats import CalibrationStats, load_stats, save_stats
+from quantviz.table import calibrate
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def progress_bar(label: str) -> Callable[[int, int], None] | None:
+    """A one-line progress bar on stderr when it is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    width = 30
+
+    def show(done: int, total: int) -> None:
+        frac = done / total if total else 1.0
+        filled = int(frac * width)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = text.lower().split("x")
+        return int(h), int(w)
+    except ValueError:
+        raise QuantvizError(f"--size must look like HxW (e.g. 224x224), not '{text}'.") from None
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise QuantvizError(f"{flag} must be numbers separated by commas, not '{text}'.") from None
+
+
+def _preprocess(args: argparse.Namespace) -> ImagePreprocess:
+    return ImagePreprocess(
+        size=_size(args.size) if args.size else None,
+        color=args.color,
+        scale=args.scale,
+        mean=_floats(args.mean, "--mean"),
+        std=_floats(args.std, "--std"),
+        layout=args.layout,
+    )
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", required=required, help="a .npz, .npy, folder or .zip of images, or synthetic:N")
+    p.add_argument("--samples", type=int, default=None, help="use at most N samples (default: all)")
+    p.add_argument("--bins", type=int, default=DEFAULT_BINS, help=f"histogram bins (default {DEFAULT_BINS})")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"samples per run (default {DEFAULT_BATCH_SIZE})")
+    g = p.add_argument_group("image preprocessing (folders and .zip of images)")
+    g.add_argument("--size", help="HxW to resize to (default: the model input's)")
+    c = g.add_mutually_exclusive_group()
+    c.add_argument("--rgb", dest="color", action="store_const", const="rgb")
+    c.add_argument("--bgr", dest="color", action="store_const", const="bgr")
+    c.add_argument("--gray", dest="color", action="store_const", const="gray")
+    p.set_defaults(color="rgb")
+    g.add_argument("--scale", type=float, default=1 / 255, help="multiply pixels by this first (default 1/255)")
+    g.add_argument("--mean", default="0", help="per-channel mean, comma separated")
+    g.add_argument("--std", default="1", help="per-channel std, comma separated")
+    g.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+
+
+def _collect_from_args(args: argparse.Namespace, model_path: str) -> CalibrationStats:
+    model = load_model(model_path)
+    source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    config = CollectConfig(samples=args.samples, bins=args.bins, batch_size=args.batch_size)
+    stats = collect(model, source, config, progress=progress_bar("collect"))
+    if stats.synthetic:
+        print("note: the calibration data is synthetic (random), not real samples.", file=sys.stderr)
+    for name in stats.nonfinite_tensors:
+        t = stats.tensors[name]
+        print(f"warning: tensor '{name}' had {t.nan_count} NaN and {t.posinf_count + t.neginf_count} Inf values (kept out of its range).", file=sys.stderr)
+    return stats
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    stats = _collect_from_args(args, args.model)
+    save_stats(stats, args.output)
+    print(f"{len(stats.tensors)} tensors, {stats.samples} samples -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _method_config(args: argparse.Namespace) -> MethodConfig:
+    return MethodConfig(
+        symmetric=not args.asymmetric,
+        power_of_two=args.power_of_two,
+        percentile=args.percentile,
+        kl_threshold=args.kl_threshold,
+    )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.stats:
+        stats = load_stats(Path(args.stats)) if Path(args.stats).exists() else _missing(args.stats)
+    elif args.model and args.data:
+        stats = _collect_from_args(args, args.model)
+    else:
+        raise QuantvizError("calibrate needs MODEL with --data, or --stats STATS.npz.")
+    table = calibrate(stats, args.method, _method_config(args))
+    from quantviz.export.qv_json import write_json
+
+    write_json(table, args.output)
+    print(f"{len(table.tensors)} tensors calibrated with {args.method} -> {args.output}", file=sys.stderr)
+    for name, why in table.skipped.items():
+        print(f"warning: tensor '{name}' left out: {why}.", file=sys.stderr)
+    return 0
+
+
+def _missing(path: str) -> CalibrationStats:
+    raise QuantvizError(f"The statistics file '{path}' does not exist.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m quantviz", description="Look inside INT8 post-training quantization.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("collect", help="stream a calibration set through a model and save statistics")
+    p.add_argument("model")
+    _add_data_args(p, required=True)
+    p.add_argument("-o", "--output", required=True, help="statistics file (.npz)")
+    COMMANDS["collect"] = cmd_collect
+
+    p = sub.add_parser("calibrate", help="compute a calibration table with one method")
+    p.add_argument("model", nargs="?")
+    _add_data_args(p, required=False)
+    p.add_argument("--stats", help="a statistics file from `collect` instead of MODEL and --data")
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--asymmetric", action="store_true", help="uint8 [min, max] instead of symmetric int8")
+    p.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
+    p.add_argument("--percentile", type=float, default=MethodConfig.percentile)
+    p.add_argument("--kl-threshold", choices=("edge", "center"), default=MethodConfig.kl_threshold)
+    p.add_argument("-o", "--output", required=True, help="table (.json)")
+    COMMANDS["calibrate"] = cmd_calibrate
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"error: {exc} (see python -m quantviz --help)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except QuantvizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CancelledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_FAILURE

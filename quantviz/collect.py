@@ -1,0 +1,99 @@
+"""One streaming pass: calibration batches through onnxruntime, per-tensor accumulators updated.
+
+Memory holds the model, one batch of inputs, one batch of activations (what onnxruntime returns for
+one run) and the accumulators (2 histograms per tensor). Nothing grows with the size of the set:
+onnxruntime's HistogramCalibrater, by contrast, keeps every activation of every sample until the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from quantviz.config import CollectConfig
+from quantviz.data import CalibrationSource
+from quantviz.errors import CancelledError, QuantvizError
+from quantviz.model import LoadedModel, session_with_outputs
+from quantviz.stats import CalibrationStats, TensorAccumulator
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (samples done, samples in all)
+Cancel = Callable[[], bool]  # True: stop as soon as the current batch is done
+
+
+def effective_batch_size(model: LoadedModel, requested: int) -> int:
+    """A fixed batch dimension in the model (e.g. 1) overrides the requested batch size."""
+    fixed = {spec.shape[0] for spec in model.inputs if spec.shape and isinstance(spec.shape[0], int)}
+    if len(fixed) == 1:
+        return int(fixed.pop())
+    return requested
+
+
+def validate_config(config: CollectConfig) -> None:
+    if config.bins < 16 or config.bins % 2 or config.bins > 1 << 16:
+        raise QuantvizError(f"bins must be an even number between 16 and 65536, not {config.bins}.")
+    if config.batch_size < 1:
+        raise QuantvizError(f"The batch size must be at least 1, not {config.batch_size}.")
+    if config.samples is not None and config.samples < 1:
+        raise QuantvizError(f"The number of samples must be at least 1, not {config.samples}.")
+
+
+def collect(
+    model: LoadedModel,
+    source: CalibrationSource,
+    config: CollectConfig | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    tensors: list[str] | None = None,
+) -> CalibrationStats:
+    """Gather min/max, moving averages, NaN/Inf counts and two histograms for every float tensor."""
+    config = config or CollectConfig()
+    validate_config(config)
+    names = tensors if tensors is not None else model.tensor_names
+    session = session_with_outputs(model, names)
+    fetched = [o.name for o in session.get_outputs()]
+    input_names = [i.name for i in model.inputs]
+    accs = {n: TensorAccumulator(n, config.bins, config.ema_constant) for n in names}
+    total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
+    batch_size = effective_batch_size(model, config.batch_size)
+    done = 0
+    if progress:
+        progress(0, total)
+    for batch in source.batches(batch_size, total):
+        if cancel is not None and cancel():
+            raise CancelledError(f"Collection cancelled after {done} of {total} samples.")
+        n = next(iter(batch.values())).shape[0]
+        try:
+            outputs = session.run(fetched, batch)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QuantvizError(f"onnxruntime could not run the model on samples {done}..{done + n - 1}: {first}") from exc
+        for name in input_names:
+            if name in accs:
+                accs[name].update(batch[name])
+        for name, value in zip(fetched, outputs, strict=True):
+            if name in accs:
+                accs[name].update(np.asarray(value))
+        del outputs
+        done += n
+        if progress:
+            progress(done, total)
+    stats = {n: a.result() for n, a in accs.items()}
+    infos = {t.name: t for t in model.tensors if t.name in stats}
+    for n, s in stats.items():
+        if s.nonfinite:
+            log.warning("Tensor %s had %d NaN and %d Inf values (kept out of its range).", n, s.nan_count, s.posinf_count + s.neginf_count)
+    return CalibrationStats(
+        model_name=model.name,
+        model_sha256=model.sha256,
+        data_description=source.description,
+        data_id=source.data_id,
+        synthetic=source.synthetic,
+        samples=done,
+        config=config,
+        tensors=stats,
+        infos=infos,
+    )

@@ -1,0 +1,36 @@
+"""Every default lives once, here: the CLI, the app and the docs read them from these dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_BINS = 2048
+MIN_BINS = 128
+MAX_BINS = 1 << 16
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_EMA_CONSTANT = 0.01
+KL_START_BIN = 128
+KL_TARGET_BINS = 128
+INT8_MAX = 127
+UINT8_MAX = 255
+STATS_FORMAT = "quantviz-stats"
+STATS_VERSION = 1
+TABLE_FORMAT = "quantviz-calibration"
+TABLE_VERSION = 1
+UPLOAD_LIMIT_MB = 1024
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Settings of one streaming pass over the calibration set.
+
+    samples: how many samples to use (None: all of them).
+    bins: bins of each histogram (|x| and signed); must be even.
+    batch_size: samples per onnxruntime run; memory holds one batch of activations at a time.
+    ema_constant: c in x_min <- (1 - c) x_min + c min(batch) (onnxruntime's averaging_constant).
+    """
+
+    samples: int | None = None
+    bins: int = DEFAULT_BINS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    ema_constant: float = DEFAULT_EMA_CONSTANT

@@ -1,0 +1,314 @@
+"""Calibration sources: .npz, .npy, a folder or .zip of images with preprocessing, synthetic:N.
+
+A source yields batches (dict input name -> array, first axis = samples) and never needs the whole
+set in memory at once: .npy files are memory-mapped, images are decoded one batch at a time. (An .npz
+member is decompressed when first read: numpy offers no memory map into a zip.)
+Every source is checked against the model's inputs; a mismatch names the input, the expected and the
+given shape or dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from quantviz.errors import QuantvizError
+from quantviz.model import InputSpec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_SEED = 0
+MAX_SYNTHETIC = 100_000
+
+Batch = dict[str, npt.NDArray]
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How images become a model input: x = ((pixels * scale) - mean) / std, per channel.
+
+    size: (height, width), or None to take it from the model input's shape.
+    color: "rgb", "bgr" or "gray". layout: "nchw" or "nhwc".
+    """
+
+    size: tuple[int, int] | None = None
+    color: str = "rgb"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "nchw"
+
+    def __post_init__(self) -> None:
+        if self.color not in ("rgb", "bgr", "gray"):
+            raise QuantvizError(f"Colour order must be rgb, bgr or gray, not '{self.color}'.")
+        if self.layout not in ("nchw", "nhwc"):
+            raise QuantvizError(f"Layout must be nchw or nhwc, not '{self.layout}'.")
+        if any(s == 0 for s in self.std):
+            raise QuantvizError("A standard deviation of 0 would divide by zero; give std values other than 0.")
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    """A checked calibration set: samples are fetched by index range, one batch at a time."""
+
+    description: str
+    data_id: str
+    num_samples: int
+    synthetic: bool
+    fetch: Callable[[int, int], Batch] = field(repr=False, compare=False)
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        n = self.num_samples if limit is None else min(limit, self.num_samples)
+        for start in range(0, n, batch_size):
+            yield self.fetch(start, min(start + batch_size, n))
+
+
+def _shape_text(shape: Sequence[object]) -> str:
+    return "[" + ", ".join("?" if d is None or isinstance(d, str) else str(d) for d in shape) + "]"
+
+
+def _check_array(spec: InputSpec, arr: np.ndarray, origin: str) -> None:
+    """Raise QuantvizError naming the input when arr (samples on axis 0) cannot feed spec."""
+    expected = spec.shape
+    given = arr.shape
+    if expected and len(given) != len(expected):
+        raise QuantvizError(
+            f"Input '{spec.name}' expects shape {spec.shape_text()} but {origin} has shape {_shape_text(given)} "
+            f"({len(given)} dimensions instead of {len(expected)}; the first axis indexes samples)."
+        )
+    for axis, (e, g) in enumerate(zip(expected, given, strict=False)):
+        if axis == 0:
+            continue
+        if isinstance(e, int) and e != g:
+            raise QuantvizError(
+                f"Input '{spec.name}' expects shape {spec.shape_text()} but {origin} has shape "
+                f"{_shape_text(given)} (axis {axis}: {g} instead of {e})."
+            )
+    want = np.dtype(spec.dtype)
+    if arr.dtype != want and not (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)):
+        raise QuantvizError(
+            f"Input '{spec.name}' expects {want.name} values but {origin} holds {arr.dtype.name}; "
+            f"convert the data to {want.name} (for images: scale and normalise as the model was trained)."
+        )
+    if arr.shape[0] == 0:
+        raise QuantvizError(f"{origin} holds no samples for input '{spec.name}'.")
+
+
+def _from_arrays(arrays: dict[str, np.ndarray], inputs: Sequence[InputSpec], origin: str, data_id: str) -> CalibrationSource:
+    names = [i.name for i in inputs]
+    keys = list(arrays)
+    if len(inputs) == 1 and len(keys) == 1 and keys[0] not in names:
+        arrays = {names[0]: arrays[keys[0]]}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise QuantvizError(
+            f"{origin} has no array for model input '{missing[0]}' (it has: {', '.join(keys) or 'nothing'}); "
+            f"name the arrays after the model inputs: {', '.join(names)}."
+        )
+    for spec in inputs:
+        _check_array(spec, arrays[spec.name], origin)
+    counts = {n: int(arrays[n].shape[0]) for n in names}
+    if len(set(counts.values())) > 1:
+        raise QuantvizError(
+            f"{origin} has different sample counts per input ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
+            "every input needs the same number of samples."
+        )
+    dtypes = {spec.name: np.dtype(spec.dtype) for spec in inputs}
+
+    def fetch(start: int, stop: int) -> Batch:
+        return {n: np.ascontiguousarray(arrays[n][start:stop], dtype=dtypes[n]) for n in names}
+
+    return CalibrationSource(origin, data_id, counts[names[0]], False, fetch)
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_npz(raw: bytes | Path, origin: str) -> dict[str, np.ndarray]:
+    try:
+        src = io.BytesIO(raw) if isinstance(raw, bytes) else raw
+        with np.load(src, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.") from exc
+        raise QuantvizError(f"{origin} is not a readable .npz file ({exc}).") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise QuantvizError(f"{origin} is not a readable .npz file (it may be truncated or another file type).") from exc
+
+
+def _load_npy(raw: bytes | Path, origin: str) -> np.ndarray:
+    try:
+        if isinstance(raw, bytes):
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        return np.load(raw, allow_pickle=False, mmap_mode="r")
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.") from exc
+        raise QuantvizError(f"{origin} is not a readable .npy file ({exc}).") from exc
+    except (OSError, EOFError) as exc:
+        raise QuantvizError(f"{origin} is not a readable .npy file (it may be truncated or another file type).") from exc
+
+
+def _image_input(inputs: Sequence[InputSpec]) -> InputSpec:
+    if len(inputs) != 1:
+        raise QuantvizError(
+            f"Images can feed a model with one input only; this model has {len(inputs)} "
+            f"({', '.join(i.name for i in inputs)}): give an .npz with one array per input."
+        )
+    return inputs[0]
+
+
+def _decode_image(data: bytes, name: str, spec: InputSpec, pre: ImagePreprocess) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with streamlit
+
+    shape = spec.shape
+    if pre.size is not None:
+        h, w = pre.size
+    elif len(shape) == 4:
+        hw = shape[2:4] if pre.layout == "nchw" else shape[1:3]
+        if not all(isinstance(d, int) for d in hw):
+            raise QuantvizError(f"Input '{spec.name}' has no fixed height and width; give the image size (HxW).")
+        h, w = int(hw[0]), int(hw[1])  # type: ignore[arg-type]
+    else:
+        raise QuantvizError(f"Input '{spec.name}' has shape {spec.shape_text()}, not an image batch (4 dimensions).")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img = img.convert("L" if pre.color == "gray" else "RGB").resize((w, h), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise QuantvizError(f"'{name}' is not a readable image.") from exc
+    x = np.asarray(img, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if pre.color == "bgr":
+        x = x[:, :, ::-1]
+    x = x * np.float32(pre.scale)
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    if mean.size not in (1, x.shape[2]) or std.size not in (1, x.shape[2]):
+        raise QuantvizError(f"Mean and std need 1 or {x.shape[2]} values (one per channel).")
+    x = (x - mean) / std
+    if pre.layout == "nchw":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.dtype(spec.dtype))
+
+
+def _image_source(
+    entries: list[tuple[str, Callable[[], bytes]]], inputs: Sequence[InputSpec], pre: ImagePreprocess, origin: str, data_id: str
+) -> CalibrationSource:
+    spec = _image_input(inputs)
+    if not entries:
+        raise QuantvizError(f"{origin} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    first = _decode_image(entries[0][1](), entries[0][0], spec, pre)
+    _check_array(spec, first[None], origin)
+
+    def fetch(start: int, stop: int) -> Batch:
+        return {spec.name: np.stack([_decode_image(read(), name, spec, pre) for name, read in entries[start:stop]])}
+
+    return CalibrationSource(origin, data_id, len(entries), False, fetch)
+
+
+def _folder_entries(folder: Path) -> list[tuple[str, Callable[[], bytes]]]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(str(p.relative_to(folder)), p.read_bytes) for p in files]
+
+
+def _zip_entries(raw: bytes | Path, origin: str) -> list[tuple[str, Callable[[], bytes]]]:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes) else raw)
+    except zipfile.BadZipFile as exc:
+        raise QuantvizError(f"{origin} is not a readable .zip file.") from exc
+    names = sorted(n for n in zf.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
+    # Member names are only used as keys to read from the archive, never as paths on disk.
+    return [(n, (lambda n=n: zf.read(n))) for n in names]
+
+
+def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
+    """n samples of standard normal noise (seeded): for trying a model without data; flagged synthetic."""
+    if n <= 0 or n > MAX_SYNTHETIC:
+        raise QuantvizError(f"synthetic:N needs N between 1 and {MAX_SYNTHETIC}, not {n}.")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in inputs:
+        rest = spec.shape[1:]
+        if not all(isinstance(d, int) for d in rest):
+            raise QuantvizError(
+                f"Input '{spec.name}' has dynamic dimensions {spec.shape_text()}; synthetic data needs fixed ones: give real data."
+            )
+        shapes[spec.name] = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+
+    def fetch(start: int, stop: int) -> Batch:
+        out: Batch = {}
+        for spec in inputs:
+            rng = np.random.default_rng([SYNTHETIC_SEED, start])
+            x = rng.standard_normal((stop - start, *shapes[spec.name]))
+            out[spec.name] = x.astype(spec.dtype) if np.issubdtype(np.dtype(spec.dtype), np.floating) else np.zeros_like(x, dtype=spec.dtype)
+        return out
+
+    return CalibrationSource(f"synthetic:{n} (random normal data, not real)", f"synthetic:{n}", n, True, fetch)
+
+
+def open_source(
+    source: str | Path | bytes,
+    inputs: Sequence[InputSpec],
+    *,
+    name: str | None = None,
+    preprocess: ImagePreprocess | None = None,
+) -> CalibrationSource:
+    """Open and check a calibration set against the model inputs.
+
+    source: a path (.npz, .npy, .zip, a folder of images), "synthetic:N", or the bytes of an upload
+    (then name gives its file name, used only for its suffix and in messages).
+    """
+    pre = preprocess or ImagePreprocess()
+    if isinstance(source, str) and source.startswith(SYNTHETIC_PREFIX):
+        try:
+            n = int(source[len(SYNTHETIC_PREFIX) :])
+        except ValueError as exc:
+            raise QuantvizError(f"'{source}' is not synthetic:N with N a whole number.") from exc
+        return synthetic_source(n, inputs)
+    if isinstance(source, bytes | bytearray | memoryview):
+        raw: bytes | Path = bytes(source)
+        label = name or "the uploaded file"
+        suffix = Path(name or "").suffix.lower()
+        data_id = hashlib.sha256(raw).hexdigest()
+        origin = f"'{label}'"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise QuantvizError(f"The calibration data '{path}' does not exist.")
+        origin = f"'{path.name}'"
+        if path.is_dir():
+            entries = _folder_entries(path)
+            h = hashlib.sha256()
+            for rel, _ in entries:
+                st = (path / rel).stat()
+                h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(repr(pre).encode())
+            return _image_source(entries, inputs, pre, f"folder {origin}", h.hexdigest())
+        raw = path
+        suffix = path.suffix.lower()
+        data_id = _sha_file(path)
+    if suffix == ".npz":
+        return _from_arrays(_load_npz(raw, origin), inputs, origin, data_id)
+    if suffix == ".npy":
+        arr = _load_npy(raw, origin)
+        if len(inputs) != 1:
+            raise QuantvizError(f"A .npy file can feed a model with one input only; this model has {len(inputs)}: use an .npz.")
+        return _from_arrays({inputs[0].name: arr}, inputs, origin, data_id)
+    if suffix == ".zip":
+        return _image_source(_zip_entries(raw, origin), inputs, pre, origin, hashlib.sha256((data_id + repr(pre)).encode()).hexdigest())
+    raise QuantvizError(
+        f"{origin} is not a calibration set quantviz reads: give an .npz, an .npy, a .zip or folder of images, or synthetic:N."
+    )

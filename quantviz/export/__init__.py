@@ -1,0 +1,1 @@
+"""Table formats: one module per format, each with write_* and read_*."""

@@ -1,0 +1,183 @@
+"""Histograms with power-of-two bin widths: built in one streaming pass, merged exactly.
+
+Why power-of-two widths (the design choice ALGORITHMS.md asks us to document): the range of a
+tensor is unknown until the whole calibration set has been seen, and we stream the set through the
+model once. A histogram here always has ``bins`` bins of width ``w = 2**e`` with ``e`` the smallest
+integer such that the histogram covers the largest |x| seen so far (strictly: bins * w > abs-max for
+|x|; bins/2 * w > abs-max for the signed histogram). When a larger value arrives, e grows and every
+group of 2**(e_new - e_old) adjacent bins is summed into one: no count moves between bins by
+interpolation, so
+
+* the result does not depend on the order of batches, and
+* histograms of shards (of the data set, of workers) merge EXACTLY into the histogram of the whole:
+  floor(x / 2**E) == floor(floor(x / 2**e) / 2**(E - e)) for E >= e, and x * 2**-e is exact in
+  floating point.
+
+The price: the populated part of the histogram [0, abs-max] spans between bins/2 and bins bins
+(pytorch-quantization's growing histogram pays a similar price by keeping its first width).
+Collect with more bins where resolution matters. Exact zeros are counted like any value (in bin 0 of
+|x|, and in the bin right of 0 of the signed histogram); calibration methods that must ignore them
+(KL) subtract TensorStats.zero_count from bin 0 on a copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from quantviz.errors import QuantvizError
+
+# float32 multiplies by 2**-e exactly only while 2**-e is a normal float32 number.
+MIN_EXPONENT = -100
+MAX_EXPONENT = 100
+# Right shifts beyond this many bits leave 0 (or -1) for every index we can hold.
+_MAX_SHIFT = 62
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts over equal-width bins: counts[i] counts values in [edges[i], edges[i+1])."""
+
+    counts: npt.NDArray[np.int64]
+    edges: npt.NDArray[np.float64]
+
+    @property
+    def bins(self) -> int:
+        return int(self.counts.size)
+
+    @property
+    def width(self) -> float:
+        return float(self.edges[1] - self.edges[0])
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.edges[0] < 0)
+
+    @property
+    def centers(self) -> npt.NDArray[np.float64]:
+        return (self.edges[:-1] + self.edges[1:]) / 2
+
+    def used(self) -> Histogram:
+        """The histogram cut after its last non-empty bin (|x| histograms; at least one bin)."""
+        nz = np.flatnonzero(self.counts)
+        last = int(nz[-1]) + 1 if nz.size else 1
+        return Histogram(self.counts[:last].copy(), self.edges[: last + 1].copy())
+
+
+def _check_bins(bins: int) -> None:
+    if bins < 2 or bins % 2:
+        raise QuantvizError(f"The number of histogram bins must be an even number of at least 2, not {bins}.")
+
+
+def exponent_for(absmax: float, bins: int) -> int:
+    """Smallest e in [MIN_EXPONENT, MAX_EXPONENT] with bins * 2**e > absmax."""
+    if not np.isfinite(absmax):
+        raise QuantvizError("A histogram range cannot be built from an infinite or NaN value.")
+    if absmax <= 0:
+        return MIN_EXPONENT
+    e = int(np.ceil(np.log2(absmax / bins)))
+    while np.ldexp(float(bins), e) <= absmax:
+        e += 1
+    while e - 1 >= MIN_EXPONENT and np.ldexp(float(bins), e - 1) > absmax:
+        e -= 1
+    if e > MAX_EXPONENT:
+        raise QuantvizError(f"Values as large as {absmax:g} cannot be histogrammed (beyond 2**{MAX_EXPONENT}).")
+    return max(e, MIN_EXPONENT)
+
+
+def edges_for(exponent: int, bins: int, signed: bool) -> npt.NDArray[np.float64]:
+    start = -(bins // 2) if signed else 0
+    return np.ldexp(np.arange(start, start + bins + 1, dtype=np.float64), exponent)
+
+
+def exponent_of(hist: Histogram) -> int:
+    """The e of a histogram built here (width == 2**e)."""
+    mantissa, e = np.frexp(hist.width)
+    if mantissa != 0.5:
+        raise QuantvizError("This histogram does not have a power-of-two bin width; it cannot be merged exactly.")
+    return int(e) - 1
+
+
+def bin_indices(values: npt.NDArray[np.floating], exponent: int, bins: int, signed: bool) -> npt.NDArray[np.int64]:
+    """Bin index of each finite value for a histogram of width 2**exponent (exact, see module doc)."""
+    scale = np.float32(np.ldexp(1.0, -exponent)) if values.dtype == np.float32 else np.ldexp(1.0, -exponent)
+    if signed:
+        idx = np.floor(values * scale).astype(np.int64)
+        idx += bins // 2
+    else:
+        idx = (np.abs(values) * scale).astype(np.int64)  # truncation == floor for |x| >= 0
+    return idx
+
+
+def coarsen(counts: npt.NDArray[np.int64], shift: int, signed: bool) -> npt.NDArray[np.int64]:
+    """Counts re-binned to a width 2**shift times larger: old bin groups summed, no interpolation."""
+    if shift == 0:
+        return counts.copy()
+    bins = counts.size
+    idx = np.arange(bins, dtype=np.int64)
+    s = min(shift, _MAX_SHIFT)
+    if signed:
+        new_idx = ((idx - bins // 2) >> s) + bins // 2
+    else:
+        new_idx = idx >> s
+    out = np.zeros(bins, dtype=np.int64)
+    np.add.at(out, new_idx, counts)
+    return out
+
+
+def merge(a: Histogram, b: Histogram) -> Histogram:
+    """Exact merge of two power-of-two-width histograms of the same kind and bin count."""
+    if a.bins != b.bins or a.signed != b.signed:
+        raise QuantvizError("Only histograms with the same number of bins and the same kind can be merged.")
+    ea, eb = exponent_of(a), exponent_of(b)
+    e = max(ea, eb)
+    counts = coarsen(a.counts, e - ea, a.signed) + coarsen(b.counts, e - eb, b.signed)
+    return Histogram(counts, edges_for(e, a.bins, a.signed))
+
+
+def histogram_of(values: npt.ArrayLike, bins: int, signed: bool) -> Histogram:
+    """The histogram of all finite values at once (reference for the streaming accumulator)."""
+    x = np.asarray(values).ravel()
+    x = x[np.isfinite(x)]
+    _check_bins(bins)
+    absmax = float(np.abs(x).max()) if x.size else 0.0
+    e = exponent_for(absmax, bins // 2 if signed else bins)
+    counts = np.bincount(bin_indices(x, e, bins, signed), minlength=bins).astype(np.int64)
+    return Histogram(counts, edges_for(e, bins, signed))
+
+
+class HistogramAccumulator:
+    """Streaming histogram of |x| (signed=False) or x (signed=True); update / merge / result."""
+
+    def __init__(self, bins: int, signed: bool) -> None:
+        _check_bins(bins)
+        self.bins = bins
+        self.signed = signed
+        self._span = bins // 2 if signed else bins
+        self._exponent = MIN_EXPONENT
+        self._counts = np.zeros(bins, dtype=np.int64)
+
+    def update(self, finite_values: npt.NDArray[np.floating], absmax: float) -> None:
+        """Add finite values whose largest magnitude is absmax (computed once by the caller)."""
+        if finite_values.size == 0:
+            return
+        if np.ldexp(float(self._span), self._exponent) <= absmax:
+            e = exponent_for(absmax, self._span)
+            self._counts = coarsen(self._counts, e - self._exponent, self.signed)
+            self._exponent = e
+        idx = bin_indices(finite_values, self._exponent, self.bins, self.signed)
+        self._counts += np.bincount(idx, minlength=self.bins)
+
+    def merge(self, other: HistogramAccumulator) -> None:
+        merged = merge(self.result(), other.result())
+        self._counts = merged.counts
+        self._exponent = exponent_of(merged)
+
+    def result(self) -> Histogram:
+        return Histogram(self._counts.copy(), edges_for(self._exponent, self.bins, self.signed))

@@ -1,0 +1,102 @@
+"""Plotly figures of statistics and thresholds (data in, figure out; the pages only display them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+
+from quantviz.calib import METHOD_LABELS, Threshold
+from quantviz.stats import TensorStats
+
+METHOD_COLORS = {
+    "minmax": "#d62728",
+    "ema": "#ff7f0e",
+    "percentile": "#9467bd",
+    "mse": "#2ca02c",
+    "kl": "#1f77b4",
+    "aciq": "#8c564b",
+    "eq": "#e377c2",
+    "override": "#17becf",
+}
+
+
+def histogram_figure(
+    stats: TensorStats,
+    thresholds: Mapping[str, Threshold],
+    *,
+    signed: bool = True,
+    log_y: bool = True,
+    title: str | None = None,
+) -> go.Figure:
+    """The tensor's histogram with each method's clip points as labelled vertical lines, tails shaded."""
+    hist = stats.signed_hist if signed else stats.abs_hist
+    counts = hist.counts
+    nz = np.flatnonzero(counts)
+    lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 1)
+    centers = hist.centers[lo:hi]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=centers,
+            y=counts[lo:hi],
+            width=hist.width,
+            marker_color="#7f7f7f",
+            name="count",
+            hovertemplate="x=%{x:.4g}<br>count=%{y}<extra></extra>",
+        )
+    )
+    xmin, xmax = float(hist.edges[lo]), float(hist.edges[hi])
+    for i, (key, th) in enumerate(thresholds.items()):
+        color = METHOD_COLORS.get(key, METHOD_COLORS.get(th.method, "#000000"))
+        label = METHOD_LABELS.get(key, key)
+        points = [th.min, th.max] if signed else [th.threshold]
+        for j, x in enumerate(points):
+            fig.add_vline(x=x, line_color=color, line_width=2, line_dash="dash" if i % 2 else "solid")
+            fig.add_annotation(
+                x=x, y=1.0 - 0.06 * i, yref="paper", text=f"{label} {x:.4g}", showarrow=False,
+                font={"color": color, "size": 11}, xanchor="left" if j else "right", bgcolor="rgba(255,255,255,0.7)",
+            )  # fmt: skip
+        # shade the clipped tails of each method, faintly
+        if signed and th.min > xmin:
+            fig.add_vrect(x0=xmin, x1=th.min, fillcolor=color, opacity=0.06, line_width=0)
+        if (th.max if signed else th.threshold) < xmax:
+            fig.add_vrect(x0=th.max if signed else th.threshold, x1=xmax, fillcolor=color, opacity=0.06, line_width=0)
+    fig.update_layout(
+        title=title or stats.name,
+        xaxis_title="x" if signed else "|x|",
+        yaxis_title="count",
+        yaxis_type="log" if log_y else "linear",
+        bargap=0,
+        showlegend=False,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        height=420,
+    )
+    return fig
+
+
+def curve_figure(th: Threshold, title: str | None = None) -> go.Figure:
+    """A method's curve (e.g. KL divergence against threshold) with its chosen point marked."""
+    if th.curve is None:
+        raise ValueError(f"method {th.method} returned no curve")
+    c = th.curve
+    finite = np.isfinite(c.y)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=c.x[finite], y=c.y[finite], mode="lines", name=c.y_label, line={"color": METHOD_COLORS.get(th.method, "#1f77b4")}))
+    idx = int(np.argmin(np.abs(c.x - c.chosen)))
+    fig.add_trace(
+        go.Scatter(
+            x=[c.chosen], y=[c.y[idx]], mode="markers+text", marker={"size": 11, "color": "#d62728", "symbol": "x"},
+            text=[f"min at {c.chosen:.4g}"], textposition="top right", name="chosen",
+        )
+    )  # fmt: skip
+    fig.update_layout(
+        title=title or f"{METHOD_LABELS.get(th.method, th.method)}: {c.y_label} against {c.x_label}",
+        xaxis_title=c.x_label,
+        yaxis_title=c.y_label,
+        showlegend=False,
+        height=360,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig

@@ -1,0 +1,304 @@
+"""Per-tensor statistics: the streaming accumulator, its frozen result, and the versioned stats file.
+
+A statistics file (.npz, loaded with allow_pickle=False) holds everything the calibration methods
+and the plots need, so a reviewer can open it without the model or the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from quantviz.config import DEFAULT_BINS, DEFAULT_EMA_CONSTANT, STATS_FORMAT, STATS_VERSION, CollectConfig
+from quantviz.errors import QuantvizError
+from quantviz.histogram import Histogram, HistogramAccumulator, edges_for, merge
+from quantviz.model import TensorInfo
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """What one streaming pass learnt about one tensor.
+
+    count: finite elements seen; nan_count / posinf_count / neginf_count are kept out of every range.
+    min, max: over finite values (NaN when the tensor was empty or never finite).
+    ema_min, ema_max: moving averages of per-batch min/max, x <- (1 - c) x + c * batch_min, the first
+    batch initialising (onnxruntime's MinMax calibrator with moving_average=True).
+    abs_hist: histogram of |x|; signed_hist: histogram of x (see quantviz.histogram).
+    """
+
+    name: str
+    count: int
+    nan_count: int
+    posinf_count: int
+    neginf_count: int
+    zero_count: int
+    min: float
+    max: float
+    ema_min: float
+    ema_max: float
+    batches: int
+    abs_hist: Histogram
+    signed_hist: Histogram
+    first_batch_min: float = math.nan
+    first_batch_max: float = math.nan
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max)) if self.count else math.nan
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan_count + self.posinf_count + self.neginf_count
+
+    @property
+    def constant(self) -> bool:
+        return self.count > 0 and self.min == self.max
+
+
+class TensorAccumulator:
+    """Streaming statistics of one tensor: update(batch), merge(other), result()."""
+
+    def __init__(self, name: str, bins: int = DEFAULT_BINS, ema_constant: float = DEFAULT_EMA_CONSTANT) -> None:
+        if not 0 < ema_constant <= 1:
+            raise QuantvizError(f"The moving-average constant must be in (0, 1], not {ema_constant}.")
+        self.name = name
+        self.c = ema_constant
+        self.count = 0
+        self.nan = 0
+        self.posinf = 0
+        self.neginf = 0
+        self.zeros = 0
+        self.min = math.inf
+        self.max = -math.inf
+        self.ema_min = math.nan
+        self.ema_max = math.nan
+        self.first_min = math.nan
+        self.first_max = math.nan
+        self.batches = 0
+        self.abs_hist = HistogramAccumulator(bins, signed=False)
+        self.signed_hist = HistogramAccumulator(bins, signed=True)
+
+    def update(self, batch: npt.NDArray[np.floating]) -> None:
+        x = np.asarray(batch).reshape(-1)
+        if x.dtype == np.float16:
+            x = x.astype(np.float32)
+        if x.size == 0:
+            return
+        finite = np.isfinite(x)
+        if not finite.all():
+            bad = x[~finite]
+            self.nan += int(np.isnan(bad).sum())
+            self.posinf += int((bad == np.inf).sum())
+            self.neginf += int((bad == -np.inf).sum())
+            x = x[finite]
+            if x.size == 0:
+                return
+        lo = float(x.min())
+        hi = float(x.max())
+        self.count += int(x.size)
+        self.zeros += int(x.size - np.count_nonzero(x))
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        if self.batches == 0:
+            self.ema_min, self.ema_max = lo, hi
+            self.first_min, self.first_max = lo, hi
+        else:
+            self.ema_min = (1 - self.c) * self.ema_min + self.c * lo
+            self.ema_max = (1 - self.c) * self.ema_max + self.c * hi
+        self.batches += 1
+        absmax = max(abs(lo), abs(hi))
+        self.abs_hist.update(x, absmax)
+        self.signed_hist.update(x, absmax)
+
+    def merge(self, other: TensorAccumulator) -> None:
+        """Fold in the statistics of a later shard (the moving average continues as if streamed)."""
+        if other.batches:
+            if self.batches == 0:
+                self.ema_min, self.ema_max = other.ema_min, other.ema_max
+                self.first_min, self.first_max = other.first_min, other.first_max
+            else:
+                # other's average started from its first batch; re-base it onto ours:
+                # ema = (1-c)^n * ours + other_ema - (1-c)^n * other_first   (n = other's batches)
+                k = (1 - self.c) ** other.batches
+                self.ema_min = k * self.ema_min + other.ema_min - k * other.first_min
+                self.ema_max = k * self.ema_max + other.ema_max - k * other.first_max
+        self.count += other.count
+        self.nan += other.nan
+        self.posinf += other.posinf
+        self.neginf += other.neginf
+        self.zeros += other.zeros
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.batches += other.batches
+        self.abs_hist.merge(other.abs_hist)
+        self.signed_hist.merge(other.signed_hist)
+
+    def result(self) -> TensorStats:
+        empty = self.count == 0
+        return TensorStats(
+            name=self.name,
+            count=self.count,
+            nan_count=self.nan,
+            posinf_count=self.posinf,
+            neginf_count=self.neginf,
+            zero_count=self.zeros,
+            min=math.nan if empty else self.min,
+            max=math.nan if empty else self.max,
+            ema_min=self.ema_min,
+            ema_max=self.ema_max,
+            batches=self.batches,
+            abs_hist=self.abs_hist.result(),
+            signed_hist=self.signed_hist.result(),
+            first_batch_min=self.first_min,
+            first_batch_max=self.first_max,
+        )
+
+
+@dataclass(frozen=True)
+class CalibrationStats:
+    """Everything one collection produced: per-tensor statistics plus where they came from."""
+
+    model_name: str
+    model_sha256: str
+    data_description: str
+    data_id: str
+    synthetic: bool
+    samples: int
+    config: CollectConfig
+    tensors: dict[str, TensorStats]
+    infos: dict[str, TensorInfo] = field(default_factory=dict)
+
+    def tensor(self, name: str) -> TensorStats:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise QuantvizError(f"These statistics have no tensor named '{name}'.") from None
+
+    @property
+    def nonfinite_tensors(self) -> list[str]:
+        return [n for n, t in self.tensors.items() if t.nonfinite]
+
+    @property
+    def empty_tensors(self) -> list[str]:
+        return [n for n, t in self.tensors.items() if t.empty]
+
+
+_SCALARS = (
+    "count", "nan_count", "posinf_count", "neginf_count", "zero_count", "min", "max",
+    "ema_min", "ema_max", "batches", "first_batch_min", "first_batch_max",
+)  # fmt: skip
+
+
+def save_stats(stats: CalibrationStats, target: str | Path | BinaryIO) -> None:
+    """Write one versioned .npz (plain arrays and a JSON header; no pickles)."""
+    names = list(stats.tensors)
+    header: dict[str, Any] = {
+        "format": STATS_FORMAT,
+        "version": STATS_VERSION,
+        "model": {"name": stats.model_name, "sha256": stats.model_sha256},
+        "data": {"description": stats.data_description, "id": stats.data_id, "synthetic": stats.synthetic},
+        "samples": stats.samples,
+        "config": asdict(stats.config),
+        "tensors": names,
+        "infos": {n: asdict(i) for n, i in stats.infos.items()},
+    }
+    arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
+    if names:
+        ts = [stats.tensors[n] for n in names]
+        arrays["scalars"] = np.array([[float(getattr(t, k)) for k in _SCALARS] for t in ts], dtype=np.float64)
+        arrays["abs_counts"] = np.stack([t.abs_hist.counts for t in ts])
+        arrays["abs_width"] = np.array([t.abs_hist.width for t in ts])
+        arrays["signed_counts"] = np.stack([t.signed_hist.counts for t in ts])
+        arrays["signed_width"] = np.array([t.signed_hist.width for t in ts])
+    np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
+
+
+def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
+    """Read a statistics file written by save_stats; a clear QuantvizError for anything else."""
+    import io
+
+    src = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            if "header" not in z.files:
+                raise QuantvizError("This file is not a quantviz statistics file (it has no quantviz header).")
+            header = json.loads(str(z["header"]))
+            data = {k: z[k] for k in z.files if k != "header"}
+    except QuantvizError:
+        raise
+    except (ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
+        raise QuantvizError("This file is not a readable quantviz statistics file (.npz).") from exc
+    if header.get("format") != STATS_FORMAT:
+        raise QuantvizError("This file is not a quantviz statistics file.")
+    if header.get("version", 0) > STATS_VERSION:
+        raise QuantvizError(
+            f"This statistics file has version {header['version']}; this quantviz reads up to {STATS_VERSION}: upgrade quantviz."
+        )
+    try:
+        names: list[str] = header["tensors"]
+        tensors: dict[str, TensorStats] = {}
+        for i, name in enumerate(names):
+            sc = data["scalars"][i]
+            vals = dict(zip(_SCALARS, sc.tolist(), strict=True))
+            for k in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "batches"):
+                vals[k] = int(vals[k])
+            ac = data["abs_counts"][i].astype(np.int64)
+            sc_counts = data["signed_counts"][i].astype(np.int64)
+            ae = int(np.frexp(data["abs_width"][i])[1]) - 1
+            se = int(np.frexp(data["signed_width"][i])[1]) - 1
+            tensors[name] = TensorStats(
+                name=name,
+                abs_hist=Histogram(ac, edges_for(ae, ac.size, signed=False)),
+                signed_hist=Histogram(sc_counts, edges_for(se, sc_counts.size, signed=True)),
+                **vals,
+            )
+        infos = {
+            n: TensorInfo(**{**d, "shape": tuple(d["shape"]), "consumers": tuple(d.get("consumers", ()))})
+            for n, d in header.get("infos", {}).items()
+        }
+        return CalibrationStats(
+            model_name=header["model"]["name"],
+            model_sha256=header["model"]["sha256"],
+            data_description=header["data"]["description"],
+            data_id=header["data"]["id"],
+            synthetic=bool(header["data"]["synthetic"]),
+            samples=int(header["samples"]),
+            config=CollectConfig(**header["config"]),
+            tensors=tensors,
+            infos=infos,
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise QuantvizError(f"This statistics file is damaged (missing or malformed field: {exc}).") from exc
+
+
+def merge_stats(a: TensorStats, b: TensorStats) -> TensorStats:
+    """Statistics of a then b (exact for counts, ranges and histograms). Pure function."""
+    if a.name != b.name:
+        raise QuantvizError(f"Cannot merge statistics of different tensors ('{a.name}' and '{b.name}').")
+    acc = _accumulator_from(a)
+    acc.merge(_accumulator_from(b))
+    return acc.result()
+
+
+def _accumulator_from(t: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT) -> TensorAccumulator:
+    acc = TensorAccumulator(t.name, t.abs_hist.bins, ema_constant)
+    acc.count, acc.nan, acc.posinf, acc.neginf, acc.zeros = t.count, t.nan_count, t.posinf_count, t.neginf_count, t.zero_count
+    acc.min = t.min if t.count else math.inf
+    acc.max = t.max if t.count else -math.inf
+    acc.ema_min, acc.ema_max, acc.batches = t.ema_min, t.ema_max, t.batches
+    acc.first_min, acc.first_max = t.first_batch_min, t.first_batch_max
+    for hist, target in ((t.abs_hist, acc.abs_hist), (t.signed_hist, acc.signed_hist)):
+        merged = merge(hist, target.result())
+        target._counts = merged.counts  # noqa: SLF001 - rebuilding an accumulator from its own result
+        target._exponent = int(np.frexp(merged.width)[1]) - 1  # noqa: SLF001
+    return acc

@@ -1,0 +1,108 @@
+"""Session state keys, cached heavy results, and the one way pages reach the current statistics.
+
+Small selections live in st.session_state under the names below (per browser session: two sessions
+never share them). Heavy results (models, statistics) live in st.cache_resource, keyed by
+(model sha256, data id, settings): a rerun after switching tensor runs no inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from quantviz.calib import MethodConfig
+from quantviz.collect import collect
+from quantviz.config import CollectConfig
+from quantviz.data import CalibrationSource
+from quantviz.model import LoadedModel, load_model
+from quantviz.stats import CalibrationStats
+from quantviz.table import CalibrationTable, calibrate
+
+# session_state keys (selections only; never arrays)
+STATS_KEY = "qv_stats_key"  # key of the current statistics in the store
+MODEL_KEY = "qv_model_sha"  # sha256 of the current model, when a model is loaded
+TENSOR = "qv_tensor"  # current tensor name
+ERRORS = "qv_errors"
+
+
+@dataclass(frozen=True)
+class StatsKey:
+    model_sha256: str
+    data_id: str
+    settings: tuple[Any, ...]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _model_cache() -> dict[str, LoadedModel]:
+    return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _stats_store() -> dict[StatsKey, CalibrationStats]:
+    return {}
+
+
+def model_from(source: str | bytes, name: str | None = None) -> LoadedModel:
+    """Load a model once per content: cached by sha256 of the bytes (paths are read to hash them)."""
+    import hashlib
+    from pathlib import Path
+
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes() if Path(source).is_file() else None
+    if raw is None:
+        return load_model(source, name)  # raises a clear error for missing paths
+    sha = hashlib.sha256(raw).hexdigest()
+    cache = _model_cache()
+    if sha not in cache:
+        cache[sha] = load_model(source if isinstance(source, str) else raw, name)
+    return cache[sha]
+
+
+def collected(
+    model: LoadedModel, source: CalibrationSource, config: CollectConfig, progress: Callable[[int, int], None] | None = None
+) -> StatsKey:
+    """Run (or reuse) a collection and return the key under which its statistics are stored."""
+    key = StatsKey(model.sha256, source.data_id, (config.samples, config.bins, config.batch_size, config.ema_constant))
+    store = _stats_store()
+    if key not in store:
+        store[key] = collect(model, source, config, progress=progress)
+    return key
+
+
+def put_stats(stats: CalibrationStats) -> StatsKey:
+    """Register statistics opened from a file."""
+    key = StatsKey(stats.model_sha256, stats.data_id, ("file", stats.samples, stats.config.bins))
+    _stats_store()[key] = stats
+    return key
+
+
+def current_stats() -> CalibrationStats | None:
+    key = st.session_state.get(STATS_KEY)
+    if key is None:
+        return None
+    return _stats_store().get(key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _tables(key: StatsKey, method: str, config: MethodConfig) -> CalibrationTable:
+    stats = _stats_store()[key]
+    return calibrate(stats, method, config)
+
+
+def table_for(method: str, config: MethodConfig | None = None) -> CalibrationTable | None:
+    key = st.session_state.get(STATS_KEY)
+    if key is None or key not in _stats_store():
+        return None
+    return _tables(key, method, config or MethodConfig())
+
+
+def need_stats() -> CalibrationStats:
+    """The current statistics, or a hint to go Home and stop the page."""
+    stats = current_stats()
+    if stats is None:
+        st.info("No statistics yet: choose a model and calibration data on the Home page and run the collection.")
+        st.page_link("app.py", label="Go to Home", icon=":material/home:")
+        st.stop()
+    return stats
