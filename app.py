@@ -15,7 +15,7 @@ from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, UPLOAD_LIMIT_MB, C
 from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import QuantvizError
 from quantviz.samples import DEFAULT_SAMPLE, SAMPLES
-from quantviz.stats import load_stats
+from quantviz.review import load_review
 from ui import state
 
 st.set_page_config(page_title="quantviz", page_icon=":material/insights:", layout="wide")
@@ -114,13 +114,21 @@ def _summary(stats) -> None:
 
 
 with st.sidebar:
-    st.header("Open saved statistics")
-    saved = st.file_uploader("quantviz statistics (.npz)", type=["npz"], key="stats_upload")
-    if saved is not None:
+    st.header("Open a saved review")
+    saved = st.file_uploader(
+        f"quantviz review or statistics file (.npz, up to {UPLOAD_LIMIT_MB} MB)", type=["npz"], key="stats_upload"
+    )
+    # An upload stays in its widget across reruns: open each file once, so choices made after stay.
+    if saved is not None and st.session_state.get("qv_opened_file") != saved.file_id:
         try:
-            stats_from_file = load_stats(saved.getvalue())
+            stats_from_file, review_from_file = load_review(saved.getvalue())
             st.session_state[state.STATS_KEY] = state.put_stats(stats_from_file)
-            st.success(f"Opened statistics of {stats_from_file.model_name}.")
+            state.set_review(review_from_file)
+            st.session_state["qv_opened_file"] = saved.file_id
+            st.success(
+                f"Opened {stats_from_file.model_name}: {len(stats_from_file.tensors)} tensors, "
+                f"{len(review_from_file.notes)} notes, {len(review_from_file.choices)} choices."
+            )
         except QuantvizError as exc:
             st.error(str(exc))
 
@@ -150,7 +158,8 @@ cancel_col.button("Cancel", key="cancel", help="Stops a running collection (stat
 # The bundled sample runs by itself, so the first screen shows data without any click.
 current_key = st.session_state.get(state.STATS_KEY)
 auto = (
-    sample is not None
+    st.session_state.get("qv_opened_file") is None
+    and sample is not None
     and source is not None
     and st.session_state.get("data_source", DATA_SOURCES[0]) == DATA_SOURCES[0]
     and (current_key is None or (current_key.model_sha256, current_key.data_id) != (model.sha256, source.data_id))

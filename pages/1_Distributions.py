@@ -1,17 +1,22 @@
-"""Distributions: one tensor's histogram with every method's clipping point, and the KL curve."""
+"""Distributions: every tensor's histogram with each method's clipping point, and what each clips."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from quantviz.calib import METHOD_LABELS, METHODS, MethodConfig
+from dataclasses import replace
+
+from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.export.qv_json import dumps
-from quantviz.plots import curve_figure, histogram_figure
+from quantviz.plots import histogram_figure
+from quantviz.summary import all_thresholds, method_table
 from ui import state
 
 st.set_page_config(page_title="quantviz: distributions", page_icon=":material/bar_chart:", layout="wide")
 st.title("Distributions")
 stats = state.need_stats()
+review = state.review()
+config = review.config
 
 names = [n for n in stats.tensors if not stats.tensors[n].empty]
 infos = stats.infos
@@ -22,38 +27,50 @@ def _label(name: str) -> str:
     return f"{name}  ·  {i.op_type} {i.shape_text()}" if i else name
 
 
-if st.session_state.get(state.TENSOR) not in names:
-    st.session_state[state.TENSOR] = names[0]
-tensor = st.selectbox("Tensor (type to search)", names, format_func=_label, key=state.TENSOR)
+with st.expander("All tensors: how much each method clips (click a row to open it)", expanded=False):
+    table = state.overview_table()
+    shown = table[table["tensor"].isin(names)].reset_index(drop=True)
+
+    def _pick_row() -> None:
+        rows = st.session_state["tensor_table"].selection.rows
+        if rows:
+            st.session_state[state.TENSOR] = shown.loc[rows[0], "tensor"]
+
+    st.dataframe(
+        shown, hide_index=True, key="tensor_table", on_select=_pick_row, selection_mode="single-row", height=320,
+        column_config={c: st.column_config.NumberColumn(format="%.4g") for c in shown.columns if c.endswith(" T") or c in ("min", "max")},
+    )  # fmt: skip
+
+tensor = state.tensor_picker(names, _label, "dist_tensor")
 t = stats.tensors[tensor]
+results = all_thresholds(t, config)
 
 c1, c2, c3 = st.columns([1, 1, 4])
 log_y = c1.toggle("Log scale", value=True, key="dist_log")
 signed = c2.toggle("Signed x", value=True, key="dist_signed", help="Off: the histogram of |x| that symmetric methods use.")
+shown_methods = c3.multiselect(
+    "Methods drawn", list(results), default=[m for m in ("minmax", "kl") if m in results] + [m for m in results if m not in ("minmax", "kl", "ema")],
+    format_func=lambda k: METHOD_LABELS.get(k, k), key="dist_methods",
+)  # fmt: skip
+st.plotly_chart(histogram_figure(t, {m: results[m] for m in shown_methods}, signed=signed, log_y=log_y), key="hist_chart")
 
-config = MethodConfig()
-results = {}
-for m in ("minmax", "kl"):
-    results[m] = METHODS[m](t, config)  # one tensor: cheap, and gives the curve the table does not hold
-st.plotly_chart(histogram_figure(t, results, signed=signed, log_y=log_y), key="hist_chart")
-
-cols = st.columns(4)
+cols = st.columns(5)
 cols[0].metric("min", f"{t.min:.4g}")
 cols[1].metric("max", f"{t.max:.4g}")
 cols[2].metric("exact zeros", f"{t.zero_count / max(t.count, 1):.1%}")
 cols[3].metric("NaN / Inf", t.nonfinite)
+cols[4].metric("elements seen", f"{t.count:,}")
 
-kl = results["kl"]
-st.subheader("KL divergence against threshold")
-if kl.curve is not None and kl.curve.x.size > 1:
-    st.plotly_chart(curve_figure(kl), key="kl_chart")
-else:
-    st.caption("This tensor's histogram has too few populated bins for a KL search: KL equals MinMax here.")
+st.subheader("Thresholds by method")
+st.dataframe(method_table(t, results), hide_index=True, key="method_table")
 
 st.subheader("Calibration table")
-method = st.selectbox("Method for the table", list(METHODS), index=list(METHODS).index("kl"), format_func=lambda k: METHOD_LABELS.get(k, k), key="table_method")
-table = state.table_for(method, config)
-if table is not None:
-    st.download_button(
-        "Download table.json", dumps(table), file_name="table.json", mime="application/json", key="download_table"
-    )
+methods = list(METHODS)
+default = st.selectbox(
+    "Default method (per-tensor choices made on Layer sensitivity win)", methods,
+    index=methods.index(review.default_method), format_func=lambda k: METHOD_LABELS.get(k, k), key="table_method",
+)  # fmt: skip
+if default != review.default_method:
+    review = replace(review, default_method=default)
+    state.set_review(review)
+st.download_button("Download table.json", dumps(state.current_table()), file_name="table.json", mime="application/json", key="download_table")

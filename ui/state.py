@@ -19,13 +19,15 @@ from quantviz.config import CollectConfig
 from quantviz.data import CalibrationSource
 from quantviz.model import LoadedModel, load_model
 from quantviz.stats import CalibrationStats
+from quantviz.review import Review, build_table
+from quantviz.summary import overview
 from quantviz.table import CalibrationTable, calibrate
 
 # session_state keys (selections only; never arrays)
 STATS_KEY = "qv_stats_key"  # key of the current statistics in the store
 MODEL_KEY = "qv_model_sha"  # sha256 of the current model, when a model is loaded
-TENSOR = "qv_tensor"  # current tensor name
-ERRORS = "qv_errors"
+TENSOR = "qv_tensor"  # current tensor name (shared by every page's tensor picker)
+REVIEW = "qv_review"  # the person's Review: per-tensor choices and notes
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,45 @@ def need_stats() -> CalibrationStats:
         st.page_link("app.py", label="Go to Home", icon=":material/home:")
         st.stop()
     return stats
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _overview(key: StatsKey, config: MethodConfig):
+    return overview(_stats_store()[key], config)
+
+
+def overview_table():
+    """Every tensor with every method's threshold and clipped %, computed once per statistics."""
+    key = st.session_state.get(STATS_KEY)
+    return _overview(key, review().config)
+
+
+def review() -> Review:
+    if REVIEW not in st.session_state:
+        st.session_state[REVIEW] = Review()
+    return st.session_state[REVIEW]
+
+
+def set_review(new: Review) -> None:
+    st.session_state[REVIEW] = new
+
+
+def current_table() -> CalibrationTable:
+    """The table of the current review (default method, per-tensor choices, notes)."""
+    stats = need_stats()
+    return build_table(stats, review())
+
+
+def tensor_picker(names: list[str], label_of: Callable[[str], str], widget_key: str, label: str = "Tensor (type to search)") -> str:
+    """A selectbox whose choice is shared by every page (widget state alone is dropped on page switch)."""
+    current = st.session_state.get(TENSOR)
+    if current not in names:
+        current = names[0]
+    st.session_state[widget_key] = current
+
+    def _sync() -> None:
+        st.session_state[TENSOR] = st.session_state[widget_key]
+
+    choice = st.selectbox(label, names, format_func=label_of, key=widget_key, on_change=_sync)
+    st.session_state[TENSOR] = choice
+    return choice

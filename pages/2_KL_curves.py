@@ -1,0 +1,75 @@
+"""KL curves: KL divergence against threshold, the argmin marked; try any threshold and see its cost."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from quantviz.calib import METHODS
+from quantviz.errors import QuantvizError
+from quantviz.plots import curve_figure
+from quantviz.summary import clipped_fraction, curve_value_at
+from ui import state
+
+st.set_page_config(page_title="quantviz: KL curves", page_icon=":material/show_chart:", layout="wide")
+st.title("KL curves")
+stats = state.need_stats()
+review = state.review()
+names = [n for n in stats.tensors if not stats.tensors[n].empty]
+infos = stats.infos
+
+
+def _label(name: str) -> str:
+    i = infos.get(name)
+    return f"{name}  ·  {i.op_type} {i.shape_text()}" if i else name
+
+
+tensor = state.tensor_picker(names, _label, "kl_tensor")
+t = stats.tensors[tensor]
+kl = METHODS["kl"](t, review.config)
+if kl.curve is None or kl.curve.x.size < 2:
+    st.info("This tensor's histogram has too few populated bins for a KL search: KL equals MinMax here.")
+    st.stop()
+
+absmax = float(t.absmax)
+step = float(kl.curve.x[1] - kl.curve.x[0])
+current = review.choice(tensor).override or kl.threshold
+# the slider and the typed value share one value in session state
+if st.session_state.get("kl_for") != tensor:
+    st.session_state["kl_for"] = tensor
+    st.session_state["kl_slider"] = float(min(current, absmax))
+    st.session_state["kl_typed"] = float(min(current, absmax))
+
+
+def _from_slider() -> None:
+    st.session_state["kl_typed"] = st.session_state["kl_slider"]
+
+
+def _from_typed() -> None:
+    st.session_state["kl_slider"] = float(min(max(st.session_state["kl_typed"], step), absmax))
+
+
+c1, c2 = st.columns([3, 1])
+c1.slider("Threshold", min_value=step, max_value=absmax, step=step, key="kl_slider", on_change=_from_slider, format="%.5g")
+c2.number_input("or type it", min_value=0.0, key="kl_typed", on_change=_from_typed, format="%.6g")
+chosen = float(st.session_state["kl_typed"])
+
+fig = curve_figure(kl)
+fig.add_vline(x=chosen, line_color="#17becf", line_dash="dot", annotation_text=f"trying {chosen:.4g}")
+st.plotly_chart(fig, key="kl_chart")
+
+m = st.columns(4)
+m[0].metric("KL at this threshold", f"{curve_value_at(kl.curve, chosen):.4g}", help="KL divergence of the candidate nearest this threshold")
+m[1].metric("KL minimum", f"{curve_value_at(kl.curve, kl.threshold):.4g}", help=f"at {kl.threshold:.4g}")
+m[2].metric("clipped mass", f"{clipped_fraction(t, -chosen, chosen):.3%}")
+m[3].metric("vs MinMax", f"{chosen / absmax:.1%}" if absmax else "-")
+
+b1, b2 = st.columns(2)
+if b1.button(f"Use {chosen:.4g} for this tensor", key="kl_use"):
+    try:
+        state.set_review(review.with_choice(tensor, override=chosen))
+        st.success(f"{tensor} now uses the threshold {chosen:.4g} (kept in the review and the exports).")
+    except QuantvizError as exc:
+        st.error(str(exc))
+if review.choice(tensor).override is not None and b2.button("Back to the default method", key="kl_reset"):
+    state.set_review(review.with_choice(tensor, override=None))
+    st.rerun()

@@ -1,0 +1,50 @@
+"""AppTest of the KL curves page: the curve, its argmin, and trying a threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from tests.app.figs import array, figure
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _kl_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+    assert not at.exception
+    at.session_state["qv_tensor"] = "/Relu_output_0"  # a dense post-ReLU distribution of the sample
+    at.switch_page("pages/2_KL_curves.py").run()
+    assert not at.exception
+    return at
+
+
+def test_curve_has_its_minimum_marked():
+    at = _kl_page()
+    fig = figure(at.get("plotly_chart")[0])
+    xs, ys = array(fig["data"][0]["x"]), array(fig["data"][0]["y"])
+    assert xs.size > 100
+    marked_x = array(fig["data"][1]["x"])[0]
+    # the marked point is the curve's minimum (ties: the largest threshold)
+    best = xs[len(ys) - 1 - int(np.argmin(ys[::-1]))]
+    assert abs(marked_x - best) <= 1e-9 * max(1.0, best) or marked_x <= xs.max()
+    assert abs(ys[np.argmin(np.abs(xs - marked_x))] - ys.min()) < 1e-12
+
+
+def test_typed_threshold_moves_slider_and_metrics_then_sticks_in_review():
+    at = _kl_page()
+    absmax = at.slider(key="kl_slider").max
+    at.number_input(key="kl_typed").set_value(absmax / 2).run()
+    assert not at.exception
+    assert abs(at.slider(key="kl_slider").value - absmax / 2) < 1e-9
+    clipped = {m.label: m.value for m in at.metric}["clipped mass"]
+    at.number_input(key="kl_typed").set_value(absmax).run()
+    assert {m.label: m.value for m in at.metric}["clipped mass"] == "0.000%"
+    assert clipped != "0.000%"
+    at.button(key="kl_use").click().run()
+    assert not at.exception
+    review = at.session_state["qv_review"]
+    tensor = at.session_state["qv_tensor"]
+    assert review.choice(tensor).override == absmax
