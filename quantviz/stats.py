@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -236,7 +237,7 @@ def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
             data = {k: z[k] for k in z.files if k != "header"}
     except QuantvizError:
         raise
-    except (ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
+    except (ValueError, OSError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
         raise QuantvizError("This file is not a readable quantviz statistics file (.npz).") from exc
     if header.get("format") != STATS_FORMAT:
         raise QuantvizError("This file is not a quantviz statistics file.")

@@ -16,14 +16,20 @@ from quantviz.stats import CalibrationStats, TensorStats
 log = logging.getLogger(__name__)
 
 
-def mass_outside(hist: Histogram, lo: float, hi: float) -> float:
-    """Count of values below lo or above hi, reading the histogram as uniform inside each bin."""
+def mass_outside(hist: Histogram, lo: float, hi: float, observed: tuple[float, float] | None = None) -> float:
+    """Count of values below lo or above hi, reading the histogram as uniform inside each bin
+    (each bin first narrowed to the observed [min, max], so a clip at min or max cuts nothing)."""
     edges = hist.edges
     counts = hist.counts.astype(np.float64)
     left, right = edges[:-1], edges[1:]
+    if observed is not None:
+        left = np.clip(left, observed[0], observed[1])
+        right = np.clip(right, observed[0], observed[1])
     width = right - left
-    below = np.clip((np.minimum(right, lo) - left) / width, 0.0, 1.0)
-    above = np.clip((right - np.maximum(left, hi)) / width, 0.0, 1.0)
+    inside_point = width <= 0  # a bin narrowed to a single point
+    width = np.where(inside_point, 1.0, width)
+    below = np.where(inside_point, left < lo, np.clip((np.minimum(right, lo) - left) / width, 0.0, 1.0))
+    above = np.where(inside_point, left > hi, np.clip((right - np.maximum(left, hi)) / width, 0.0, 1.0))
     return float((counts * (below + above)).sum())
 
 
@@ -31,7 +37,7 @@ def clipped_fraction(t: TensorStats, lo: float, hi: float) -> float:
     """Fraction of the tensor's finite values outside [lo, hi] (0 for an empty tensor)."""
     if t.count == 0:
         return 0.0
-    return mass_outside(t.signed_hist, lo, hi) / t.count
+    return mass_outside(t.signed_hist, lo, hi, (t.min, t.max)) / t.count
 
 
 def all_thresholds(t: TensorStats, config: MethodConfig, methods: Iterable[str] | None = None) -> dict[str, Threshold]:

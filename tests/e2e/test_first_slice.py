@@ -49,7 +49,7 @@ def test_open_pick_tensor_see_chart_download_table(page: Page, app_url: str, tmp
     settle(page)
     expect(page.get_by_text(chosen).first).to_be_visible()
     charts = page.get_by_test_id("stPlotlyChart")
-    expect(charts).to_have_count(2)
+    expect(charts).to_have_count(1)
     expect(charts.first.locator(".main-svg").first).to_be_visible()
     expect(charts.first.get_by_text("MinMax", exact=False).first).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
