@@ -27,7 +27,7 @@ def _label(name: str) -> str:
     return f"{name}  ·  {i.op_type} {i.shape_text()}" if i else name
 
 
-with st.expander("All tensors: how much each method clips (click a row to open it)", expanded=False):
+if st.toggle("Show all tensors: how much each method clips (click a row to open it)", key="dist_show_all"):
     table = state.overview_table()
     shown = table[table["tensor"].isin(names)].reset_index(drop=True)
 

@@ -85,10 +85,14 @@ def chosen_threshold(stats: CalibrationStats, review: Review, name: str) -> Thre
     return method(c.method or review.default_method)(t, review.config)
 
 
-def build_table(stats: CalibrationStats, review: Review) -> CalibrationTable:
-    """The table of a review: the default method everywhere, then each tensor's own choice and note."""
+def build_table(stats: CalibrationStats, review: Review, base: CalibrationTable | None = None) -> CalibrationTable:
+    """The table of a review: the default method everywhere, then each tensor's own choice and note.
+
+    base: calibrate(stats, review.default_method, review.config) when the caller has it cached.
+    """
     method(review.default_method)  # a clear error for an unknown default
-    base = calibrate(stats, review.default_method, review.config)
+    if base is None:
+        base = calibrate(stats, review.default_method, review.config)
     tensors = dict(base.tensors)
     for name, c in review.choices.items():
         if name not in stats.tensors:

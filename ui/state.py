@@ -134,7 +134,8 @@ def set_review(new: Review) -> None:
 def current_table() -> CalibrationTable:
     """The table of the current review (default method, per-tensor choices, notes)."""
     stats = need_stats()
-    return build_table(stats, review())
+    r = review()
+    return build_table(stats, r, base=table_for(r.default_method, r.config))
 
 
 def tensor_picker(names: list[str], label_of: Callable[[str], str], widget_key: str, label: str = "Tensor (type to search)") -> str:
