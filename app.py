@@ -14,8 +14,8 @@ import streamlit as st
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, UPLOAD_LIMIT_MB, CollectConfig
 from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import QuantvizError
-from quantviz.samples import DEFAULT_SAMPLE, SAMPLES
 from quantviz.review import load_review
+from quantviz.samples import DEFAULT_SAMPLE, SAMPLES
 from ui import state
 
 st.set_page_config(page_title="quantviz", page_icon=":material/insights:", layout="wide")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import streamlit as st
-
 from dataclasses import replace
+
+import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.export.qv_json import dumps

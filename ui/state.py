@@ -18,8 +18,8 @@ from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import CalibrationSource
 from quantviz.model import LoadedModel, load_model
-from quantviz.stats import CalibrationStats
 from quantviz.review import Review, build_table
+from quantviz.stats import CalibrationStats
 from quantviz.summary import overview
 from quantviz.table import CalibrationTable, calibrate
 
@@ -70,7 +70,31 @@ def collected(
     store = _stats_store()
     if key not in store:
         store[key] = collect(model, source, config, progress=progress)
+        while len(store) > 8:
+            store.pop(next(iter(store)))
+    remember_source(source)
     return key
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _sources() -> dict[str, CalibrationSource]:
+    return {}
+
+
+def remember_source(source: CalibrationSource) -> None:
+    """Keep an opened calibration set (by data id) so analysis pages can stream it again."""
+    store = _sources()
+    store[source.data_id] = source
+    while len(store) > 8:
+        store.pop(next(iter(store)))
+
+
+def model_and_source() -> tuple[LoadedModel | None, CalibrationSource | None]:
+    """The model and data the current statistics came from, if this server still has them."""
+    key = st.session_state.get(STATS_KEY)
+    if key is None:
+        return None, None
+    return _model_cache().get(key.model_sha256), _sources().get(key.data_id)
 
 
 def put_stats(stats: CalibrationStats) -> StatsKey:

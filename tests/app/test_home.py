@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from streamlit.testing.v1 import AppTest
-
-from tests.app.figs import array
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
