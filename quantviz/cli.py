@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quantviz.calib import METHODS, MethodConfig
+from quantviz.calib.result import ACIQ_PRIORS
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import load_model
 from quantviz.stats import CalibrationStats, load_stats, save_stats
-from quantviz.table import calibrate
+from quantviz.table import calibrate, calibrate_model
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -111,7 +112,15 @@ def _collect_from_args(args: argparse.Namespace, model_path: str) -> Calibration
     return stats
 
 
+def _check_output(path: str) -> None:
+    """Refuse an output path whose folder is missing before any work is done (not after a long collection)."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise QuantvizError(f"The folder of the output file '{path}' does not exist; create it or choose another path with -o.")
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
+    _check_output(args.output)
     stats = _collect_from_args(args, args.model)
     save_stats(stats, args.output)
     print(f"{len(stats.tensors)} tensors, {stats.samples} samples -> {args.output}", file=sys.stderr)
@@ -124,17 +133,25 @@ def _method_config(args: argparse.Namespace) -> MethodConfig:
         power_of_two=args.power_of_two,
         percentile=args.percentile,
         kl_threshold=args.kl_threshold,
+        mse_min_bin=args.mse_min_bin,
+        aciq_prior=args.aciq_prior,
     )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    _check_output(args.output)
+    model_path = args.model or args.model_option
     if args.stats:
         stats = load_stats(Path(args.stats)) if Path(args.stats).exists() else _missing(args.stats)
-    elif args.model and args.data:
-        stats = _collect_from_args(args, args.model)
+    elif model_path and args.data:
+        stats = _collect_from_args(args, model_path)
     else:
         raise QuantvizError("calibrate needs MODEL with --data, or --stats STATS.npz.")
-    table = calibrate(stats, args.method, _method_config(args))
+    if model_path:  # the model adds fused shared scales, weight scales and requantization multipliers
+        model = load_model(model_path)
+        table = calibrate_model(model, stats, args.method, _method_config(args), per_channel=not args.per_tensor_weights)
+    else:
+        table = calibrate(stats, args.method, _method_config(args))
     from quantviz.export.qv_json import write_json
 
     write_json(table, args.output)
@@ -163,13 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?")
     _add_data_args(p, required=False)
     p.add_argument("--stats", help="a statistics file from `collect` instead of MODEL and --data")
+    p.add_argument("--model", dest="model_option", help="with --stats: the model, for weight scales, fused scales and requantization")
+    p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor (default: per output channel)")
     p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument("--asymmetric", action="store_true", help="uint8 [min, max] instead of symmetric int8")
     p.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     p.add_argument("--percentile", type=float, default=MethodConfig.percentile)
     p.add_argument("--kl-threshold", choices=("edge", "center"), default=MethodConfig.kl_threshold)
+    p.add_argument("--mse-min-bin", type=int, default=MethodConfig.mse_min_bin, help="mse: smallest candidate threshold, in |x| histogram bins")
+    p.add_argument("--aciq-prior", choices=ACIQ_PRIORS, default=MethodConfig.aciq_prior, help="aciq: fitted prior (default laplace)")
     p.add_argument("-o", "--output", required=True, help="table (.json)")
     COMMANDS["calibrate"] = cmd_calibrate
+
+    from quantviz.export.cli_commands import add_table_commands
+
+    add_table_commands(sub, COMMANDS)  # export, import, diff
     return parser
 
 

@@ -24,12 +24,16 @@ Progress = Callable[[int, int], None]  # (samples done, samples in all)
 Cancel = Callable[[], bool]  # True: stop as soon as the current batch is done
 
 
+def fixed_batch_size(model: LoadedModel) -> int | None:
+    """The batch dimension the model's inputs fix (e.g. 1), or None when it is dynamic."""
+    fixed = {spec.shape[0] for spec in model.inputs if spec.shape and isinstance(spec.shape[0], int)}
+    return int(fixed.pop()) if len(fixed) == 1 else None
+
+
 def effective_batch_size(model: LoadedModel, requested: int) -> int:
     """A fixed batch dimension in the model (e.g. 1) overrides the requested batch size."""
-    fixed = {spec.shape[0] for spec in model.inputs if spec.shape and isinstance(spec.shape[0], int)}
-    if len(fixed) == 1:
-        return int(fixed.pop())
-    return requested
+    fixed = fixed_batch_size(model)
+    return requested if fixed is None else fixed
 
 
 def validate_config(config: CollectConfig) -> None:
@@ -59,6 +63,16 @@ def collect(
     accs = {n: TensorAccumulator(n, config.bins, config.ema_constant) for n in names}
     total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
     batch_size = effective_batch_size(model, config.batch_size)
+    if fixed_batch_size(model) is not None and total % batch_size:
+        # A fixed batch dimension (other than 1) cannot run a shorter last batch.
+        usable = total - total % batch_size
+        if usable == 0:
+            raise QuantvizError(
+                f"The model's batch dimension is fixed at {batch_size}, but only {total} samples were given: "
+                f"give at least {batch_size} samples, or export the model with a dynamic batch dimension."
+            )
+        log.warning("The model's batch dimension is fixed at %d: the last %d of %d samples are left out.", batch_size, total - usable, total)
+        total = usable
     done = 0
     if progress:
         progress(0, total)

@@ -136,15 +136,23 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _numpy_error(exc: ValueError, origin: str, kind: str) -> QuantvizError:
+    """numpy's ValueError from np.load(allow_pickle=False) as a sentence (object arrays vs not numpy at all)."""
+    text = str(exc)
+    if "Object arrays" in text or "Python objects" in text:
+        return QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.")
+    if "pickled data" in text:  # numpy's answer for any file that is neither .npy nor .npz
+        return QuantvizError(f"{origin} is not a readable {kind} file (it is not in numpy's format).")
+    return QuantvizError(f"{origin} is not a readable {kind} file ({text}).")
+
+
 def _load_npz(raw: bytes | Path, origin: str) -> dict[str, np.ndarray]:
     try:
         src = io.BytesIO(raw) if isinstance(raw, bytes) else raw
         with np.load(src, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.") from exc
-        raise QuantvizError(f"{origin} is not a readable .npz file ({exc}).") from exc
+        raise _numpy_error(exc, origin, ".npz") from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise QuantvizError(f"{origin} is not a readable .npz file (it may be truncated or another file type).") from exc
 
@@ -155,9 +163,7 @@ def _load_npy(raw: bytes | Path, origin: str) -> np.ndarray:
             return np.load(io.BytesIO(raw), allow_pickle=False)
         return np.load(raw, allow_pickle=False, mmap_mode="r")
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.") from exc
-        raise QuantvizError(f"{origin} is not a readable .npy file ({exc}).") from exc
+        raise _numpy_error(exc, origin, ".npy") from exc
     except (OSError, EOFError) as exc:
         raise QuantvizError(f"{origin} is not a readable .npy file (it may be truncated or another file type).") from exc
 
@@ -249,10 +255,12 @@ def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
         shapes[spec.name] = tuple(int(d) for d in rest)  # type: ignore[arg-type]
 
     def fetch(start: int, stop: int) -> Batch:
+        # One seed per (input, sample): every input gets its own noise, and sample i is the same
+        # whatever the batch size (a cache keyed by data id and settings stays truthful).
         out: Batch = {}
-        for spec in inputs:
-            rng = np.random.default_rng([SYNTHETIC_SEED, start])
-            x = rng.standard_normal((stop - start, *shapes[spec.name]))
+        for k, spec in enumerate(inputs):
+            shape = shapes[spec.name]
+            x = np.stack([np.random.default_rng([SYNTHETIC_SEED, k, i]).standard_normal(shape) for i in range(start, stop)])
             out[spec.name] = x.astype(spec.dtype) if np.issubdtype(np.dtype(spec.dtype), np.floating) else np.zeros_like(x, dtype=spec.dtype)
         return out
 

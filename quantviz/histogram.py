@@ -29,9 +29,11 @@ import numpy.typing as npt
 
 from quantviz.errors import QuantvizError
 
-# float32 multiplies by 2**-e exactly only while 2**-e is a normal float32 number.
+# Bin widths 2**e for e in [MIN_EXPONENT, MAX_EXPONENT]. x * 2**-e is exact in float32 wherever the
+# product is >= 1 (the only place a bin index depends on it), also when 2**-e itself is subnormal
+# (2**-128 is). MAX_EXPONENT = 128 covers every float32 value, -FLT_MAX included (attention masks).
 MIN_EXPONENT = -100
-MAX_EXPONENT = 100
+MAX_EXPONENT = 128
 # Right shifts beyond this many bits leave 0 (or -1) for every index we can hold.
 _MAX_SHIFT = 62
 
@@ -108,7 +110,12 @@ def bin_indices(values: npt.NDArray[np.floating], exponent: int, bins: int, sign
     """Bin index of each finite value for a histogram of width 2**exponent (exact, see module doc)."""
     scale = np.float32(np.ldexp(1.0, -exponent)) if values.dtype == np.float32 else np.ldexp(1.0, -exponent)
     if signed:
-        idx = np.floor(values * scale).astype(np.int64)
+        scaled = values * scale
+        idx = np.floor(scaled).astype(np.int64)
+        if exponent > 0:
+            # A tiny negative x can underflow to -0.0 when scaled (x = -1e-30 with a width of 2**56):
+            # its bin is the one left of zero, floor would say the one right of it.
+            idx[(scaled == 0) & (values < 0)] = -1
         idx += bins // 2
     else:
         idx = (np.abs(values) * scale).astype(np.int64)  # truncation == floor for |x| >= 0

@@ -8,6 +8,7 @@ onnxruntime directly, never written next to the user's files (onnxruntime's cali
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,9 +139,11 @@ def _read_bytes(source: str | Path | bytes) -> tuple[onnx.ModelProto, bytes, str
     raw = path.read_bytes()
     try:
         proto = onnx.load(str(path), load_external_data=True)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError | OSError) and "external" in str(exc).lower():
-            raise QuantvizError(f"The external data file of '{path.name}' is missing: {exc}.") from exc
+    except (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError) as exc:
+        if isinstance(exc, OSError | onnx.checker.ValidationError) and "external" in str(exc).lower() or (
+            isinstance(exc, onnx.checker.ValidationError) and "should be stored in" in str(exc)
+        ):
+            raise QuantvizError(f"The external data file of '{path.name}' is missing: {str(exc).rstrip('.')}.") from exc
         raise QuantvizError(
             f"'{path.name}' is not a readable ONNX model (it may be truncated or another file type)."
         ) from exc
@@ -187,12 +190,41 @@ def load_model(source: str | Path | bytes, name: str | None = None) -> LoadedMod
     )
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Fatal error: )?")
+_ORT_LOCATION = re.compile(r"^/\S+:\d+ .*?\) (?=[A-Z])")  # "/onnxruntime_src/x.cc:12 void f(...) Message"
+_ORT_UNKNOWN_OP = re.compile(r"([\w.]*):(\w+)\(-?\d+\) is not a registered function/op")
+_ORT_OPSET = re.compile(r"Opset (\d+) is under development.*support for domain (\S+) is till opset (\d+)")
+_ORT_IR = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+
+
+def _ort_reason(text: str) -> str:
+    """onnxruntime's first message line without its error-code prefix and C++ source location."""
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return _ORT_LOCATION.sub("", _ORT_PREFIX.sub("", first)).strip()
+
+
 def _check_runnable(proto: onnx.ModelProto) -> None:
     try:
         ort.InferenceSession(proto.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         text = str(exc)
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        first = _ort_reason(text) if text.strip() else type(exc).__name__
+        if m := _ORT_UNKNOWN_OP.search(text):
+            domain = m.group(1) or "ai.onnx"
+            raise QuantvizError(
+                f"onnxruntime cannot run this model: it does not know the operator {m.group(2)} of domain '{domain}' "
+                "(a custom operator); export the model with standard ONNX operators."
+            ) from exc
+        if m := _ORT_OPSET.search(text):
+            raise QuantvizError(
+                f"onnxruntime cannot run this model: it uses opset {m.group(1)} of {m.group(2)}, and this onnxruntime "
+                f"supports up to opset {m.group(3)}; export the model with an older opset."
+            ) from exc
+        if m := _ORT_IR.search(text):
+            raise QuantvizError(
+                f"onnxruntime cannot run this model: its IR version {m.group(1)} is newer than this onnxruntime reads "
+                f"(up to {m.group(2)}); save the model with an older IR version."
+            ) from exc
         if "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text:
             raise QuantvizError(f"onnxruntime cannot run this model: an operator has no CPU implementation ({first}).") from exc
         if "opset" in text.lower() or "IR version" in text:

@@ -237,10 +237,18 @@ def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
             data = {k: z[k] for k in z.files if k != "header"}
     except QuantvizError:
         raise
-    except (ValueError, OSError, EOFError, json.JSONDecodeError, zipfile.BadZipFile) as exc:
+    except ValueError as exc:
+        if "object arrays" in str(exc).lower():  # numpy's words for a pickled array inside the .npz
+            raise QuantvizError(
+                "This statistics file holds Python objects (pickles), which quantviz never loads: it was not written by quantviz."
+            ) from exc
         raise QuantvizError("This file is not a readable quantviz statistics file (.npz).") from exc
-    if header.get("format") != STATS_FORMAT:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise QuantvizError("This file is not a readable quantviz statistics file (.npz).") from exc
+    if not isinstance(header, dict) or header.get("format") != STATS_FORMAT:
         raise QuantvizError("This file is not a quantviz statistics file.")
+    if not isinstance(header.get("version", 0), int):
+        raise QuantvizError("This statistics file is damaged (its version is not a whole number).")
     if header.get("version", 0) > STATS_VERSION:
         raise QuantvizError(
             f"This statistics file has version {header['version']}; this quantviz reads up to {STATS_VERSION}: upgrade quantviz."
@@ -282,12 +290,16 @@ def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
         raise QuantvizError(f"This statistics file is damaged (missing or malformed field: {exc}).") from exc
 
 
-def merge_stats(a: TensorStats, b: TensorStats) -> TensorStats:
-    """Statistics of a then b (exact for counts, ranges and histograms). Pure function."""
+def merge_stats(a: TensorStats, b: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT) -> TensorStats:
+    """Statistics of a then b (exact for counts, ranges and histograms). Pure function.
+
+    ema_constant: the c both were collected with (CollectConfig.ema_constant); the moving average
+    continues through b's batches with it.
+    """
     if a.name != b.name:
         raise QuantvizError(f"Cannot merge statistics of different tensors ('{a.name}' and '{b.name}').")
-    acc = _accumulator_from(a)
-    acc.merge(_accumulator_from(b))
+    acc = _accumulator_from(a, ema_constant)
+    acc.merge(_accumulator_from(b, ema_constant))
     return acc.result()
 
 

@@ -13,7 +13,12 @@ from typing import Any
 
 from quantviz.calib import MethodConfig, Threshold, method
 from quantviz.errors import QuantvizError
+from quantviz.fold import fold_batchnorm, node_key
+from quantviz.fusion import analyse, requant_points
+from quantviz.model import LoadedModel
+from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
+from quantviz.weights import weight_scales
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +101,116 @@ def calibrate(stats: CalibrationStats, method_name: str, config: MethodConfig | 
 
 def is_finite_entry(e: TensorEntry) -> bool:
     return all(math.isfinite(v) for v in (e.min, e.max, e.threshold, e.scale))
+
+
+# How many unknown names an error message lists before "and N more".
+NAMES_IN_MESSAGE = 5
+REQUANT_ROUNDING = "gemmlowp"
+
+
+def _name_list(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:NAMES_IN_MESSAGE])
+    return shown + (f" (and {len(names) - NAMES_IN_MESSAGE} more)" if len(names) > NAMES_IN_MESSAGE else "")
+
+
+def check_table_against_model(table: CalibrationTable, model: LoadedModel) -> None:
+    """Raise QuantvizError when the table names tensors, weights or layers the model lacks."""
+    known = set(model.tensor_names)
+    tensors = [n for n in [*table.tensors, *table.skipped] if n not in known]
+    weights = [n for n in table.weights if n not in model.initializers]
+    if weights:  # weights of folded layers may be new initializers of the folded model
+        folded, _ = fold_batchnorm(model.proto)
+        names = {i.name for i in folded.graph.initializer} | {n.output[0] for n in folded.graph.node if n.op_type == "Constant" and n.output}
+        weights = [n for n in weights if n not in names]
+    nodes = {node_key(n) for n in model.proto.graph.node}
+    layers = [n for n in table.requant if n not in nodes]
+    problems = [
+        f"{len(found)} {what} that model '{model.name}' lacks: {_name_list(found)}"
+        for what, found in (("tensors", tensors), ("weights", weights), ("layers", layers))
+        if found
+    ]
+    if problems:
+        raise QuantvizError(
+            f"The table (made for '{table.model_name}') names {'; and '.join(problems)}. "
+            "It was probably calibrated for another model: calibrate this model, or open the model the table was made for."
+        )
+
+
+def calibrate_model(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    method_name: str,
+    config: MethodConfig | None = None,
+    per_channel: bool = True,
+) -> CalibrationTable:
+    """calibrate() plus what the model's structure decides: see apply_model()."""
+    unknown = [n for n in stats.tensors if n not in set(model.tensor_names)]
+    if unknown:
+        raise QuantvizError(
+            f"The statistics (gathered on '{stats.model_name}') name {len(unknown)} tensors that model "
+            f"'{model.name}' lacks: {_name_list(unknown)}. Collect statistics on this model."
+        )
+    return apply_model(calibrate(stats, method_name, config), model, per_channel)
+
+
+def apply_model(table: CalibrationTable, model: LoadedModel, per_channel: bool = True) -> CalibrationTable:
+    """Fusion-aware scales, weight scales and requantization multipliers for a table of this model.
+
+    1. BatchNormalization is folded into its Conv (quantviz.fold); the pre-BN tensors stay in the table
+       (the plots show them) with extra["folded_into"] naming the tensor that replaces them.
+    2. Conv/Gemm -> Relu/ReLU-like Clip (quantviz.fusion): the Conv output takes the post-activation
+       entry's range and scale; TensorEntry.shared_with links both ways; extra["scale_from"] names
+       the source and extra["unshared"] keeps the tensor's own range. Call again after changing a
+       post-activation entry to re-share (a change to the pre-activation entry is overridden).
+    3. weights: per-channel (or per-tensor) abs-max scales of the folded weights (quantviz.weights).
+    4. requant: M = s_x * s_w / s_y per output channel as (M0, k) per layer (quantviz.requant).
+    5. settings["requant_points"]: Add/Concat inputs and whether their scales differ.
+    """
+    check_table_against_model(table, model)
+    folded, report = fold_batchnorm(model.proto)
+    info = analyse(model.proto)
+    tensors = dict(table.tensors)
+    for p in report.folded:
+        if p.removed_tensor in tensors:
+            e = tensors[p.removed_tensor]
+            tensors[p.removed_tensor] = replace(e, extra={**e.extra, "folded_into": p.output})
+    for g in info.groups:
+        pre, post = tensors.get(g.pre_activation), tensors.get(g.post_activation)
+        if pre is None or post is None or pre.float_kept or post.float_kept:
+            continue
+        own = pre.extra.get("unshared") or {
+            "method": pre.method, "min": pre.min, "max": pre.max,
+            "threshold": pre.threshold, "scale": pre.scale, "zero_point": pre.zero_point,
+        }  # fmt: skip
+        tensors[g.pre_activation] = replace(
+            pre,
+            method=post.method,
+            min=post.min,
+            max=post.max,
+            threshold=post.threshold,
+            scale=post.scale,
+            zero_point=post.zero_point,
+            shared_with=tuple(dict.fromkeys((*pre.shared_with, g.post_activation))),
+            extra={**pre.extra, "scale_from": g.post_activation, "unshared": own},
+        )
+        tensors[g.post_activation] = replace(post, shared_with=tuple(dict.fromkeys((*post.shared_with, g.pre_activation))))
+    usable = {n: e for n, e in tensors.items() if not e.float_kept and is_finite_entry(e)}
+    scales = {n: e.scale for n, e in usable.items()}
+    weights = weight_scales(folded, per_channel)
+    layers, left_out = layer_requant(folded, scales, weights, info, {n: e.zero_point for n, e in usable.items()})
+    settings = {
+        **table.settings,
+        "per_channel_weights": per_channel,
+        "folded_batchnorm": [p.to_dict() for p in report.folded],
+        "fusion_groups": [g.to_dict() for g in info.groups],
+        "requant_points": [r.to_dict() for r in requant_points(info, scales)],
+        "requant_rounding": REQUANT_ROUNDING,
+        "requant_left_out": left_out,
+    }
+    return replace(
+        table,
+        tensors=tensors,
+        settings=settings,
+        weights={n: w.to_dict() for n, w in weights.items()},
+        requant={k: v.to_dict() for k, v in layers.items()},
+    )

@@ -264,8 +264,9 @@ def torch_probs(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray
 
 
 def _inline_identity_of_initializers(model: onnx.ModelProto) -> None:
-    """The TorchScript exporter shares equal parameters and adds Identity nodes to fan them out;
-    turn each such Identity back into a plain initializer so the graph holds only real compute."""
+    """The TorchScript exporter deduplicates equal parameters (e.g. BatchNormalization scales that
+    are all ones) and adds Identity nodes to fan them out; turn each such Identity back into a plain
+    initializer so that the graph holds only real compute and every node output is an activation."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     keep = []
@@ -444,7 +445,8 @@ onnx {onnx.__version__}, onnxruntime {ort.__version__}, scikit-learn {sklearn.__
 numpy {np.__version__}. It runs on 2 CPU threads (`torch.set_num_threads(2)`,
 `torch.use_deterministic_algorithms(True)`) in a few minutes. Seeds: split {SPLIT_SEED},
 calibration subset {CALIB_SEED}, digits_cnn training {CNN_SEED}, digits_resnet training
-{RESNET_SEED}. Re-running gives the same accuracies; the bytes of the files may differ slightly.
+{RESNET_SEED}. Two runs on the same machine with the same versions wrote byte-identical files;
+another CPU or other library versions may change the bytes (and the last digits of the weights).
 
 ## Files
 
@@ -599,11 +601,11 @@ def main() -> None:
     for name in ["digits_cnn.onnx", "digits_calib.npz", "digits_eval.npz",
                  "digits_resnet.onnx", "digits32_calib.npz", "digits32_eval.npz"]:
         files[name] = (OUT_DIR / name).stat().st_size
-    write_readme(d, info_cnn, info_res, files, cfg)
-
+    # Check before writing the README, so that a failed run never leaves a README describing it.
     assert info_cnn["acc_ort"] > 0.95, info_cnn["acc_ort"]
     assert info_res["acc_ort"] > 0.90, info_res["acc_ort"]
     assert info_cnn["max_abs_diff"] < 1e-4 and info_res["max_abs_diff"] < 1e-3
+    write_readme(d, info_cnn, info_res, files, cfg)
     print(f"done in {time.perf_counter() - t_start:.0f}s; wrote {OUT_DIR}", flush=True)
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from quantviz.calib.aciq import threshold_aciq
 from quantviz.calib.kl import threshold_kl
 from quantviz.calib.minmax import threshold_ema, threshold_minmax
+from quantviz.calib.mse import threshold_mse
+from quantviz.calib.percentile import threshold_percentile
 from quantviz.calib.result import Curve, MethodConfig, Threshold
 from quantviz.errors import QuantvizError
 from quantviz.stats import TensorStats
@@ -20,6 +23,9 @@ METHODS: dict[str, MethodFn] = {
     "minmax": threshold_minmax,
     "ema": threshold_ema,
     "kl": threshold_kl,
+    "percentile": threshold_percentile,
+    "mse": threshold_mse,
+    "aciq": threshold_aciq,
 }
 
 METHOD_LABELS: dict[str, str] = {

@@ -15,6 +15,10 @@ from quantviz.fakequant import asymmetric_params, power_of_two_scale, symmetric_
 from quantviz.stats import TensorStats
 
 DEFAULT_PERCENTILE = 99.99
+# MSE: the smallest candidate threshold, in bins of the |x| histogram (1: every edge up to abs-max).
+DEFAULT_MSE_MIN_BIN = 1
+# ACIQ priors: Banner et al. 2019's Laplace and Gaussian fits, and ncnn2table's Gaussian from the range.
+ACIQ_PRIORS = ("laplace", "gaussian", "ncnn")
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,9 @@ class MethodConfig:
     power_of_two: round the scale up to a power of two (engines without a multiplier).
     kl_threshold: "edge" (pytorch-quantization: T = i * width) or "center" (ncnn, the TensorRT
     slides: T = (i + 0.5) * width) for the argmin candidate i.
+    mse_min_bin: the smallest MSE candidate threshold, in bins of the |x| histogram.
+    aciq_prior: "laplace" (T = 9.89 b), "gaussian" (T = 3.92 sigma), or "ncnn" (ncnn2table's
+    Gaussian, sigma guessed from the abs-max and the element count): see quantviz.calib.aciq.
     """
 
     symmetric: bool = True
@@ -33,12 +40,18 @@ class MethodConfig:
     kl_threshold: str = "edge"
     kl_start_bin: int = KL_START_BIN
     kl_target_bins: int = KL_TARGET_BINS
+    mse_min_bin: int = DEFAULT_MSE_MIN_BIN
+    aciq_prior: str = "laplace"
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile <= 100:
             raise QuantvizError(f"The percentile must be in (0, 100], not {self.percentile}.")
         if self.kl_threshold not in ("edge", "center"):
             raise QuantvizError(f"The KL threshold position must be 'edge' or 'center', not '{self.kl_threshold}'.")
+        if isinstance(self.mse_min_bin, bool) or not isinstance(self.mse_min_bin, (int, np.integer)) or self.mse_min_bin < 1:
+            raise QuantvizError(f"The smallest MSE candidate must be a whole number of bins, at least 1, not {self.mse_min_bin}.")
+        if self.aciq_prior not in ACIQ_PRIORS:
+            raise QuantvizError(f"The ACIQ prior must be one of {', '.join(ACIQ_PRIORS)}, not '{self.aciq_prior}'.")
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,17 @@ def require_data(stats: TensorStats, method: str) -> None:
         raise QuantvizError(
             f"Tensor '{stats.name}' has no finite values in the calibration data (empty, or only NaN/Inf): "
             f"{method} cannot calibrate it."
+        )
+
+
+def require_histogram(stats: TensorStats, method: str, signed: bool = False) -> None:
+    """A clear error when the statistics hold no histogram of this tensor's values (method needs one)."""
+    hist = stats.signed_hist if signed else stats.abs_hist
+    if hist is None or hist.bins == 0 or hist.total == 0:
+        kind = "signed histogram of x" if signed else "histogram of |x|"
+        raise QuantvizError(
+            f"The statistics of tensor '{stats.name}' have no {kind}: {method} needs it. "
+            "Collect the statistics again with quantviz (collect keeps both histograms)."
         )
 
 

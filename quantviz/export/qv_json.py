@@ -27,6 +27,20 @@ def _num(v: float | None) -> float | str | None:
     return str(v)  # "nan" / "inf": JSON has no literal for them
 
 
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of nested settings/weights/extra: numpy arrays and scalars become Python
+    values, non-finite floats their text ("nan", "inf"), since JSON has no literal for them."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy array or scalar
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
     tensors: dict[str, Any] = {}
     for name, e in table.tensors.items():
@@ -47,19 +61,19 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
         if e.shared_with:
             d["shared_with"] = list(e.shared_with)
         if e.extra:
-            d["extra"] = e.extra
+            d["extra"] = _plain(e.extra)
         tensors[name] = d
     out: dict[str, Any] = {
         "format": TABLE_FORMAT,
         "version": TABLE_VERSION,
         "model": {"name": table.model_name, "sha256": table.model_sha256},
-        "settings": table.settings,
+        "settings": _plain(table.settings),
         "tensors": tensors,
-        "weights": table.weights,
-        "requant": table.requant,
+        "weights": _plain(table.weights),
+        "requant": _plain(table.requant),
     }
     if table.skipped:
-        out["skipped"] = table.skipped
+        out["skipped"] = _plain(table.skipped)
     return out
 
 
@@ -80,10 +94,19 @@ def _float(value: Any, where: str) -> float:
         raise QuantvizError(f"{where} must be a number, not {json.dumps(value)}.") from None
 
 
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
+        raise QuantvizError(f"{where} must be an integer, not {json.dumps(value)}.")
+    return int(value)
+
+
 def table_from_dict(doc: Any) -> CalibrationTable:
     if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
         raise QuantvizError("This JSON is not a quantviz calibration table (its \"format\" is not quantviz-calibration).")
-    if int(doc.get("version", 0)) > TABLE_VERSION:
+    version = doc.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise QuantvizError(f'The table\'s "version" must be an integer, not {json.dumps(version)}.')
+    if version > TABLE_VERSION:
         raise QuantvizError(f"This table has version {doc['version']}; this quantviz reads up to {TABLE_VERSION}: upgrade quantviz.")
     raw = doc.get("tensors")
     if not isinstance(raw, dict):
@@ -96,20 +119,34 @@ def table_from_dict(doc: Any) -> CalibrationTable:
             if key not in d:
                 raise QuantvizError(f'tensors["{name}"] has no "{key}" field.')
         cos = d.get("cosine")
+        where = f'tensors["{name}"]'
+        if not isinstance(d["method"], str):
+            raise QuantvizError(f"{where}.method must be a string, not {json.dumps(d['method'])}.")
+        shared = d.get("shared_with", [])
+        if not isinstance(shared, list) or not all(isinstance(v, str) for v in shared):
+            raise QuantvizError(f"{where}.shared_with must be a list of tensor names.")
+        extra = d.get("extra", {})
+        if not isinstance(extra, dict):
+            raise QuantvizError(f"{where}.extra must be an object.")
         tensors[name] = TensorEntry(
-            method=str(d["method"]),
+            method=d["method"],
             min=_float(d["min"], f'tensors["{name}"].min'),
             max=_float(d["max"], f'tensors["{name}"].max'),
             threshold=_float(d["threshold"], f'tensors["{name}"].threshold'),
             scale=_float(d["scale"], f'tensors["{name}"].scale'),
-            zero_point=int(d.get("zero_point", 0)),
+            zero_point=_int(d.get("zero_point", 0), f"{where}.zero_point"),
             cosine=None if cos is None else _float(cos, f'tensors["{name}"].cosine'),
             note=str(d.get("note", "")),
             float_kept=bool(d.get("float", False)),
-            shared_with=tuple(d.get("shared_with", ())),
-            extra=dict(d.get("extra", {})),
+            shared_with=tuple(shared),
+            extra=dict(extra),
         )
     model = doc.get("model", {}) or {}
+    if not isinstance(model, dict):
+        raise QuantvizError('The table\'s "model" must be an object with "name" and "sha256".')
+    for key in ("settings", "weights", "requant", "skipped"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise QuantvizError(f'The table\'s "{key}" must be an object.')
     return CalibrationTable(
         model_name=str(model.get("name", "")),
         model_sha256=str(model.get("sha256", "")),
