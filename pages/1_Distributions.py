@@ -8,7 +8,7 @@ import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.export.qv_json import dumps
-from quantviz.plots import histogram_figure
+from quantviz.plots import histogram_figure, weight_channels_figure
 from quantviz.summary import all_thresholds, method_table
 from ui import state
 
@@ -63,6 +63,22 @@ cols[4].metric("elements seen", f"{t.count:,}")
 
 st.subheader("Thresholds by method")
 st.dataframe(method_table(t, results), hide_index=True, key="method_table")
+
+model, _ = state.model_and_source()
+info = infos.get(tensor)
+if model is not None and info is not None and info.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
+    st.subheader("Weights of the layer that produces this tensor")
+    per_channel = st.toggle("Per-channel weight scales", value=state.per_channel(), key=state.PER_CHANNEL)
+    producer = info.producer
+    if info.op_type == "BatchNormalization":  # folded into the Conv before it: that Conv's weights
+        bn = model.node_by_name().get(producer)
+        before = infos.get(bn.input[0]) if bn is not None else None
+        producer = before.producer if before is not None else producer
+    found = [w for w in state.weights_of(model.sha256, per_channel).values() if w.node == producer]
+    for w in found:
+        st.plotly_chart(weight_channels_figure(w.name, w.absmax, w.scales), key=f"weights_{w.name}")
+    if not found:
+        st.caption("No constant weight found for this layer.")
 
 st.subheader("Calibration table")
 methods = list(METHODS)

@@ -100,3 +100,26 @@ def curve_figure(th: Threshold, title: str | None = None) -> go.Figure:
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
+
+
+def weight_channels_figure(name: str, absmax: np.ndarray, scales: np.ndarray, title: str | None = None) -> go.Figure:
+    """Per-output-channel weight abs-max (bars) and int8 scale (markers, right axis)."""
+    ch = np.arange(absmax.size)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=ch, y=absmax, name="abs-max", marker_color="#7f7f7f", hovertemplate="channel %{x}<br>abs-max %{y:.4g}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(x=ch, y=scales, name="scale", mode="markers", yaxis="y2", marker={"color": "#1f77b4", "size": 7},
+                   hovertemplate="channel %{x}<br>scale %{y:.4g}<extra></extra>")
+    )  # fmt: skip
+    ratio = float(absmax.max() / absmax[absmax > 0].min()) if np.any(absmax > 0) else 1.0
+    fig.update_layout(
+        title=title or f"{name}: per-channel weight range (max/min ratio {ratio:.1f})",
+        xaxis_title="output channel",
+        yaxis_title="abs-max",
+        yaxis2={"title": "scale", "overlaying": "y", "side": "right", "rangemode": "tozero"},
+        height=320,
+        margin={"l": 60, "r": 60, "t": 50, "b": 50},
+        legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+        bargap=0.1,
+    )
+    return fig

@@ -7,6 +7,7 @@ never share them). Heavy results (models, statistics) live in st.cache_resource,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +18,20 @@ from quantviz.calib import MethodConfig
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import CalibrationSource
+from quantviz.fold import fold_batchnorm
 from quantviz.model import LoadedModel, load_model
-from quantviz.review import Review, build_table
+from quantviz.review import Review, build_table, review_from_dict, review_to_dict
 from quantviz.stats import CalibrationStats
 from quantviz.summary import overview
-from quantviz.table import CalibrationTable, calibrate
+from quantviz.table import CalibrationTable, apply_model, calibrate
+from quantviz.weights import WeightQuant, weight_scales
 
 # session_state keys (selections only; never arrays)
 STATS_KEY = "qv_stats_key"  # key of the current statistics in the store
 MODEL_KEY = "qv_model_sha"  # sha256 of the current model, when a model is loaded
 TENSOR = "qv_tensor"  # current tensor name (shared by every page's tensor picker)
 REVIEW = "qv_review"  # the person's Review: per-tensor choices and notes
+PER_CHANNEL = "qv_per_channel"  # weights per output channel (True) or per tensor
 
 
 @dataclass(frozen=True)
@@ -155,11 +159,32 @@ def set_review(new: Review) -> None:
     st.session_state[REVIEW] = new
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _model_table(key: StatsKey, review_json: str, per_channel: bool) -> CalibrationTable:
+    stats = _stats_store()[key]
+    r = review_from_dict(json.loads(review_json))
+    table = build_table(stats, r, base=_tables(key, r.default_method, r.config))
+    model = _model_cache().get(key.model_sha256)
+    return apply_model(table, model, per_channel) if model is not None else table
+
+
 def current_table() -> CalibrationTable:
-    """The table of the current review (default method, per-tensor choices, notes)."""
-    stats = need_stats()
+    """The table of the current review (default method, per-tensor choices, notes), with weight
+    scales, fused shared scales and requantization multipliers when the model is loaded."""
+    need_stats()
     r = review()
-    return build_table(stats, r, base=table_for(r.default_method, r.config))
+    return _model_table(st.session_state[STATS_KEY], json.dumps(review_to_dict(r), sort_keys=True), per_channel())
+
+
+def per_channel() -> bool:
+    return bool(st.session_state.get(PER_CHANNEL, True))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def weights_of(model_sha256: str, per_channel: bool) -> dict[str, WeightQuant]:
+    """Per-channel (or per-tensor) weight scales of the folded model, keyed by initializer."""
+    model = _model_cache()[model_sha256]
+    return weight_scales(fold_batchnorm(model.proto)[0], per_channel)
 
 
 def tensor_picker(names: list[str], label_of: Callable[[str], str], widget_key: str, label: str = "Tensor (type to search)") -> str:

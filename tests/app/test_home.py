@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime as ort
 from streamlit.testing.v1 import AppTest
 
+from tests.app.figs import array, figure
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 SAMPLE_MODEL = ROOT / "sample_models" / "digits_cnn.onnx"
@@ -109,3 +111,29 @@ def test_npz_that_does_not_fit_the_model_names_the_input():
     assert not at.exception
     assert len(at.error) == 1
     assert "'input'" in at.error[0].value and "[?, 1, 8, 8]" in at.error[0].value.replace("batch", "?")
+
+
+def test_weights_of_a_conv_are_shown_per_channel_after_folding():
+    """The Conv feeding a BatchNorm: its folded per-channel abs-max, checked against numpy."""
+    import onnx
+    from onnx import numpy_helper
+
+    at = _app()
+    m = onnx.load(str(SAMPLE_MODEL))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
+    conv = next(n for n in m.graph.node if n.output[0] == bn.input[0])
+    w = inits[conv.input[1]].astype(np.float64)
+    gamma, _, _, var = (inits[n].astype(np.float64) for n in bn.input[1:5])
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    folded = w * (gamma / np.sqrt(var + eps))[:, None, None, None]
+    expected = np.abs(folded).reshape(folded.shape[0], -1).max(axis=1)
+    at.session_state["qv_tensor"] = bn.output[0]
+    at.switch_page("pages/1_Distributions.py").run()
+    assert not at.exception
+    charts = [figure(c) for c in at.get("plotly_chart")]
+    weights = [c for c in charts if c["layout"]["xaxis"]["title"]["text"] == "output channel"]
+    assert len(weights) == 1
+    got = array(weights[0]["data"][0]["y"])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(array(weights[0]["data"][1]["y"]), (expected / 127).astype(np.float32), rtol=1e-6)
