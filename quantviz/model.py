@@ -8,8 +8,8 @@ onnxruntime directly, never written next to the user's files (onnxruntime's cali
 from __future__ import annotations
 
 import hashlib
-import re
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +130,12 @@ def _read_bytes(source: str | Path | bytes) -> tuple[onnx.ModelProto, bytes, str
             raise QuantvizError(
                 "This file is not a readable ONNX model (it may be truncated or another file type)."
             ) from exc
+        if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+            # onnxruntime would look for the data file relative to the working directory.
+            raise QuantvizError(
+                "This model keeps its weights in a separate external data file, which an upload does not carry: "
+                "load it from its path on disk, with the data file beside it."
+            )
         return proto, raw, name
     path = Path(source)
     if not path.exists():

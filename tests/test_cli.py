@@ -130,16 +130,32 @@ def _bad(r: subprocess.CompletedProcess[str], *words: str) -> None:
 
 def test_bad_inputs(case: dict, tmp_path: Path) -> None:
     out = tmp_path / "t.json"
-    _bad(run("calibrate", tmp_path / "missing.onnx", "--data", case["data"], "--method", "minmax", "-o", out), "missing.onnx", "does not exist")
+    _bad(
+        run("calibrate", tmp_path / "missing.onnx", "--data", case["data"], "--method", "minmax", "-o", out),
+        "missing.onnx",
+        "does not exist",
+    )
     (tmp_path / "fake.onnx").write_text("this is a text file\n")
-    _bad(run("collect", tmp_path / "fake.onnx", "--data", case["data"], "-o", tmp_path / "s.npz"), "'fake.onnx' is not a readable ONNX model")
+    _bad(
+        run("collect", tmp_path / "fake.onnx", "--data", case["data"], "-o", tmp_path / "s.npz"),
+        "'fake.onnx' is not a readable ONNX model",
+    )
     np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 3, 7, 7), np.float32))
-    _bad(run("collect", case["model"], "--data", tmp_path / "wrong.npz", "-o", tmp_path / "s.npz"), "Input 'x'", "[N, 3, 8, 8]", "[4, 3, 7, 7]")
+    _bad(
+        run("collect", case["model"], "--data", tmp_path / "wrong.npz", "-o", tmp_path / "s.npz"),
+        "Input 'x'",
+        "[N, 3, 8, 8]",
+        "[4, 3, 7, 7]",
+    )
     np.savez(tmp_path / "u8.npz", x=np.zeros((4, 3, 8, 8), np.uint8))
     _bad(run("collect", case["model"], "--data", tmp_path / "u8.npz", "-o", tmp_path / "s.npz"), "Input 'x'", "float32", "uint8")
     _bad(run("calibrate", case["model"], "--data", case["data"], "--method", "magic", "-o", out), "magic", "--method")
     _bad(run("calibrate", "--stats", tmp_path / "nope.npz", "--method", "minmax", "-o", out), "nope.npz", "does not exist")
     _bad(run("calibrate", "--method", "minmax", "-o", out), "calibrate needs MODEL")
     _bad(run("collect", case["model"], "--data", "synthetic:abc", "-o", tmp_path / "s.npz"), "synthetic:abc")
-    _bad(run("collect", case["model"], "--data", case["data"], "-o", tmp_path / "no" / "such" / "s.npz"), "output file", "does not exist")
+    _bad(
+        run("collect", case["model"], "--data", case["data"], "-o", tmp_path / "no" / "such" / "s.npz"),
+        "output file",
+        "does not exist",
+    )
     assert not out.exists()

@@ -92,7 +92,9 @@ def test_fixed_batch_dimension_one(tmp_path) -> None:
     np.savez(tmp_path / "d.npz", x=x)
     m = load_model(graphs.identity_graph([1, 16]).SerializeToString())
     seen: list[int] = []
-    stats = collect(m, open_source(tmp_path / "d.npz", m.inputs), CollectConfig(batch_size=4, bins=64), progress=lambda d, t: seen.append(d))
+    stats = collect(
+        m, open_source(tmp_path / "d.npz", m.inputs), CollectConfig(batch_size=4, bins=64), progress=lambda d, t: seen.append(d)
+    )
     assert stats.samples == 5 and seen == [0, 1, 2, 3, 4, 5]
     assert (stats.tensors["y"].min, stats.tensors["y"].max) == (float(x.min()), float(x.max()))
 
@@ -127,7 +129,7 @@ def test_digits_sample_model() -> None:
         np.testing.assert_allclose([s.min, s.max], [value.min(), value.max()], rtol=1e-5, atol=1e-6, err_msg=name)
         assert s.count == value.size and not s.nonfinite
     probs = stats.tensors["probs"]
-    assert 0.0 <= probs.min and probs.max <= 1.0
+    assert probs.min >= 0.0 and probs.max <= 1.0
 
 
 def test_fixed_batch_dimension_four(tmp_path) -> None:
@@ -136,7 +138,9 @@ def test_fixed_batch_dimension_four(tmp_path) -> None:
     np.savez(tmp_path / "d.npz", x=x)
     m = load_model(graphs.identity_graph([4, 16]).SerializeToString())
     seen: list[tuple[int, int]] = []
-    stats = collect(m, open_source(tmp_path / "d.npz", m.inputs), CollectConfig(bins=64), progress=lambda d, t: seen.append((d, t)))
+    stats = collect(
+        m, open_source(tmp_path / "d.npz", m.inputs), CollectConfig(bins=64), progress=lambda d, t: seen.append((d, t))
+    )
     assert stats.samples == 8 and seen == [(0, 8), (4, 8), (8, 8)]
     assert stats.tensors["y"].max == float(x[:8].max())
     with pytest.raises(QuantvizError, match="batch dimension is fixed at 4, but only 3 samples"):
@@ -152,7 +156,13 @@ def test_empty_tensor_reported_empty() -> None:
         helper.make_node("Slice", ["x", "s0", "e0", "ax"], ["empty"], name="slice"),
         helper.make_node("Concat", ["x", "empty"], ["y"], name="cat", axis=1),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", graphs.OPSET)], ir_version=graphs.IR_VERSION)
     m = load_model(proto.SerializeToString())
     stats = collect(m, open_source("synthetic:6", m.inputs), CollectConfig(bins=64, batch_size=4))
@@ -171,7 +181,12 @@ def test_float16_tensors(tmp_path) -> None:
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("Cast", ["r"], ["y"], name="c2", to=TensorProto.FLOAT),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", graphs.OPSET)], ir_version=graphs.IR_VERSION)
     m = load_model(proto.SerializeToString())
     assert [(t.name, t.dtype) for t in m.tensors] == [("x", "float32"), ("h", "float16"), ("r", "float16"), ("y", "float32")]

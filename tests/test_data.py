@@ -107,7 +107,10 @@ def _expected(pixels: np.ndarray, pre: ImagePreprocess) -> np.ndarray:
 
 CASES = [
     (ImagePreprocess(color="bgr", scale=1 / 255, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 2.0)), ("N", 3, 4, 5)),
-    (ImagePreprocess(color="rgb", scale=1.0, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), layout="nhwc"), ("N", 4, 5, 3)),
+    (
+        ImagePreprocess(color="rgb", scale=1.0, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), layout="nhwc"),
+        ("N", 4, 5, 3),
+    ),
     (ImagePreprocess(color="gray", scale=2.0, mean=(1.0,), std=(3.0,)), ("N", 1, 4, 5)),
 ]
 
@@ -188,7 +191,14 @@ def test_synthetic_flagged_and_reproducible() -> None:
     assert 0.3 < float(one["a"].std()) < 3.0
 
 
-@pytest.mark.parametrize(("text", "message"), [("synthetic:abc", "not synthetic:N with N a whole number"), ("synthetic:0", "needs N between 1"), ("synthetic:-3", "needs N between 1")])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("synthetic:abc", "not synthetic:N with N a whole number"),
+        ("synthetic:0", "needs N between 1"),
+        ("synthetic:-3", "needs N between 1"),
+    ],
+)
 def test_synthetic_bad_count(text: str, message: str) -> None:
     with pytest.raises(QuantvizError, match=message):
         open_source(text, ONE)
@@ -217,10 +227,14 @@ def test_missing_key_names_input(tmp_path: Path) -> None:
 
 def test_wrong_shape_names_input_and_shapes(tmp_path: Path) -> None:
     p = _npz(tmp_path, x=np.zeros((2, 3, 5), np.float32))
-    with pytest.raises(QuantvizError, match=r"Input 'x' expects shape \[N, 3, 4\] but 'd.npz' has shape \[2, 3, 5\] \(axis 2: 5 instead of 4\)"):
+    with pytest.raises(
+        QuantvizError, match=r"Input 'x' expects shape \[N, 3, 4\] but 'd.npz' has shape \[2, 3, 5\] \(axis 2: 5 instead of 4\)"
+    ):
         open_source(p, ONE)
     p = _npz(tmp_path, x=np.zeros((2, 12), np.float32))
-    with pytest.raises(QuantvizError, match=r"Input 'x' expects shape \[N, 3, 4\] but 'd.npz' has shape \[2, 12\] \(2 dimensions instead of 3"):
+    with pytest.raises(
+        QuantvizError, match=r"Input 'x' expects shape \[N, 3, 4\] but 'd.npz' has shape \[2, 12\] \(2 dimensions instead of 3"
+    ):
         open_source(p, ONE)
 
 

@@ -27,8 +27,16 @@ def same_float(a: float, b: float) -> bool:
 
 def same_entry(a: TensorEntry, b: TensorEntry) -> bool:
     floats = all(same_float(getattr(a, f), getattr(b, f)) for f in ("min", "max", "threshold", "scale"))
-    cos = (a.cosine is None and b.cosine is None) or (a.cosine is not None and b.cosine is not None and same_float(a.cosine, b.cosine))
-    rest = (a.method, a.zero_point, a.note, a.float_kept, a.shared_with) == (b.method, b.zero_point, b.note, b.float_kept, b.shared_with)
+    cos = (a.cosine is None and b.cosine is None) or (
+        a.cosine is not None and b.cosine is not None and same_float(a.cosine, b.cosine)
+    )
+    rest = (a.method, a.zero_point, a.note, a.float_kept, a.shared_with) == (
+        b.method,
+        b.zero_point,
+        b.note,
+        b.float_kept,
+        b.shared_with,
+    )
     return floats and cos and rest
 
 
@@ -37,7 +45,9 @@ def table(entries: dict[str, TensorEntry]) -> CalibrationTable:
 
 
 def test_header_and_one_row_by_plain_csv_reader() -> None:
-    e = TensorEntry("kl", -2.5, 2.5, 2.5, 0.1 / 3, 0, cosine=0.999, note='reviewed, "keep"', float_kept=True, shared_with=("a,b", "c"))
+    e = TensorEntry(
+        "kl", -2.5, 2.5, 2.5, 0.1 / 3, 0, cosine=0.999, note='reviewed, "keep"', float_kept=True, shared_with=("a,b", "c")
+    )
     text = dumps_csv(table({'conv "1", out': e}))
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert tuple(rows[0]) == COLUMNS
@@ -51,16 +61,34 @@ def test_header_and_one_row_by_plain_csv_reader() -> None:
 @given(
     entries=st.dictionaries(
         NAMES,
-        st.tuples(ANY_FLOAT, ANY_FLOAT, ANY_FLOAT, ANY_FLOAT, st.integers(-128, 255), st.none() | ANY_FLOAT, st.text(max_size=20), st.booleans(), st.lists(NAMES, max_size=3)),
+        st.tuples(
+            ANY_FLOAT,
+            ANY_FLOAT,
+            ANY_FLOAT,
+            ANY_FLOAT,
+            st.integers(-128, 255),
+            st.none() | ANY_FLOAT,
+            st.text(max_size=20),
+            st.booleans(),
+            st.lists(NAMES, max_size=3),
+        ),
         min_size=1,
         max_size=6,
     )
 )
 @settings(max_examples=60, deadline=None)
 def test_round_trip_is_exact(entries: dict) -> None:
-    src = {n: TensorEntry("m", lo, hi, t, s, zp, cos, note, kept, tuple(sw)) for n, (lo, hi, t, s, zp, cos, note, kept, sw) in entries.items()}
+    src = {
+        n: TensorEntry("m", lo, hi, t, s, zp, cos, note, kept, tuple(sw))
+        for n, (lo, hi, t, s, zp, cos, note, kept, sw) in entries.items()
+    }
     # negative scales are refused on reading; keep the sign of every other value
-    src = {n: TensorEntry(e.method, e.min, e.max, e.threshold, abs(e.scale), e.zero_point, e.cosine, e.note, e.float_kept, e.shared_with) for n, e in src.items()}
+    src = {
+        n: TensorEntry(
+            e.method, e.min, e.max, e.threshold, abs(e.scale), e.zero_point, e.cosine, e.note, e.float_kept, e.shared_with
+        )
+        for n, e in src.items()
+    }
     back = loads_csv(dumps_csv(table(src)))
     assert list(back.tensors) == list(src)
     for n, e in src.items():
@@ -76,7 +104,16 @@ def test_file_round_trip_and_spreadsheet_bom(tmp_path) -> None:
     edited = "\ufeffname,method,min,max,threshold,scale\r\nx,edited,-1,1,1,0.5\r\n"
     back = loads_csv(edited.encode("utf-8"))
     e = back.tensors["x"]
-    assert (e.method, e.min, e.max, e.threshold, e.scale, e.zero_point, e.cosine, e.float_kept) == ("edited", -1.0, 1.0, 1.0, 0.5, 0, None, False)
+    assert (e.method, e.min, e.max, e.threshold, e.scale, e.zero_point, e.cosine, e.float_kept) == (
+        "edited",
+        -1.0,
+        1.0,
+        1.0,
+        0.5,
+        0,
+        None,
+        False,
+    )
 
 
 @pytest.mark.parametrize(

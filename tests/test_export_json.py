@@ -50,7 +50,19 @@ def test_round_trip_is_bit_exact(entries: dict) -> None:
 
 
 def test_contract_keys_and_everything_else_survive(tmp_path) -> None:
-    e = TensorEntry("kl", -2.9, 2.9, 2.9, 0.022834, 0, cosine=0.9993, note="reviewed: keep KL", float_kept=True, shared_with=("b",), extra={"observed_max": 3.4})
+    e = TensorEntry(
+        "kl",
+        -2.9,
+        2.9,
+        2.9,
+        0.022834,
+        0,
+        cosine=0.9993,
+        note="reviewed: keep KL",
+        float_kept=True,
+        shared_with=("b",),
+        extra={"observed_max": 3.4},
+    )
     src = table(
         {"a": e},
         weights={"w": {"axis": 0, "scales": [0.1, 0.2], "node": "conv"}},
@@ -61,7 +73,13 @@ def test_contract_keys_and_everything_else_survive(tmp_path) -> None:
     write_json(src, path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == "quantviz-calibration" and doc["version"] == 1
-    assert {k: doc["tensors"]["a"][k] for k in ("method", "min", "max", "threshold", "scale")} == {"method": "kl", "min": -2.9, "max": 2.9, "threshold": 2.9, "scale": 0.022834}
+    assert {k: doc["tensors"]["a"][k] for k in ("method", "min", "max", "threshold", "scale")} == {
+        "method": "kl",
+        "min": -2.9,
+        "max": 2.9,
+        "threshold": 2.9,
+        "scale": 0.022834,
+    }
     assert read_json(path) == src
 
 
@@ -76,7 +94,11 @@ def test_numpy_and_non_finite_values_in_nested_fields_are_written() -> None:
     assert back.tensors["a"].extra == {"observed_min": "-inf", "n": 3}
 
 
-GOOD = {"format": "quantviz-calibration", "version": 1, "tensors": {"a": {"method": "kl", "min": -1, "max": 1, "threshold": 1, "scale": 0.1}}}
+GOOD = {
+    "format": "quantviz-calibration",
+    "version": 1,
+    "tensors": {"a": {"method": "kl", "min": -1, "max": 1, "threshold": 1, "scale": 0.1}},
+}
 
 
 def _with(path: tuple[str, ...], value: object) -> str:
@@ -101,7 +123,10 @@ def _with(path: tuple[str, ...], value: object) -> str:
         (_with(("tensors", "a", "shared_with"), "b"), r'tensors\["a"\].shared_with'),
         (_with(("tensors", "a", "method"), 3), r'tensors\["a"\].method'),
         (_with(("weights",), [1, 2]), '"weights"'),
-        (json.dumps({**GOOD, "tensors": {"a": {"method": "kl", "min": 0, "max": 1, "scale": 0.1}}}), r'tensors\["a"\] has no "threshold"'),
+        (
+            json.dumps({**GOOD, "tensors": {"a": {"method": "kl", "min": 0, "max": 1, "scale": 0.1}}}),
+            r'tensors\["a"\] has no "threshold"',
+        ),
     ],
 )
 def test_malformed_json_names_the_field(text: str, match: str) -> None:

@@ -86,7 +86,9 @@ def test_weight_lines_first_from_formats_md(model: LoadedModel) -> None:
 
 
 def test_per_tensor_weight_scale_is_repeated_per_channel(model: LoadedModel) -> None:
-    weights = {"wa": {"axis": None, "per_channel": False, "node": "conv_a", "op_type": "Conv", "shape": [2, 3, 1, 1], "scales": [0.5]}}
+    weights = {
+        "wa": {"axis": None, "per_channel": False, "node": "conv_a", "op_type": "Conv", "shape": [2, 3, 1, 1], "scales": [0.5]}
+    }
     assert dumps_ncnn(table({}, weights), model) == "conv_a_param_0 2.000000 2.000000 \n"
 
 
@@ -99,14 +101,22 @@ def test_float_kept_lines_start_with_hash_and_read_back_as_float(model: LoadedMo
     weights = {"wa": {"axis": 0, "node": "conv_a", "scales": [0.01, 0.02]}}
     src = table({"x": sym(1.0), "r1": sym(2.5, float_kept=True)}, weights)
     text = dumps_ncnn(src, model)
-    assert text.splitlines() == ["#conv_a_param_0 100.000000 50.000000 ", "conv1 127.000000 ", "#conv_a 50.800000 ", "#yb 50.800000 "]
+    assert text.splitlines() == [
+        "#conv_a_param_0 100.000000 50.000000 ",
+        "conv1 127.000000 ",
+        "#conv_a 50.800000 ",
+        "#yb 50.800000 ",
+    ]
     back = loads_ncnn("# made by ncnn2table\n" + text, model)
     assert back.tensors["r1"].float_kept and not back.tensors["x"].float_kept
     assert math.isclose(back.tensors["r1"].threshold, 2.5, rel_tol=1e-6)
 
 
 def test_round_trip_with_model(model: LoadedModel, tmp_path) -> None:
-    weights = {"w1": {"axis": 0, "node": "conv1", "scales": [0.011, 0.0123, 0.0005]}, "wf": {"axis": 0, "node": "fc", "scales": [0.2, 0.3]}}
+    weights = {
+        "w1": {"axis": 0, "node": "conv1", "scales": [0.011, 0.0123, 0.0005]},
+        "wf": {"axis": 0, "node": "fc", "scales": [0.2, 0.3]},
+    }
     src = table({n: sym(t) for n, t in THRESHOLDS.items()}, weights)
     path = tmp_path / "m.table"
     write_ncnn_table(src, path, model)

@@ -88,7 +88,14 @@ def test_float_kept_left_out_and_asymmetric_written_as_symmetric_cover() -> None
     assert (back.tensors["asym"].min, back.tensors["asym"].max) == (-5.0, 5.0)
 
 
-@given(st.dictionaries(st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=16), st.floats(1e-30, 1e30), min_size=1, max_size=5))
+@given(
+    st.dictionaries(
+        st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=16),
+        st.floats(1e-30, 1e30),
+        min_size=1,
+        max_size=5,
+    )
+)
 @settings(max_examples=20, deadline=None)
 def test_names_and_values_round_trip_in_every_kind(entries: dict[str, float]) -> None:
     src = table({n: sym(t) for n, t in entries.items()})
@@ -106,7 +113,13 @@ def test_older_and_numpy_json_layouts() -> None:
     assert math.isclose(r.max, 6.0, rel_tol=1e-6)
     numpy_form = {
         "CLS": "TensorsData",
-        "data": {"x": {"lowest": {"data": [-1.5], "dtype": "float32", "CLS": "numpy.array"}, "highest": {"data": 1.5, "dtype": "float32", "CLS": "numpy.array"}, "CLS": "TensorData"}},
+        "data": {
+            "x": {
+                "lowest": {"data": [-1.5], "dtype": "float32", "CLS": "numpy.array"},
+                "highest": {"data": 1.5, "dtype": "float32", "CLS": "numpy.array"},
+                "CLS": "TensorData",
+            }
+        },
         "calibration_method": {"CLS": "CalibrationMethod", "value": "CalibrationMethod.Entropy"},
     }
     t = loads_ort_json(json.dumps(numpy_form))
@@ -133,7 +146,15 @@ def test_malformed_json_names_the_tensor_or_field(text: str, match: str) -> None
         loads_ort_json(text)
 
 
-@pytest.mark.parametrize(("text", "match"), [("a 1.0\nnospace\n", "Line 2"), ("a 1.0\nb x\n", "Line 2.*'x' is not a number"), ("a 1\na 2\n", "Line 2 .*repeats"), ("a inf\n", "Line 1.*finite")])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a 1.0\nnospace\n", "Line 2"),
+        ("a 1.0\nb x\n", "Line 2.*'x' is not a number"),
+        ("a 1\na 2\n", "Line 2 .*repeats"),
+        ("a inf\n", "Line 1.*finite"),
+    ],
+)
 def test_malformed_cache_names_the_line(text: str, match: str) -> None:
     with pytest.raises(QuantvizError, match=match):
         loads_ort_cache(text)

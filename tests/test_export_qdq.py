@@ -32,7 +32,9 @@ def qdq_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     d = tmp_path_factory.mktemp("qdq")
     onnx.save(conv_bn_relu(), str(d / "f.onnx"))
     # onnxruntime 1.31 wants 0-d arrays here (numpy scalars fail in QuantizationParams)
-    overrides = {n: [{"scale": np.array(s, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}] for n, s in OVERRIDES.items()}
+    overrides = {
+        n: [{"scale": np.array(s, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}] for n, s in OVERRIDES.items()
+    }
     quantize_static(
         str(d / "f.onnx"),
         str(d / "q.onnx"),

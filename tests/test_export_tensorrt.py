@@ -73,6 +73,11 @@ def test_names_with_spaces_brackets_colons(tmp_path) -> None:
         assert back.tensors[n].scale == src.tensors[n].scale
 
 
+def test_windows_line_ends() -> None:
+    t = loads_trt(b"TRT-8601-EntropyCalibration2\r\ninput.1: 3caa54a9\r\n")
+    assert list(t.tensors) == ["input.1"] and t.tensors["input.1"].scale == float32_from_bits("3caa54a9")
+
+
 def test_hex_without_leading_zeros_and_uppercase() -> None:
     # TensorRT prints the bits with std::hex (no zero padding); 0x00800000 is the smallest normal float32
     t = loads_trt("TRT-8601-EntropyCalibration2\na: 800000\nb: 3C010204\n")
@@ -88,7 +93,11 @@ def test_float_kept_tensors_are_left_out_and_asymmetric_use_symmetric_scale() ->
     assert lines[0] == "asym: " + struct.pack(">f", np.float32(6.0) / np.float32(127)).hex()
 
 
-@given(entries=st.dictionaries(NAMES, st.floats(min_value=0, allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=8))
+@given(
+    entries=st.dictionaries(
+        NAMES, st.floats(min_value=0, allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=8
+    )
+)
 @settings(max_examples=60, deadline=None)
 def test_round_trip_is_bit_exact(entries: dict[str, float]) -> None:
     src = table({n: sym(s * 127, scale=s) for n, s in entries.items()})

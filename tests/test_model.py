@@ -142,7 +142,10 @@ def test_custom_op_cannot_run() -> None:
         [_vi("y")],
         opsets=(("", graphs.OPSET), ("com.example", 1)),
     )
-    with pytest.raises(QuantvizError, match=r"onnxruntime cannot run this model: it does not know the operator FancyGelu of domain 'com\.example'"):
+    with pytest.raises(
+        QuantvizError,
+        match=r"onnxruntime cannot run this model: it does not know the operator FancyGelu of domain 'com\.example'",
+    ):
         load_model(raw)
 
 
@@ -176,7 +179,9 @@ def test_no_float_tensors() -> None:
 def test_external_data(tmp_path: Path) -> None:
     proto = graphs.conv_bn_relu(seed=4)
     path = tmp_path / "ext.onnx"
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    onnx.save_model(
+        proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=0
+    )
     stored = onnx.load(str(path), load_external_data=False)
     assert all(i.data_location == onnx.TensorProto.EXTERNAL for i in stored.graph.initializer)
     m = load_model(path)
@@ -188,6 +193,14 @@ def test_external_data(tmp_path: Path) -> None:
     expected = ort_run_with_outputs(graphs.conv_bn_relu(seed=4), ["relu_out"], {"x": x})["relu_out"]
     assert stats.tensors["relu_out"].max == pytest.approx(float(expected.max()), rel=1e-5)
     assert stats.samples == 6
+
+
+def test_external_data_as_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(graphs.conv_bn_relu(), str(path), save_as_external_data=True, location="ext.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)  # even with the data file in the working directory, bytes are not enough
+    with pytest.raises(QuantvizError, match="external data file.*load it from its path"):
+        load_model(path.read_bytes())
 
 
 def test_external_data_missing(tmp_path: Path) -> None:

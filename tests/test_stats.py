@@ -166,7 +166,9 @@ def _stats() -> CalibrationStats:
         "x": TensorInfo("x", "input", "", "Input", ("N", 3, 4), "float32", ("relu",)),
         "y": TensorInfo("y", "activation", "relu", "Relu", ("N", 3, 4), "float32", ()),
     }
-    return CalibrationStats("m.onnx", "ab" * 32, "data.npz", "cd" * 32, False, 17, CollectConfig(samples=17, bins=64), tensors, infos)
+    return CalibrationStats(
+        "m.onnx", "ab" * 32, "data.npz", "cd" * 32, False, 17, CollectConfig(samples=17, bins=64), tensors, infos
+    )
 
 
 def test_round_trip(tmp_path: Path) -> None:

@@ -105,33 +105,39 @@ def _phi_sums(counts: FloatArray, offset: float, ratio: FloatArray, qmin: FloatA
     b = counts.size
     d = (np.concatenate(([0.0], counts)) - np.concatenate((counts, [0.0]))).astype(np.float32)
     pos = (np.arange(b + 1, dtype=np.float64) + offset).astype(np.float32)
-    lo_pos = (qmin / ratio - offset).tolist()  # the clip bounds as column positions
-    hi_pos = (qmax / ratio - offset).tolist()
+    lo_pos, hi_pos = qmin / ratio - offset, qmax / ratio - offset  # the clip bounds as column positions
+    starts = np.arange(0, ratio.size, MSE_BLOCK_ROWS)
+    # per block: columns any row keeps inside [c0, c1), columns every row keeps inside [s0, s1)
+    c0 = np.clip(np.ceil(np.minimum.reduceat(lo_pos, starts)), 0, b + 1).astype(np.int64).tolist()
+    c1 = np.clip(np.floor(np.maximum.reduceat(hi_pos, starts)) + 1, 0, b + 1).astype(np.int64).tolist()
+    s0 = np.ceil(np.maximum.reduceat(lo_pos, starts)).astype(np.int64).tolist()
+    s1 = (np.floor(np.minimum.reduceat(hi_pos, starts)) + 1).astype(np.int64).tolist()
     rat32, lo32, hi32 = ratio.astype(np.float32), qmin.astype(np.float32)[:, None], qmax.astype(np.float32)[:, None]
     out = np.zeros(ratio.size)
     buf_t = np.empty(MSE_BLOCK_ROWS * (b + 1), dtype=np.float32)
     buf_r = np.empty_like(buf_t)
-    for r0 in range(0, ratio.size, MSE_BLOCK_ROWS):
+    for k, r0 in enumerate(starts.tolist()):
         r1 = min(ratio.size, r0 + MSE_BLOCK_ROWS)
-        lo, hi = lo_pos[r0:r1], hi_pos[r0:r1]
-        c0 = min(max(math.ceil(min(lo)), 0), b + 1)
-        c1 = min(max(math.floor(max(hi)) + 1, c0), b + 1)
-        if c1 <= c0:
+        a, z = c0[k], c1[k]
+        if z <= a:
             continue
-        t = buf_t[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+        t = buf_t[: (r1 - r0) * (z - a)].reshape(r1 - r0, z - a)
         r = buf_r[: t.size].reshape(t.shape)
-        np.multiply.outer(rat32[r0:r1], pos[c0:c1], out=t)
-        safe0 = min(max(math.ceil(max(lo)), c0), c1) - c0
-        safe1 = min(max(math.floor(min(hi)) + 1, c0 + safe0), c1) - c0
-        for part in (t[:, :safe0], t[:, safe1:]):
-            if part.size:
-                np.clip(part, lo32[r0:r1], hi32[r0:r1], out=part)
+        np.multiply.outer(rat32[r0:r1], pos[a:z], out=t)
+        # every bound has qmin <= 0 <= qmax: columns left of the common part can only fall below
+        # some row's qmin, columns right of it only above some row's qmax
+        left = min(max(s0[k], a), z) - a
+        right = min(max(s1[k], a + left), z) - a
+        if left > 0:
+            np.maximum(t[:, :left], lo32[r0:r1], out=t[:, :left])
+        if right < z - a:
+            np.minimum(t[:, right:], hi32[r0:r1], out=t[:, right:])
         np.rint(t, out=r)
         t -= r
         np.multiply(t, t, out=r)
         r -= np.float32(0.25)
         t *= r
-        out[r0:r1] = t @ d[c0:c1]
+        out[r0:r1] = t @ d[a:z]
     return out
 
 

@@ -162,12 +162,12 @@ def _activation_value(entry: TensorEntry, name: str) -> float:
 
 
 def _layers_for(table: CalibrationTable, layers: Mapping[str, str] | LoadedModel | None) -> dict[str, str]:
+    if table.settings.get(KEYS_SETTING) == "layer":  # read from ncnn without a model: keyed by layer already
+        return {name: name for name in table.tensors}
     if isinstance(layers, LoadedModel):
         return ncnn_layers(layers)
     if layers is not None:
         return dict(layers)
-    if table.settings.get(KEYS_SETTING) == "layer":
-        return {name: name for name in table.tensors}
     raise QuantvizError(
         "The ncnn table is keyed by layer name: give the model (--model) so quantviz can find the layer that reads each tensor."
     )
