@@ -1,0 +1,91 @@
+"""Export: the reviewed table in every format, the review file, and import + diff of another table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+
+from quantviz.calib import METHOD_LABELS
+from quantviz.config import UPLOAD_LIMIT_MB
+from quantviz.errors import QuantvizError
+from quantviz.export.diff import diff_tables
+from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
+from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
+from quantviz.review import review_bytes
+from ui import state
+
+st.set_page_config(page_title="quantviz: export", page_icon=":material/download:", layout="wide")
+st.title("Export")
+stats = state.need_stats()
+review = state.review()
+model, _ = state.model_and_source()
+table = state.current_table()
+
+kept_float = [n for n, e in table.tensors.items() if e.float_kept]
+c = st.columns(4)
+c[0].metric("Tensors in the table", len(table.tensors))
+c[1].metric("Default method", METHOD_LABELS.get(review.default_method, review.default_method))
+c[2].metric("Per-tensor choices", len(review.choices))
+c[3].metric("Kept in float", len(kept_float))
+if model is None:
+    st.info("The model is not loaded on this server (statistics opened from a file): formats that need it (ncnn layer names, QDQ model) are off. Load the model on Home to enable them.")
+
+trt_header = st.text_input(
+    "TensorRT cache header (must match the TensorRT version and calibrator that reads it)", DEFAULT_TRT_HEADER, key="trt_header"
+)
+try:
+    options = ExportOptions(model=model, trt_header=check_header(trt_header.strip()))
+except QuantvizError as exc:
+    st.error(str(exc))
+    options = ExportOptions(model=model)
+
+NEEDS_MODEL = {"qdq"}
+HEAVY = {"qdq"}  # built on request: a rerun must stay fast
+
+st.subheader("Calibration table")
+for name, fmt in FORMATS.items():
+    left, right = st.columns([3, 2])
+    left.markdown(f"**{name}** · {fmt.description}")
+    if name in NEEDS_MODEL and model is None:
+        right.caption("needs the model")
+        continue
+    if name in HEAVY and not st.session_state.get(f"prepared_{name}"):
+        if right.button(f"Build {fmt.default_name}", key=f"prepare_{name}"):
+            st.session_state[f"prepared_{name}"] = True
+            st.rerun()
+        continue
+    try:
+        data = export_bytes(table, name, options)
+    except QuantvizError as exc:
+        right.error(str(exc))
+        continue
+    right.download_button(f"Download {fmt.default_name}", data, file_name=fmt.default_name, mime=fmt.mime, key=f"export_{name}")
+
+st.subheader("Review")
+st.caption("One file with the statistics, every choice and every note: open it on Home (sidebar) to carry on the review.")
+st.download_button(
+    "Download review.npz", review_bytes(stats, review), file_name="review.quantviz.npz", mime="application/octet-stream", key="export_review"
+)
+
+st.subheader("Compare with another table")
+up = st.file_uploader(
+    f"A table in any supported format ({', '.join(FORMATS)}; up to {UPLOAD_LIMIT_MB} MB)", key="import_table"
+)
+if up is not None:
+    try:
+        other = import_bytes(up.getvalue(), None, ExportOptions(model=model), filename=up.name)
+    except QuantvizError as exc:
+        st.error(str(exc))
+    else:
+        rows = pd.DataFrame([asdict(r) for r in diff_tables(table, other)])
+        st.caption(f"{len(other.tensors)} tensors read from {up.name}; sorted by how far the thresholds differ.")
+        st.dataframe(rows, hide_index=True, key="diff_table")
+        shared = [n for n in other.tensors if n in stats.tensors and not stats.tensors[n].empty]
+        if shared and st.button(f"Use its {len(shared)} thresholds as overrides", key="adopt_import"):
+            new = review
+            for n in shared:
+                new = new.with_choice(n, override=float(other.tensors[n].threshold))
+            state.set_review(new)
+            st.success(f"{len(shared)} thresholds adopted; they show on every page and in every export.")

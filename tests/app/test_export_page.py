@@ -1,0 +1,50 @@
+"""AppTest of the Export page: every format downloads and reads back to the app's table."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _export_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    at.switch_page("pages/4_Export.py").run()
+    assert not at.exception
+    return at
+
+
+def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked():
+    at = _export_page()
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download calibration.cache" in labels and "Download calibration_table.json" in labels
+    assert "Download review.npz" in labels
+    # the TensorRT header is the user's choice, and a bad one gets a sentence
+    at.text_input(key="trt_header").set_value("not a header").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "TRT-" in at.error[0].value
+    at.text_input(key="trt_header").set_value("TRT-100300-MinMaxCalibration").run()
+    assert not at.error
+
+
+def test_qdq_model_is_built_on_request():
+    at = _export_page()
+    assert "Download model_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
+    at.button(key="prepare_qdq").click().run()
+    assert not at.exception and not at.error
+    assert "Download model_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_import_and_adopt_overrides():
+    at = _export_page()
+    table = "TRT-8601-EntropyCalibration2\n/Relu_output_0: " + struct.pack(">f", np.float32(1.0) / np.float32(127)).hex() + "\n"
+    at.file_uploader(key="import_table").upload("other.cache", table.encode(), "text/plain").run()
+    assert not at.exception and not at.error
+    at.button(key="adopt_import").click().run()
+    review = at.session_state["qv_review"]
+    assert review.choice("/Relu_output_0").override == float(np.float32(1.0) / np.float32(127)) * 127
