@@ -7,8 +7,9 @@ from dataclasses import replace
 import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
+from quantviz.calib.log2 import log2_quantization_error
 from quantviz.export.qv_json import dumps
-from quantviz.plots import histogram_figure, weight_channels_figure
+from quantviz.plots import histogram_figure, log2_figure, weight_channels_figure
 from quantviz.summary import all_thresholds, method_table
 from ui import state
 
@@ -62,7 +63,18 @@ cols[3].metric("NaN / Inf", t.nonfinite)
 cols[4].metric("elements seen", f"{t.count:,}")
 
 st.subheader("Thresholds by method")
-st.dataframe(method_table(t, results), hide_index=True, key="method_table")
+st.dataframe(
+    method_table(t, results), hide_index=True, key="method_table",
+    column_config={"MSE": st.column_config.NumberColumn(format="%.3e"), "clipped %": st.column_config.NumberColumn(format="%.4f")},
+)  # fmt: skip
+
+if st.toggle("Compare linear int8 with log2 quantization at the default method's threshold", key="dist_log2"):
+    base = results.get(review.default_method) or results["minmax"]
+    cmp = log2_quantization_error(t, base.threshold)
+    l1, l2 = st.columns(2)
+    l1.metric("linear int8 MSE", f"{cmp.linear_mse:.3e}")
+    l2.metric("log2 (8-bit) MSE", f"{cmp.log2_mse:.3e}", help="1 sign bit + 127 power-of-two levels below the threshold (Miyashita et al. 2016)")
+    st.plotly_chart(log2_figure(cmp), key="log2_chart")
 
 model, _ = state.model_and_source()
 info = infos.get(tensor)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from quantviz.calib import METHODS
+from quantviz.calib.result import make_threshold
 from quantviz.errors import QuantvizError
 from quantviz.plots import curve_figure
-from quantviz.summary import clipped_fraction, curve_value_at
+from quantviz.summary import clipped_fraction, curve_value_at, expected_mse
 from ui import state
 
 st.set_page_config(page_title="quantviz: KL curves", page_icon=":material/show_chart:", layout="wide")
@@ -57,11 +58,13 @@ fig = curve_figure(kl)
 fig.add_vline(x=chosen, line_color="#17becf", line_dash="dot", annotation_text=f"trying {chosen:.4g}")
 st.plotly_chart(fig, key="kl_chart")
 
-m = st.columns(4)
+trial = make_threshold("override", -chosen, chosen, review.config)
+m = st.columns(5)
 m[0].metric("KL at this threshold", f"{curve_value_at(kl.curve, chosen):.4g}", help="KL divergence of the candidate nearest this threshold")
 m[1].metric("KL minimum", f"{curve_value_at(kl.curve, kl.threshold):.4g}", help=f"at {kl.threshold:.4g}")
-m[2].metric("clipped mass", f"{clipped_fraction(t, -chosen, chosen):.3%}")
-m[3].metric("vs MinMax", f"{chosen / absmax:.1%}" if absmax else "-")
+m[2].metric("MSE at this threshold", f"{expected_mse(t, trial):.3e}", help=f"KL's own threshold: {expected_mse(t, kl):.3e}")
+m[3].metric("clipped mass", f"{clipped_fraction(t, -chosen, chosen):.3%}")
+m[4].metric("vs MinMax", f"{chosen / absmax:.1%}" if absmax else "-")
 
 b1, b2 = st.columns(2)
 if b1.button(f"Use {chosen:.4g} for this tensor", key="kl_use"):

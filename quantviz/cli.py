@@ -161,6 +161,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from quantviz.export.qv_json import read_json
+    from quantviz.report import write_csv, write_html
+    from quantviz.sensitivity import analyze, default_labels, read_labels
+
+    _check_output(args.output)
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".csv", ".html", ".htm"):
+        raise QuantvizError(f"-o must end in .csv (LAYERS.csv) or .html (a report), not '{args.output}'.")
+    model = load_model(args.model)
+    table = read_json(args.table)
+    source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    labels = read_labels(args.labels) if args.labels else default_labels(args.data)
+    report = analyze(
+        model, table, source, samples=args.samples, batch_size=args.batch_size, progress=progress_bar("analyze"),
+        labels=labels, per_channel=not args.per_tensor_weights,
+    )  # fmt: skip
+    (write_html if suffix in (".html", ".htm") else write_csv)(report, args.output)
+    for o in report.outputs:
+        acc = f", accuracy {o.accuracy_float:.4f} float -> {o.accuracy_quantized:.4f} quantized" if o.accuracy_float is not None else ""
+        print(f"{o.output}: cosine {o.figures.cosine:.6f}{acc}", file=sys.stderr)
+    print(f"{len(report.layers)} layers, {report.samples} samples -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def _missing(path: str) -> CalibrationStats:
     raise QuantvizError(f"The statistics file '{path}' does not exist.")
 
@@ -191,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aciq-prior", choices=ACIQ_PRIORS, default=MethodConfig.aciq_prior, help="aciq: fitted prior (default laplace)")
     p.add_argument("-o", "--output", required=True, help="table (.json)")
     COMMANDS["calibrate"] = cmd_calibrate
+
+    p = sub.add_parser("analyze", help="per-layer and end-to-end error of the model quantized with a table")
+    p.add_argument("model")
+    _add_data_args(p, required=True)
+    p.add_argument("--table", required=True, help="a quantviz table (.json)")
+    p.add_argument("--labels", help="FILE.npz:KEY or FILE.npy with one class per sample (default: a 'label' array in the data .npz)")
+    p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor (default: per output channel)")
+    p.add_argument("-o", "--output", required=True, help="LAYERS.csv or REPORT.html")
+    COMMANDS["analyze"] = cmd_analyze
 
     from quantviz.export.cli_commands import add_table_commands
 

@@ -159,6 +159,73 @@ def histogram_of(values: npt.ArrayLike, bins: int, signed: bool) -> Histogram:
     return Histogram(counts, edges_for(e, bins, signed))
 
 
+def abs_and_signed_counts(
+    values: npt.NDArray[np.floating], exponent: int, bins: int, nonnegative: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Counts of |x| (width 2**exponent) and of x (width 2**(exponent + 1)), bins each, in one bincount.
+
+    The collection hot spot: equal to bin_indices + bincount done twice (tests compare), for about
+    half the cost. Requires finite values with every |x| < bins * 2**exponent. With u = x / 2**exponent
+    (exact, see the module doc) and k = floor(u), one bincount over k in [-bins, bins) gives
+    * the signed counts: floor(x / 2**(exponent + 1)) = floor(k / 2) = k >> 1, i.e. fine bins 2j and
+      2j + 1 summed;
+    * the |x| counts: bin a holds k = a (x >= 0) and k = -(a + 1) (x < 0), except that a negative x
+      lying exactly on an edge (u = -m, an integer) has k = -m but |x| in bin m: those few values are
+      counted apart and moved.
+    nonnegative (the caller knows min(x) >= 0: ReLU outputs) skips the signed half: k = trunc(u).
+    """
+    scale = np.float32(np.ldexp(1.0, -exponent)) if values.dtype == np.float32 else np.ldexp(1.0, -exponent)
+    scaled = values * scale
+    half = bins // 2
+    if nonnegative:
+        abs_counts = np.bincount(scaled.astype(np.intp), minlength=bins)  # truncation == floor for x >= 0
+        signed_counts = np.zeros(bins, dtype=np.int64)
+        signed_counts[half:] = abs_counts.reshape(half, 2).sum(axis=1)
+        return abs_counts.astype(np.int64, copy=False), signed_counts
+    k = np.floor(scaled)
+    if exponent > 0:
+        # A tiny negative x can underflow to -0.0 when scaled: its k is -1 (see bin_indices).
+        k[(scaled == 0) & (values < 0)] = -1
+    on_edge = np.less(scaled, 0)
+    on_edge &= k == scaled
+    k += bins  # exact: k holds integers in [-bins, bins)
+    fine = np.bincount(k.astype(np.intp), minlength=2 * bins)
+    abs_counts = fine[bins:] + fine[bins - 1 :: -1]
+    if on_edge.any():
+        m = np.bincount((bins - k[on_edge]).astype(np.intp), minlength=bins + 1)  # m = -u >= 1
+        abs_counts += m[:bins] - m[1:]
+    signed_counts = fine.reshape(bins, 2).sum(axis=1)
+    return abs_counts.astype(np.int64, copy=False), signed_counts.astype(np.int64, copy=False)
+
+
+def update_pair(
+    abs_acc: HistogramAccumulator, signed_acc: HistogramAccumulator, finite_values: npt.NDArray[np.floating],
+    absmax: float, nonnegative: bool,
+) -> None:  # fmt: skip
+    """abs_acc.update(...) and signed_acc.update(...) in one pass where their widths allow it.
+
+    Both cover the same running abs-max, so the signed width is normally twice the |x| width
+    (bins/2 * 2**(e+1) == bins * 2**e); when it is not (both clamped at MIN_EXPONENT) the two are
+    updated separately. Counts are identical either way.
+    """
+    if finite_values.size == 0:
+        return
+    abs_acc._cover(absmax)  # noqa: SLF001 - same module
+    signed_acc._cover(absmax)  # noqa: SLF001
+    if (
+        abs_acc.bins == signed_acc.bins
+        and not abs_acc.signed
+        and signed_acc.signed
+        and signed_acc._exponent == abs_acc._exponent + 1  # noqa: SLF001
+    ):
+        a, s = abs_and_signed_counts(finite_values, abs_acc._exponent, abs_acc.bins, nonnegative)  # noqa: SLF001
+        abs_acc._counts += a  # noqa: SLF001
+        signed_acc._counts += s  # noqa: SLF001
+    else:
+        abs_acc.update(finite_values, absmax)
+        signed_acc.update(finite_values, absmax)
+
+
 class HistogramAccumulator:
     """Streaming histogram of |x| (signed=False) or x (signed=True); update / merge / result."""
 
@@ -174,12 +241,16 @@ class HistogramAccumulator:
         """Add finite values whose largest magnitude is absmax (computed once by the caller)."""
         if finite_values.size == 0:
             return
+        self._cover(absmax)
+        idx = bin_indices(finite_values, self._exponent, self.bins, self.signed)
+        self._counts += np.bincount(idx, minlength=self.bins)
+
+    def _cover(self, absmax: float) -> None:
+        """Widen the bins (whole-bin merges) until they cover absmax."""
         if np.ldexp(float(self._span), self._exponent) <= absmax:
             e = exponent_for(absmax, self._span)
             self._counts = coarsen(self._counts, e - self._exponent, self.signed)
             self._exponent = e
-        idx = bin_indices(finite_values, self._exponent, self.bins, self.signed)
-        self._counts += np.bincount(idx, minlength=self.bins)
 
     def merge(self, other: HistogramAccumulator) -> None:
         merged = merge(self.result(), other.result())

@@ -48,22 +48,33 @@ def histogram_figure(
         )
     )
     xmin, xmax = float(hist.edges[lo]), float(hist.edges[hi])
+    # Shapes and annotations are built as plain dicts and set once: plotly's add_vline/add_vrect
+    # validate the whole layout on every call (about 20 ms each), too slow for a rerun budget.
+    shapes: list[dict] = []
+    notes: list[dict] = []
     for i, (key, th) in enumerate(thresholds.items()):
         color = METHOD_COLORS.get(key, METHOD_COLORS.get(th.method, "#000000"))
         label = METHOD_LABELS.get(key, key)
         points = [th.min, th.max] if signed else [th.threshold]
         for j, x in enumerate(points):
-            fig.add_vline(x=x, line_color=color, line_width=2, line_dash="dash" if i % 2 else "solid")
-            fig.add_annotation(
-                x=x, y=1.0 - 0.06 * i, yref="paper", text=f"{label} {x:.4g}", showarrow=False,
-                font={"color": color, "size": 11}, xanchor="left" if j else "right", bgcolor="rgba(255,255,255,0.7)",
-            )  # fmt: skip
+            shapes.append({"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "xref": "x", "yref": "paper",
+                           "line": {"color": color, "width": 2, "dash": "dash" if i % 2 else "solid"}})  # fmt: skip
+            notes.append({"x": x, "y": 1.0 - 0.06 * i, "xref": "x", "yref": "paper", "text": f"{label} {x:.4g}", "showarrow": False,
+                          "font": {"color": color, "size": 11}, "xanchor": "left" if j or not signed else "right",
+                          "bgcolor": "rgba(255,255,255,0.7)"})  # fmt: skip
         # shade the clipped tails of each method, faintly
+        tails = []
         if signed and th.min > xmin:
-            fig.add_vrect(x0=xmin, x1=th.min, fillcolor=color, opacity=0.06, line_width=0)
-        if (th.max if signed else th.threshold) < xmax:
-            fig.add_vrect(x0=th.max if signed else th.threshold, x1=xmax, fillcolor=color, opacity=0.06, line_width=0)
+            tails.append((xmin, th.min))
+        upper = th.max if signed else th.threshold
+        if upper < xmax:
+            tails.append((upper, xmax))
+        for x0, x1 in tails:
+            shapes.append({"type": "rect", "x0": x0, "x1": x1, "y0": 0, "y1": 1, "xref": "x", "yref": "paper",
+                           "fillcolor": color, "opacity": 0.06, "line": {"width": 0}, "layer": "below"})  # fmt: skip
     fig.update_layout(
+        shapes=shapes,
+        annotations=notes,
         title=title or stats.name,
         xaxis_title="x" if signed else "|x|",
         yaxis_title="count",
@@ -122,4 +133,18 @@ def weight_channels_figure(name: str, absmax: np.ndarray, scales: np.ndarray, ti
         legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
         bargap=0.1,
     )
+    return fig
+
+
+def log2_figure(cmp) -> go.Figure:  # cmp: quantviz.calib.log2.Log2Comparison
+    """Mean squared error per |x| bin of linear int8 and of log2 quantization, on a log y axis."""
+    fig = go.Figure()
+    for y, name, color in ((cmp.linear_error, f"linear (MSE {cmp.linear_mse:.2e})", "#1f77b4"), (cmp.log2_error, f"log2 (MSE {cmp.log2_mse:.2e})", "#e377c2")):
+        fig.add_trace(go.Scatter(x=cmp.centers, y=y, mode="lines", name=name, line={"color": color}))
+    fig.add_vline(x=cmp.threshold, line_dash="dot", annotation_text=f"T = {cmp.threshold:.4g}")
+    fig.update_layout(
+        title="Error of a value by its magnitude: log2 is finer near 0, linear near T",
+        xaxis_title="|x|", yaxis_title="mean squared error", yaxis_type="log", height=320,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+    )  # fmt: skip
     return fig

@@ -306,7 +306,9 @@ def build(
             continue
         ov = _weight_override(init, spec)
         if ov is None:
-            log.warning("The table's scales for weight %s do not fit its shape %s; onnxruntime measures them.", wname, list(init.dims))
+            log.warning(
+                "The table's scales for weight %s do not fit its shape %s; onnxruntime measures them.", wname, list(init.dims)
+            )
             continue
         overrides[wname] = ov
         weight_overrides.append(wname)

@@ -1,8 +1,10 @@
 """Per-layer quantization error, isolated and accumulated, and end to end (ALGORITHMS.md "Error measures").
 
-For each layer the QDQ model quantizes (quantviz.qdq: the nodes onnxruntime's quantizer wrapped in
-QuantizeLinear/DequantizeLinear, output quantized with the table's scale), the layer's output tensor
-is compared with the float model's:
+A layer is a node of the QDQ model (quantviz.qdq) whose output goes through a QuantizeLinear /
+DequantizeLinear pair carrying the table's scale: Conv, Gemm, MatMul, Add, Concat, Relu, Softmax, ...
+and also ops onnxruntime leaves in float between quantized tensors (MaxPool, Flatten: they read a
+Q/DQ pair and their consumer quantizes their output), since an engine stores their output in int8 too.
+Its output tensor is compared with the float model's:
 
 - accumulated (graphwise): the whole model quantized, so everything up to the layer is quantized:
   the error an engine really shows at that tensor;
@@ -35,6 +37,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -189,7 +192,9 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
         for i in node.input:
             p = producer.get(i)
             if p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in inits:
-                quantized_inputs.append(_float_name(producer[p.input[0]].input[0], float_tensors) if p.input[0] in producer else i)
+                quantized_inputs.append(
+                    _float_name(producer[p.input[0]].input[0], float_tensors) if p.input[0] in producer else i
+                )
         out = _float_name(node.output[0], float_tensors)
         layers.append(LayerSpec(node.name, node.op_type, out, dq.output[0], out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
     return layers
@@ -323,13 +328,14 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
                 names.append(n)
     names += [o for o in model_outputs if o not in names]
     for n in names:
-        g.output.append(_value_info(n, elem.get(spec_float(n), onnx.TensorProto.FLOAT)))
+        g.output.append(_value_info(n, elem.get(_float_of(n), onnx.TensorProto.FLOAT)))
     if prune:
         _prune(g, names)
     return out
 
 
-def spec_float(name: str) -> str:
+def _float_of(name: str) -> str:
+    """The float tensor an isolated output stands for."""
     return name[: -len(ISOLATED_SUFFIX)] if name.endswith(ISOLATED_SUFFIX) else name
 
 
@@ -404,7 +410,9 @@ def _check_labels(labels: npt.ArrayLike | None, total: int) -> npt.NDArray[np.in
         return None
     arr = np.asarray(labels)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise QuantvizError(f"Labels must be one class index per sample (a 1-D array); got shape {list(arr.shape)} of {arr.dtype}.")
+        raise QuantvizError(
+            f"Labels must be one class index per sample (a 1-D array); got shape {list(arr.shape)} of {arr.dtype}."
+        )
     if arr.shape[0] < total:
         raise QuantvizError(f"There are {arr.shape[0]} labels for {total} samples: give one label per sample.")
     return arr[:total].astype(np.int64)
@@ -561,3 +569,41 @@ def layer_error(
         acc.update(f[spec.output_tensor], f[spec.isolated_tensor])
         done += next(iter(batch.values())).shape[0]
     return acc.result()
+
+
+DEFAULT_LABEL_KEY = "label"
+
+
+def read_labels(spec: str | Path) -> npt.NDArray:
+    """Labels from "FILE.npz:key", "FILE.npz" (key "label") or "FILE.npy": one class index per sample."""
+    text = str(spec)
+    path, key = Path(text), None
+    if not path.exists() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        path, key = Path(head), tail
+    if not path.exists():
+        raise QuantvizError(f"The labels file '{path}' does not exist.")
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            name = key or DEFAULT_LABEL_KEY
+            if name not in z.files:
+                raise QuantvizError(f"'{path.name}' has no array '{name}' (it has: {', '.join(z.files)}); give FILE.npz:KEY.")
+            return z[name]
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, QuantvizError):
+            raise
+        raise QuantvizError(f"'{path.name}' is not a readable .npz/.npy file of labels ({exc}).") from exc
+
+
+def default_labels(data: str | Path) -> npt.NDArray | None:
+    """The "label" array of a data .npz when it has one (digits_eval.npz does), else None."""
+    path = Path(str(data))
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None
+    except (ValueError, OSError, EOFError):
+        return None

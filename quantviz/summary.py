@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from quantviz.calib import METHOD_LABELS, METHODS, Curve, MethodConfig, Threshold
+from quantviz.calib.mse import quantization_errors, without_zeros
+from quantviz.config import INT8_MAX, UINT8_MAX
 from quantviz.errors import QuantvizError
 from quantviz.histogram import Histogram
 from quantviz.stats import CalibrationStats, TensorStats
@@ -40,6 +42,23 @@ def clipped_fraction(t: TensorStats, lo: float, hi: float) -> float:
     return mass_outside(t.signed_hist, lo, hi, (t.min, t.max)) / t.count
 
 
+def expected_mse(t: TensorStats, th: Threshold) -> float:
+    """Mean squared error quantize-dequantize with th's scale and zero point causes on this tensor,
+    integrated over the signed histogram (values uniform within a bin; see quantviz.calib.mse)."""
+    if t.count == 0:
+        return 0.0
+    hist = t.signed_hist
+    nz = np.flatnonzero(hist.counts)
+    hist = Histogram(hist.counts[nz[0] : nz[-1] + 1].copy(), hist.edges[nz[0] : nz[-1] + 2].copy())
+    counts = without_zeros(hist, t.zero_count)
+    if th.symmetric:
+        qmin, qmax = -float(INT8_MAX), float(INT8_MAX)
+    else:
+        qmin, qmax = -float(th.zero_point), float(UINT8_MAX - th.zero_point)
+    err = quantization_errors(hist, counts, np.array([th.scale]), np.array([qmin]), np.array([qmax]))
+    return float(err[0]) / t.count
+
+
 def all_thresholds(t: TensorStats, config: MethodConfig, methods: Iterable[str] | None = None) -> dict[str, Threshold]:
     """Every registered method's result for one tensor; methods that cannot run on it are left out."""
     out: dict[str, Threshold] = {}
@@ -64,6 +83,7 @@ def method_table(t: TensorStats, results: dict[str, Threshold]) -> pd.DataFrame:
                 "scale": r.scale,
                 "zero point": r.zero_point,
                 "clipped %": 100 * clipped_fraction(t, r.min, r.max),
+                "MSE": expected_mse(t, r),
                 "vs MinMax": r.threshold / t.absmax if t.absmax > 0 else 1.0,
             }
         )

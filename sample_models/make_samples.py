@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import os
 import platform
 import random
 import sys
@@ -40,7 +41,6 @@ import onnxruntime as ort
 import sklearn
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -73,9 +73,7 @@ def load_data() -> dict[str, np.ndarray]:
     x = (digits.images.astype(np.float32) / np.float32(16.0))[:, None, :, :]
     y = digits.target.astype(np.int64)
     idx = np.arange(len(y))
-    train_idx, eval_idx = train_test_split(
-        idx, test_size=EVAL_FRACTION, random_state=SPLIT_SEED, stratify=y
-    )
+    train_idx, eval_idx = train_test_split(idx, test_size=EVAL_FRACTION, random_state=SPLIT_SEED, stratify=y)
     train_idx = np.sort(train_idx)
     eval_idx = np.sort(eval_idx)
     rng = np.random.default_rng(CALIB_SEED)
@@ -101,9 +99,7 @@ def upsample(x: np.ndarray, size: int = BIG_SIZE) -> np.ndarray:
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout))
 
 
 class DigitsCNN(nn.Module):
@@ -211,9 +207,7 @@ def train(
     yt = torch.from_numpy(y)
     steps_per_epoch = (len(xt) + batch_size - 1) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.25)
     model.train()
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -254,9 +248,7 @@ def train(
 @torch.no_grad()
 def torch_probs(model: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
-    return np.concatenate(
-        [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
-    )
+    return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,7 +288,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, doc: str, m
     eval: BatchNormalization is exported with training_mode=0 (running statistics) and one output.
     """
     model.eval()
-    tmp = path.with_suffix(".tmp.onnx")
+    tmp = path.with_name(f".{path.stem}.export{os.getpid()}.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -332,7 +324,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, doc: str, m
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(path))
+    replace_atomically(path, lambda tmp_path: onnx.save(m, str(tmp_path)))
     return m
 
 
@@ -372,13 +364,26 @@ def ort_probs(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
     so.intra_op_num_threads = 2
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [sess.run(["probs"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)]
-    )
+    return np.concatenate([sess.run(["probs"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def replace_atomically(path: Path, write) -> None:
+    """write(tmp_path), then rename over path: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    np.savez_compressed(path, **arrays)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    replace_atomically(path, write)
     with np.load(path, allow_pickle=False) as z:  # must load without pickle
         for k, v in arrays.items():
             assert z[k].dtype == v.dtype and z[k].shape == v.shape and np.array_equal(z[k], v), k
@@ -388,8 +393,9 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 # Main
 
 
-def describe(path: Path, m: onnx.ModelProto, model: nn.Module, x_eval: np.ndarray, y_eval: np.ndarray,
-             x_torch_check: np.ndarray) -> dict:
+def describe(
+    path: Path, m: onnx.ModelProto, model: nn.Module, x_eval: np.ndarray, y_eval: np.ndarray, x_torch_check: np.ndarray
+) -> dict:
     p_ort = ort_probs(path, x_eval)
     p_torch = torch_probs(model, x_eval)
     n_float, n_outs = float_node_outputs(m)
@@ -475,9 +481,9 @@ All `.npz` files are written with `np.savez_compressed` and load with `allow_pic
 - Calibration set: {CALIB_SIZE} images drawn without replacement from the train split
   (`numpy.random.default_rng({CALIB_SEED})`); the 8x8 and 32x32 calibration files hold the same images.
 - Training: AdamW, one-cycle learning rate, cross-entropy on the logits (the exported graph ends
-  in Softmax), random integer shifts of up to 1 pixel (8x8) / {cfg['resnet']['augment_shift']} pixels (32x32) per batch.
-  digits_cnn: {cfg['cnn']['epochs']} epochs, batch {cfg['cnn']['batch_size']}, max lr {cfg['cnn']['lr']};
-  digits_resnet: {cfg['resnet']['epochs']} epochs, batch {cfg['resnet']['batch_size']}, max lr {cfg['resnet']['lr']}.
+  in Softmax), random integer shifts of up to 1 pixel (8x8) / {cfg["resnet"]["augment_shift"]} pixels (32x32) per batch.
+  digits_cnn: {cfg["cnn"]["epochs"]} epochs, batch {cfg["cnn"]["batch_size"]}, max lr {cfg["cnn"]["lr"]};
+  digits_resnet: {cfg["resnet"]["epochs"]} epochs, batch {cfg["resnet"]["batch_size"]}, max lr {cfg["resnet"]["lr"]}.
 
 ## Models
 
@@ -498,10 +504,10 @@ pool   MaxPool 2x2                                         [32,4,4]
 head   Conv3x3(32->32)-BN-Relu, GlobalAveragePool, Flatten, Gemm(32->10), Softmax
 ```
 
-{cnn['n_nodes']} nodes, {cnn['n_float']} float node outputs (tensors; {cnn['n_outs']} node outputs in all),
-{cnn['n_params']:,} parameters (initializer elements).
+{cnn["n_nodes"]} nodes, {cnn["n_float"]} float node outputs (tensors; {cnn["n_outs"]} node outputs in all),
+{cnn["n_params"]:,} parameters (initializer elements).
 
-{fmt_ops(cnn['ops'])}
+{fmt_ops(cnn["ops"])}
 
 ### digits_resnet.onnx: deep narrow ResNet, input [batch,1,32,32]
 
@@ -514,30 +520,34 @@ stem   Conv3x3(1->16)-BN-Relu                             [16,32,32]
 head   GlobalAveragePool, Flatten, Gemm(32->10), Softmax
 ```
 
-{res['n_nodes']} nodes, {res['n_float']} float node outputs (tensors; {res['n_outs']} node outputs in all),
-{res['n_params']:,} parameters (initializer elements). Meant for benchmarks: several hundred
+{res["n_nodes"]} nodes, {res["n_float"]} float node outputs (tensors; {res["n_outs"]} node outputs in all),
+{res["n_params"]:,} parameters (initializer elements). Meant for benchmarks: several hundred
 activation tensors per calibration pass.
 
-{fmt_ops(res['ops'])}
+{fmt_ops(res["ops"])}
 
 ## Float accuracy (onnxruntime, CPU, eval split of {n_eval} images)
 
 | model | accuracy (onnxruntime) | accuracy (PyTorch) | max abs diff of probs, onnxruntime vs PyTorch |
 | --- | ---: | ---: | ---: |
-| digits_cnn.onnx | {cnn['acc_ort']:.4f} | {cnn['acc_torch']:.4f} | {cnn['max_abs_diff']:.2e} |
-| digits_resnet.onnx | {res['acc_ort']:.4f} | {res['acc_torch']:.4f} | {res['max_abs_diff']:.2e} |
+| digits_cnn.onnx | {cnn["acc_ort"]:.4f} | {cnn["acc_torch"]:.4f} | {cnn["max_abs_diff"]:.2e} |
+| digits_resnet.onnx | {res["acc_ort"]:.4f} | {res["acc_torch"]:.4f} | {res["max_abs_diff"]:.2e} |
 
 Each model passes `onnx.checker.check_model(full_check=True)` and runs in onnxruntime with batch
 sizes 1, 3 and 256.
 """
-    (OUT_DIR / "README.md").write_text(text)
+    replace_atomically(OUT_DIR / "README.md", lambda tmp: tmp.write_text(text))
 
 
 def main() -> None:
+    global OUT_DIR
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resnet-epochs", type=int, default=12)
     ap.add_argument("--cnn-epochs", type=int, default=40)
+    ap.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where to write the files (default: the folder of this script)")
     args = ap.parse_args()
+    OUT_DIR = args.out_dir.resolve()
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
 
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
@@ -567,14 +577,21 @@ def main() -> None:
     train(cnn, x_train, y_train, seed=CNN_SEED, name="digits_cnn", **cfg["cnn"])
     cnn_path = OUT_DIR / "digits_cnn.onnx"
     m_cnn = export_onnx(
-        cnn, torch.from_numpy(x_eval[:2]), cnn_path,
+        cnn,
+        torch.from_numpy(x_eval[:2]),
+        cnn_path,
         doc="Small CNN for scikit-learn digits (8x8). Input: pixels/16, float32 [batch,1,8,8]. "
         "Output: class probabilities [batch,10].",
-        meta={"dataset": "sklearn digits", "preprocessing": "pixels / 16.0, float32 NCHW [N,1,8,8]",
-              "classes": "0,1,2,3,4,5,6,7,8,9"},
+        meta={
+            "dataset": "sklearn digits",
+            "preprocessing": "pixels / 16.0, float32 NCHW [N,1,8,8]",
+            "classes": "0,1,2,3,4,5,6,7,8,9",
+        },
     )
-    check_graph(m_cnn, {"Conv", "BatchNormalization", "Relu", "Add", "Concat", "MaxPool",
-                        "GlobalAveragePool", "Flatten", "Gemm", "Softmax"})
+    check_graph(
+        m_cnn,
+        {"Conv", "BatchNormalization", "Relu", "Add", "Concat", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"},
+    )
     info_cnn = describe(cnn_path, m_cnn, cnn, x_eval, y_eval, x_calib)
     print(f"digits_cnn: {info_cnn}", flush=True)
 
@@ -584,22 +601,31 @@ def main() -> None:
     train(res, x32_train, y_train, seed=RESNET_SEED, name="digits_resnet", **cfg["resnet"])
     res_path = OUT_DIR / "digits_resnet.onnx"
     m_res = export_onnx(
-        res, torch.from_numpy(x32_eval[:2]), res_path,
+        res,
+        torch.from_numpy(x32_eval[:2]),
+        res_path,
         doc="Deep narrow ResNet for scikit-learn digits upsampled to 32x32 (bilinear). Input: "
         "pixels/16 then bilinear upsampling, float32 [batch,1,32,32]. Output: class probabilities "
         "[batch,10].",
-        meta={"dataset": "sklearn digits",
-              "preprocessing": "pixels / 16.0, float32 NCHW [N,1,8,8], then bilinear "
-              "(align_corners=False) upsampling to [N,1,32,32]",
-              "classes": "0,1,2,3,4,5,6,7,8,9"},
+        meta={
+            "dataset": "sklearn digits",
+            "preprocessing": "pixels / 16.0, float32 NCHW [N,1,8,8], then bilinear "
+            "(align_corners=False) upsampling to [N,1,32,32]",
+            "classes": "0,1,2,3,4,5,6,7,8,9",
+        },
     )
-    check_graph(m_res, {"Conv", "BatchNormalization", "Relu", "Add", "GlobalAveragePool",
-                        "Flatten", "Gemm", "Softmax"})
+    check_graph(m_res, {"Conv", "BatchNormalization", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"})
     info_res = describe(res_path, m_res, res, x32_eval, y_eval, x32_calib)
     print(f"digits_resnet: {info_res}", flush=True)
 
-    for name in ["digits_cnn.onnx", "digits_calib.npz", "digits_eval.npz",
-                 "digits_resnet.onnx", "digits32_calib.npz", "digits32_eval.npz"]:
+    for name in [
+        "digits_cnn.onnx",
+        "digits_calib.npz",
+        "digits_eval.npz",
+        "digits_resnet.onnx",
+        "digits32_calib.npz",
+        "digits32_eval.npz",
+    ]:
         files[name] = (OUT_DIR / name).stat().st_size
     # Check before writing the README, so that a failed run never leaves a README describing it.
     assert info_cnn["acc_ort"] > 0.95, info_cnn["acc_ort"]

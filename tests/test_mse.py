@@ -69,7 +69,11 @@ def test_symmetric_curve_matches_brute_force(kind: str, bins: int, sharp: bool) 
     c = r.curve
     assert c is not None and c.chosen == r.threshold
     assert c.x[-1] == st.absmax and np.all(np.diff(c.x) > 0)
-    sel = np.unique(np.concatenate([np.linspace(0, c.x.size - 1, 80).astype(int), np.flatnonzero(np.abs(c.x - r.threshold) <= 6 * st.abs_hist.width)]))
+    sel = np.unique(
+        np.concatenate(
+            [np.linspace(0, c.x.size - 1, 80).astype(int), np.flatnonzero(np.abs(c.x - r.threshold) <= 6 * st.abs_hist.width)]
+        )
+    )
     brute = np.array([brute_symmetric(x, t) for t in c.x[sel]])
     # the curve against the samples themselves
     assert np.allclose(c.y[sel], brute, rtol=0.03)

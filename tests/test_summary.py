@@ -56,3 +56,23 @@ def test_curve_value_at_interpolates_and_clamps():
     assert curve_value_at(c, 0.0) == 10.0
     assert curve_value_at(c, 2.9) == np.inf
     assert curve_value_at(c, 2.1) == 20.0
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_expected_mse_matches_fake_quantizing_the_raw_values(symmetric):
+    from quantviz.calib import METHODS
+    from quantviz.fakequant import fake_quantize
+    from quantviz.summary import expected_mse
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.laplace(0.3, 0.5, 100_000), np.zeros(5_000)]).astype(np.float32)
+    t = _stats(x)
+    config = MethodConfig(symmetric=symmetric)
+    for name in ("minmax", "kl", "percentile"):
+        th = METHODS[name](t, config)
+        if symmetric:
+            q = fake_quantize(x, th.scale, 0, -127, 127)
+        else:
+            q = fake_quantize(x, th.scale, th.zero_point, 0, 255)
+        brute = float(np.mean((x.astype(np.float64) - q) ** 2))
+        assert expected_mse(t, th) == pytest.approx(brute, rel=0.05), name

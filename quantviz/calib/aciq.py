@@ -4,7 +4,7 @@ quantization of convolutional networks for rapid-deployment", NeurIPS; arXiv 181
 The paper models a tensor as Laplace(mu, b) or Gaussian(mu, sigma) and minimises the expected
 clipping + rounding error in closed form; for M bits the optimal clip is alpha* = c_M * b (Laplace)
 or c_M * sigma (Gaussian). For 8 bits the paper gives alpha* = 9.89 b and 3.92 sigma; we use the
-authors' solver digits, 9.89675982 and 3.92403714 (the values ncnn2table copies).
+authors' solver digits, 9.89675982 and 3.92403714 (ncnn2table uses the same Gaussian digits).
 
 What we implement (MethodConfig.aciq_prior):
 * "laplace" (default, the paper's main case): mu = mean(x), b = mean |x - mu|, clip [mu - 9.89676 b,
@@ -13,12 +13,12 @@ What we implement (MethodConfig.aciq_prior):
 * "ncnn": ncnn2table's ACIQ (quantize_ACIQ / compute_aciq_gaussian_clip), a Gaussian whose sigma is
   not measured but guessed from the range and the element count N by extreme-value theory,
   sigma = 2 * abs-max * 0.5 * 0.35 * (1 + sqrt(pi * ln 4)) / sqrt(2 ln N), clip [-3.92404 sigma,
-  3.92404 sigma] (no mean). It depends on N: more calibration data, a smaller clip.
+  3.92404 sigma] (no mean). For a given abs-max, more elements give a smaller clip.
 mu, b and sigma come from the signed histogram, each bin's values spread uniformly over the bin
 (exact for that model: the mean |x - mu| of the bin holding mu is ((mu - a)^2 + (b - mu)^2) / 2w),
 exact zeros as a point mass at 0. The clip range is intersected with the observed [min, max];
 symmetric int8 then uses T = max(|lo|, |hi|) (= 9.89676 b for zero-mean data, |mu| + alpha in
-general, at most abs-max). A constant tensor (b = 0) keeps its value exactly.
+general, at most abs-max). A constant tensor c keeps its value exactly ([min, max] = [c, c]).
 The paper's one-sided tables for non-negative (post-ReLU) tensors are not used: a ReLU output
 gets the two-sided fit, clipped at its minimum 0.
 """
@@ -66,7 +66,9 @@ def prior_moments(hist: Histogram, zero_count: int) -> tuple[float, float, float
     return mu, mad, math.sqrt(max(var, 0.0))
 
 
-def _fitted_counts(x: npt.NDArray[np.float64], width: float, n: int, prior: str, mu: float, spread: float) -> npt.NDArray[np.float64]:
+def _fitted_counts(
+    x: npt.NDArray[np.float64], width: float, n: int, prior: str, mu: float, spread: float
+) -> npt.NDArray[np.float64]:
     """Expected counts per bin (density at the centre * width * N) under the fitted prior."""
     if spread <= 0:
         return np.zeros_like(x)
@@ -95,7 +97,14 @@ def threshold_aciq(stats: TensorStats, config: MethodConfig) -> Threshold:
         alpha = ACIQ_GAUSSIAN_ALPHA_8BIT * spread
     lo = min(max(mu - alpha, stats.min), stats.max)
     hi = min(max(mu + alpha, stats.min), stats.max)
-    fitted = _fitted_counts(hist.centers, hist.width, hist.total, "laplace" if prior == "laplace" else "gaussian", mu, spread if math.isfinite(spread) else 0.0)
+    fitted = _fitted_counts(
+        hist.centers,
+        hist.width,
+        hist.total,
+        "laplace" if prior == "laplace" else "gaussian",
+        mu,
+        spread if math.isfinite(spread) else 0.0,
+    )
     chosen = max(abs(lo), abs(hi)) if config.symmetric else hi
     curve = Curve(hist.centers.astype(np.float64), fitted, "x", f"count under the fitted {prior} prior", chosen)
     scale_name = "b" if prior == "laplace" else "sigma"

@@ -103,8 +103,8 @@ def _from_histogram(hist: Histogram, zero_count: int, threshold: float) -> Log2C
     if hist.signed:
         raise QuantvizError("Log2 comparison needs the histogram of |x|, not the signed histogram.")
     hist = hist.used()
+    e = top_exponent(threshold)  # validates the threshold
     scale = symmetric_scale(threshold)
-    e = top_exponent(threshold)
     lin = _piecewise_bin_errors(hist.edges, *_linear_scheme(scale))
     log = _piecewise_bin_errors(hist.edges, *_log2_scheme(e))
     counts = without_zeros(hist, zero_count)
@@ -131,8 +131,8 @@ def _from_values(values: npt.ArrayLike, threshold: float | None, bins: int) -> L
     if x.size == 0:
         raise QuantvizError("Log2 comparison needs at least one finite value.")
     t = float(np.abs(x).max()) if threshold is None else threshold
+    e = top_exponent(t)  # validates the threshold
     scale = symmetric_scale(t)
-    e = top_exponent(t)
     lin = (x - fake_quantize(x, scale)) ** 2
     log = (x - log2_quantize(x, e)) ** 2
     hist = histogram_of(np.abs(x), bins, signed=False).used()
@@ -141,7 +141,9 @@ def _from_values(values: npt.ArrayLike, threshold: float | None, bins: int) -> L
     with np.errstate(invalid="ignore", divide="ignore"):
         lin_bins = np.bincount(idx, weights=lin, minlength=hist.bins) / counts
         log_bins = np.bincount(idx, weights=log, minlength=hist.bins) / counts
-    return Log2Comparison(t, scale, e, float(lin.mean()), float(log.mean()), hist.centers, counts.astype(np.int64), lin_bins, log_bins)
+    return Log2Comparison(
+        t, scale, e, float(lin.mean()), float(log.mean()), hist.centers, counts.astype(np.int64), lin_bins, log_bins
+    )
 
 
 def log2_quantization_error(
@@ -161,7 +163,9 @@ def log2_quantization_error(
         require_histogram(source, "The log2 comparison")
         t = source.absmax if threshold is None else threshold
         if t == 0:
-            raise QuantvizError(f"Tensor '{source.name}' is zero everywhere: both schemes are exact, there is nothing to compare.")
+            raise QuantvizError(
+                f"Tensor '{source.name}' is zero everywhere: both schemes are exact, there is nothing to compare."
+            )
         return _from_histogram(source.abs_hist, source.zero_count, t)
     if isinstance(source, Histogram):
         if source.total == 0:

@@ -29,7 +29,7 @@ class MethodConfig:
     power_of_two: round the scale up to a power of two (engines without a multiplier).
     kl_threshold: "edge" (pytorch-quantization: T = i * width) or "center" (ncnn, the TensorRT
     slides: T = (i + 0.5) * width) for the argmin candidate i.
-    mse_min_bin: the smallest MSE candidate threshold, in bins of the |x| histogram.
+    mse_min_bin: the smallest MSE candidate threshold, in bins of the histogram searched (|x| or x).
     aciq_prior: "laplace" (T = 9.89 b), "gaussian" (T = 3.92 sigma), or "ncnn" (ncnn2table's
     Gaussian, sigma guessed from the abs-max and the element count): see quantviz.calib.aciq.
     """

@@ -55,6 +55,9 @@ def test_distributions_page_draws_histogram_with_clip_lines():
     assert not at.exception
     charts = at.get("plotly_chart")
     assert len(charts) == 1
+    at.toggle(key="dist_log2").set_value(True).run()
+    log2 = figure(at.get("plotly_chart")[1])
+    assert [tr["name"].split(" ")[0] for tr in log2["data"]] == ["linear", "log2"]
     hist = json.loads(charts[0].proto.spec)
     assert hist["data"][0]["type"] == "bar"
     texts = [a["text"] for a in hist["layout"]["annotations"]]

@@ -1,0 +1,133 @@
+"""KL (TensorRT entropy) threshold search: quantviz for every tensor vs onnxruntime's search.
+
+    .venv/bin/python bench/bench_kl.py MODEL DATA [--samples 64] [--ort-tensors 4] [--bins 2048]
+
+Collects once (quantviz, default settings: 2048-bin |x| histograms), then times
+  quantviz   quantviz.calib.kl.threshold_kl for EVERY tensor (target, issue 3: under 1 s in all for a
+             model of several hundred tensors);
+  onnxruntime  HistogramCollector.get_entropy_threshold (what CalibrationMethod.Entropy runs in
+             compute_data) at num_bins=2048 for a few tensors, its histogram built by its own
+             collect_value from the same samples; the time per tensor is extrapolated to all of them.
+The two searches differ in details: onnxruntime histograms x (signed, range [-absmax, absmax], bins
+re-gridded as the range grows) and widens a window symmetric around zero; quantviz histograms |x|
+with power-of-two widths and leaves exact zeros out of bin 0. Their thresholds are printed side by
+side with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnxruntime.quantization.calibrate import HistogramCollector  # noqa: E402
+
+from quantviz.calib import MethodConfig  # noqa: E402
+from quantviz.calib.kl import threshold_kl  # noqa: E402
+from quantviz.collect import collect  # noqa: E402
+from quantviz.config import KL_TARGET_BINS, CollectConfig  # noqa: E402
+from quantviz.data import open_source  # noqa: E402
+from quantviz.model import load_model, session_with_outputs  # noqa: E402
+
+KL_REPEATS = 3  # quantviz's pass over every tensor is repeated; the best time is reported
+
+
+def pick(names: list[str], k: int) -> list[str]:
+    """k tensors spread evenly over the model (first, last and between)."""
+    if k >= len(names):
+        return names
+    idx = np.linspace(0, len(names) - 1, k).round().astype(int)
+    return [names[i] for i in sorted(set(idx.tolist()))]
+
+
+def ort_histograms(model, source, names: list[str], samples: int, batch_size: int, bins: int) -> dict:
+    """onnxruntime's own histograms of these tensors (collect_value, as its Entropy calibrator)."""
+    session = session_with_outputs(model, names)
+    fetched = [o.name for o in session.get_outputs()]
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in source.batches(batch_size, samples):
+        values = dict(zip(fetched, session.run(fetched, batch), strict=True))
+        values.update({k: v for k, v in batch.items() if k in outs})
+        for n in names:
+            outs[n].append(values[n])
+    collector = HistogramCollector(
+        method="entropy", symmetric=False, num_bins=bins, num_quantized_bins=KL_TARGET_BINS, percentile=99.999, scenario="same"
+    )
+    # One call with every batch, as HistogramCalibrater.collect_data does (it flattens them together;
+    # concatenated here so that a smaller last batch is no ragged array).
+    whole = {n: np.concatenate([a.ravel() for a in arrays]) for n, arrays in outs.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        collector.collect(whole)
+    return collector.histogram_dict
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=CollectConfig().batch_size)
+    p.add_argument("--bins", type=int, default=2048)
+    p.add_argument("--ort-tensors", type=int, default=4, help="tensors to time onnxruntime's search on (about 1 s each)")
+    args = p.parse_args()
+
+    model = load_model(args.model)
+    source = open_source(args.data, model.inputs)
+    t0 = time.perf_counter()
+    stats = collect(model, source, CollectConfig(samples=args.samples, bins=args.bins, batch_size=args.batch_size))
+    t_collect = time.perf_counter() - t0
+    config = MethodConfig()
+    usable = [n for n, t in stats.tensors.items() if not t.empty]
+
+    best = float("inf")
+    per_tensor: dict[str, float] = {}
+    results = {}
+    for _ in range(KL_REPEATS):
+        start = time.perf_counter()
+        for n in usable:
+            s = time.perf_counter()
+            results[n] = threshold_kl(stats.tensors[n], config)
+            per_tensor[n] = min(per_tensor.get(n, float("inf")), time.perf_counter() - s)
+        best = min(best, time.perf_counter() - start)
+    times = np.array(list(per_tensor.values()))
+
+    chosen = pick([n for n in usable if not stats.tensors[n].constant], args.ort_tensors)
+    hists = ort_histograms(model, source, chosen, args.samples, args.batch_size, args.bins)
+    collector = HistogramCollector("entropy", False, args.bins, KL_TARGET_BINS, 99.999, "same")
+    rows = []
+    for n in chosen:
+        s = time.perf_counter()
+        lo, hi = collector.get_entropy_threshold(hists[n], KL_TARGET_BINS)
+        rows.append((n, time.perf_counter() - s, max(-float(lo), float(hi)), hists[n][0].size))
+    ort_mean = float(np.mean([r[1] for r in rows]))
+
+    print(f"model {args.model}: {len(stats.tensors)} tensors ({len(usable)} with data), {stats.samples} samples, "
+          f"{args.bins} bins; collection took {t_collect:.2f} s")  # fmt: skip
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}; wall times, a shared 2-core machine is noisy")
+    print()
+    print(f"{'KL search, 2048 bins':<34} {'tensors':>7} {'per tensor ms':>14} {'all tensors s':>14}")
+    print(f"{'quantviz threshold_kl':<34} {len(usable):>7} {times.mean() * 1e3:>14.2f} {best:>14.3f}   (max {times.max() * 1e3:.2f} ms; target < 1 s in all)")
+    print(f"{'onnxruntime get_entropy_threshold':<34} {len(rows):>7} {ort_mean * 1e3:>14.0f} {ort_mean * len(usable):>14.1f}   (extrapolated to {len(usable)} tensors)")
+    print(f"speed-up per tensor: {ort_mean / times.mean():.0f}x")
+    print()
+    print(f"{'tensor':<40} {'ORT bins':>8} {'ORT ms':>8} {'ORT T':>10} {'quantviz T':>11} {'qv / ORT':>9}")
+    for n, dt, t_ort, nb in rows:
+        t_qv = results[n].threshold
+        ratio = t_qv / t_ort if t_ort else float("nan")
+        print(f"{n[-40:]:<40} {nb:>8} {dt * 1e3:>8.0f} {t_ort:>10.4g} {t_qv:>11.4g} {ratio:>9.3f}")
+    print()
+    print("ORT T = max(-lo, hi) of onnxruntime's (lo, hi); its histogram is signed over [-absmax, absmax] with the "
+          "bins re-gridded as the range grows, its window symmetric around zero, its zeros kept in the centre bin; "
+          "quantviz T is the |x| threshold (edge of the argmin bin, exact zeros left out of bin 0).")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""Per-layer isolated / accumulated error equals a plain numpy recomputation on a tiny graph; the sample
+model keeps its accuracy with KL scales; streaming, cancelling and bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quantviz.collect import collect
+from quantviz.config import CollectConfig
+from quantviz.data import CalibrationSource, open_source
+from quantviz.errors import CancelledError, QuantvizError
+from quantviz.model import load_model
+from quantviz.qdq import build_qdq_model
+from quantviz.sensitivity import analyze, layer_error
+from quantviz.table import CalibrationTable, TensorEntry, calibrate_model
+
+from .graphs import IR_VERSION, OPSET
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+F32 = np.float32
+
+# ---------------------------------------------------------------------------------------------
+# x[N,2,6,6] -> Conv(w[3,2,3,3], b, pad 1) -> c -> Relu -> r -> Flatten -> f -> Gemm(W[5,108]^T, bias) -> y
+
+
+def tiny_graph(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "w": (rng.standard_normal((3, 2, 3, 3)) * 0.4).astype(F32),
+        "b": (rng.standard_normal(3) * 0.2).astype(F32),
+        "W": (rng.standard_normal((5, 108)) * 0.1).astype(F32),
+        "B": (rng.standard_normal(5) * 0.1).astype(F32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "W", "B"], ["y"], name="gemm", transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(m)
+    return m, arrays
+
+
+# numpy oracle: ONNX QuantizeLinear (x / s in float32, round half to even, saturate to int8 -128..127)
+# and DequantizeLinear (q * s in float32); weights symmetric per output channel with the given scales,
+# bias int32 with scale s_x * s_w (onnxruntime's QDQ quantizer); float ops in float64.
+
+
+def fq(v: np.ndarray, s: float) -> np.ndarray:
+    q = np.clip(np.round(v.astype(F32) / F32(s)), -128, 127)
+    return (q.astype(F32) * F32(s)).astype(np.float64)
+
+
+def fq_weight(w: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    s = scales.astype(F32).reshape(shape)
+    return (np.clip(np.round(w.astype(F32) / s), -128, 127).astype(F32) * s).astype(np.float64)
+
+
+def fq_bias(b: np.ndarray, s_in: float, s_w: np.ndarray) -> np.ndarray:
+    bs = (F32(s_in) * s_w.astype(F32)).astype(F32)
+    q = np.round(b.astype(np.float64) / bs.astype(np.float64))
+    return (q.astype(F32) * bs).astype(np.float64)
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Conv with stride 1 and padding 1, by an explicit loop over the kernel taps."""
+    n, _, h, wd = x.shape
+    m, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, m, h, wd))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i : i + h, j : j + wd]  # [n, c, h, w]
+            out += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
+    return out + b.reshape(1, -1, 1, 1)
+
+
+def cos_snr_mse(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    cos = np.mean([float(p @ q / (np.linalg.norm(p) * np.linalg.norm(q))) for p, q in zip(a2, b2, strict=True)])
+    snr = 10 * math.log10(float(np.sum(a2**2)) / float(np.sum((a2 - b2) ** 2)))
+    return cos, snr, float(np.mean((a2 - b2) ** 2))
+
+
+def table_for(tensors: dict[str, np.ndarray], arrays: dict[str, np.ndarray], clip: float) -> CalibrationTable:
+    """Thresholds = clip * max|t| (so some values saturate); weight scales = max|w_c| / 127 per channel."""
+    entries = {}
+    for name, v in tensors.items():
+        t = float(np.abs(v).max()) * clip
+        s = float(F32(t) / F32(127))
+        entries[name] = TensorEntry("test", -t, t, t, s, 0)
+    w_scales = {
+        "w": np.abs(arrays["w"]).reshape(3, -1).max(axis=1).astype(F32) / F32(127),
+        "W": np.abs(arrays["W"]).max(axis=1).astype(F32) / F32(127),
+    }
+    weights = {n: {"axis": 0, "per_channel": True, "scales": [float(v) for v in s]} for n, s in w_scales.items()}
+    return CalibrationTable("tiny", "", {"symmetric": True, "method": "test"}, entries, weights=weights)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    proto, arrays = tiny_graph()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 2, 6, 6)).astype(F32)
+    labels = rng.integers(0, 5, 10)
+    # float reference with numpy, used for the table and the oracle
+    c = conv2d(x.astype(np.float64), arrays["w"].astype(np.float64), arrays["b"].astype(np.float64))
+    r = np.maximum(c, 0)
+    f = r.reshape(len(r), -1)
+    y = f @ arrays["W"].T.astype(np.float64) + arrays["B"]
+    table = table_for({"x": x, "c": c, "r": r, "f": f, "y": y}, arrays, clip=0.8)
+    d = tmp_path_factory.mktemp("tiny")
+    np.savez(d / "data.npz", x=x)
+    model = load_model(proto.SerializeToString())
+    source = open_source(d / "data.npz", model.inputs)
+    return model, source, table, arrays, x, labels, {"c": c, "r": r, "f": f, "y": y}
+
+
+def oracle(table: CalibrationTable, arrays: dict[str, np.ndarray], x: np.ndarray, ref: dict[str, np.ndarray]):
+    s = {n: table.tensors[n].scale for n in table.tensors}
+    ws = {n: np.asarray(v["scales"], dtype=F32) for n, v in table.weights.items()}
+    wq = fq_weight(arrays["w"], ws["w"], 0)
+    Wq = fq_weight(arrays["W"], ws["W"], 0)
+    bq = fq_bias(arrays["b"], s["x"], ws["w"])
+    Bq = fq_bias(arrays["B"], s["f"], ws["W"])
+
+    def conv_q(inp: np.ndarray) -> np.ndarray:
+        return fq(conv2d(fq(inp, s["x"]), wq, bq), s["c"])
+
+    def relu_q(inp: np.ndarray) -> np.ndarray:
+        return fq(np.maximum(fq(inp, s["c"]), 0), s["r"])
+
+    def flatten_q(inp: np.ndarray) -> np.ndarray:
+        # Flatten itself is left to float, but it reads the Relu's Q/DQ pair and the Gemm quantizes its output
+        return fq(fq(inp, s["r"]).reshape(len(inp), -1), s["f"])
+
+    def gemm_q(inp: np.ndarray) -> np.ndarray:
+        return fq(fq(inp, s["f"]) @ Wq.T + Bq, s["y"])
+
+    xd = x.astype(np.float64)
+    isolated = {
+        "conv": conv_q(xd),
+        "relu": relu_q(ref["c"]),
+        "flatten": flatten_q(ref["r"]),
+        "gemm": gemm_q(ref["f"]),
+    }
+    c_a = conv_q(xd)
+    r_a = fq(np.maximum(c_a, 0), s["r"])
+    f_a = flatten_q(r_a)
+    y_a = gemm_q(f_a)
+    accumulated = {"conv": c_a, "relu": r_a, "flatten": f_a, "gemm": y_a}
+    return isolated, accumulated
+
+
+OUT = {"conv": "c", "relu": "r", "flatten": "f", "gemm": "y"}
+
+
+def check_against_oracle(report, table, arrays, x, ref) -> dict[str, np.ndarray]:
+    isolated, accumulated = oracle(table, arrays, x, ref)
+    for le in report.layers:
+        assert le.output_tensor == OUT[le.layer]
+        for got, want in ((le.isolated, isolated[le.layer]), (le.accumulated, accumulated[le.layer])):
+            cos, snr, mse = cos_snr_mse(ref[OUT[le.layer]], want)
+            assert got.samples == 10
+            # tolerances far below the effect of e.g. leaving the int32 bias unquantized (1e-6 / 1e-3 / 2e-4)
+            assert got.cosine == pytest.approx(cos, abs=1e-8), le.layer
+            assert got.snr_db == pytest.approx(snr, abs=1e-4), le.layer
+            assert got.mse == pytest.approx(mse, rel=1e-5), le.layer
+    return accumulated
+
+
+def test_tiny_graph_equals_numpy(tiny) -> None:
+    model, source, table, arrays, x, labels, ref = tiny
+    report = analyze(model, table, source, batch_size=4, labels=labels)  # 10 samples: batches 4, 4, 2
+    assert [le.layer for le in report.layers] == ["conv", "relu", "flatten", "gemm"]
+    accumulated = check_against_oracle(report, table, arrays, x, ref)
+    # the first layer sees float input either way
+    assert report.layers[0].isolated == report.layers[0].accumulated
+    # end to end: the Gemm output is the model output
+    (out,) = report.outputs
+    y, y_a = ref["y"], accumulated["gemm"]
+    cos, snr, mse = cos_snr_mse(y, y_a)
+    assert out.output == "y" and out.figures.cosine == pytest.approx(cos, abs=1e-8)
+    assert out.figures.snr_db == pytest.approx(snr, abs=1e-4)
+    assert out.top1_agreement == pytest.approx(np.mean(y.argmax(1) == y_a.argmax(1)))
+    assert out.accuracy_float == pytest.approx(np.mean(y.argmax(1) == labels))
+    assert out.accuracy_quantized == pytest.approx(np.mean(y_a.argmax(1) == labels))
+
+
+def test_layer_error_matches_analysis(tiny) -> None:
+    model, source, table, arrays, x, _, ref = tiny
+    isolated, _ = oracle(table, arrays, x, ref)
+    for layer in ("relu", "gemm"):
+        got = layer_error(model, table, layer, source, batch_size=3)
+        cos, snr, _ = cos_snr_mse(ref[OUT[layer]], isolated[layer])
+        assert got.cosine == pytest.approx(cos, abs=1e-8) and got.snr_db == pytest.approx(snr, abs=1e-4)
+    with pytest.raises(QuantvizError, match="not a quantized layer"):
+        layer_error(model, table, "nope", source)
+
+
+def test_threshold_change_moves_only_what_it_should(tiny) -> None:
+    """Halving the Relu output's threshold changes the Relu's isolated error (its output scale) and the
+    accumulated error downstream, and the Flatten's (it reads r), but not the isolated error of the
+    Conv or the Gemm (they neither read nor write r)."""
+    model, source, table, arrays, x, _, ref = tiny
+    e = table.tensors["r"]
+    t = e.threshold / 2
+    changed = table.with_entry("r", TensorEntry("test", -t, t, t, float(F32(t) / F32(127)), 0))
+    base = {le.layer: le for le in analyze(model, table, source).layers}
+    new_report = analyze(model, changed, source)
+    check_against_oracle(new_report, changed, arrays, x, ref)  # r and f now have different scales
+    new = {le.layer: le for le in new_report.layers}
+    assert new["conv"].isolated == base["conv"].isolated
+    assert new["relu"].isolated.mse > base["relu"].isolated.mse
+    assert new["flatten"].isolated.mse > base["flatten"].isolated.mse  # reads r through r's Q/DQ pair
+    assert new["gemm"].isolated == base["gemm"].isolated
+    assert new["gemm"].accumulated != base["gemm"].accumulated
+
+
+class Recorder:
+    """Wraps a source and records every fetched range (the analysis must stream by batches)."""
+
+    def __init__(self, source: CalibrationSource) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.source = source
+
+    def wrap(self) -> CalibrationSource:
+        def fetch(start: int, stop: int):
+            self.calls.append((start, stop))
+            return self.source.fetch(start, stop)
+
+        return CalibrationSource("rec", "rec", self.source.num_samples, False, fetch)
+
+
+def test_streams_and_reports_progress_and_cancels(tiny) -> None:
+    model, source, table, *_ = tiny
+    rec = Recorder(source)
+    seen: list[tuple[int, int]] = []
+    small = analyze(model, table, rec.wrap(), samples=7, batch_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert rec.calls == [(0, 3), (3, 6), (6, 7)]  # every sample once, one batch at a time
+    assert seen == [(0, 7), (3, 7), (6, 7), (7, 7)]
+    assert small.samples == 7
+    one = analyze(model, table, source, samples=7, batch_size=7)
+    for a, b in zip(small.layers, one.layers, strict=True):  # batching does not change the figures
+        assert a.accumulated.cosine == pytest.approx(b.accumulated.cosine, abs=1e-12)
+        assert a.isolated.mse == pytest.approx(b.isolated.mse, rel=1e-9)
+    calls = iter([False, True])
+    with pytest.raises(CancelledError):
+        analyze(model, table, source, batch_size=2, cancel=lambda: next(calls))
+
+
+def test_bad_input(tiny) -> None:
+    model, source, table, *_ = tiny
+    bad = table.with_entry("ghost", TensorEntry("test", -1, 1, 1, 1 / 127, 0))
+    with pytest.raises(QuantvizError, match="does not have"):
+        analyze(model, bad, source)
+    with pytest.raises(QuantvizError, match="labels for 10 samples"):
+        analyze(model, table, source, labels=np.zeros(3, dtype=np.int64))
+    with pytest.raises(QuantvizError, match="at least 1"):
+        analyze(model, table, source, samples=0)
+
+
+@pytest.mark.slow
+def test_sample_model_accuracy_with_kl_and_minmax() -> None:
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    calib = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    stats = collect(model, calib, CollectConfig())
+    ev = np.load(SAMPLES / "digits_eval.npz")
+    evs = open_source(SAMPLES / "digits_eval.npz", model.inputs)
+    float_sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    float_probs = float_sess.run(None, {"input": ev["input"]})[0]
+    float_acc = float(np.mean(float_probs.argmax(1) == ev["label"]))
+    figures = {}
+    for method in ("kl", "minmax"):
+        table = calibrate_model(model, stats, method)
+        report = analyze(model, table, evs, batch_size=64, labels=ev["label"])
+        (out,) = report.outputs
+        # independent end to end: the QDQ model in a plain onnxruntime session
+        q = ort.InferenceSession(build_qdq_model(model, table).SerializeToString(), providers=["CPUExecutionProvider"])
+        q_probs = q.run(None, {"input": ev["input"]})[0]
+        assert out.accuracy_float == pytest.approx(float_acc)
+        assert out.accuracy_quantized == pytest.approx(float(np.mean(q_probs.argmax(1) == ev["label"])))
+        assert out.top1_agreement == pytest.approx(float(np.mean(q_probs.argmax(1) == float_probs.argmax(1))))
+        assert out.figures.cosine > 0.99
+        assert abs(out.accuracy_quantized - float_acc) <= 0.01
+        assert {le.op_type for le in report.layers} >= {"Conv", "Relu", "Add", "Concat", "Gemm"}
+        assert sum(le.op_type == "Conv" for le in report.layers) == 6
+        figures[method] = out.accuracy_quantized
+    kl, mm = figures["kl"], figures["minmax"]
+    print(f"\ndigits_cnn accuracy on digits_eval.npz: float {float_acc:.4f}, KL {kl:.4f}, minmax {mm:.4f}")
