@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quantviz.calib import METHODS, MethodConfig
+from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.calib.result import ACIQ_PRIORS
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
@@ -20,7 +21,7 @@ from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import load_model
 from quantviz.stats import CalibrationStats, load_stats, save_stats
-from quantviz.table import calibrate, calibrate_model
+from quantviz.table import CalibrationTable, calibrate, calibrate_model
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -141,13 +142,17 @@ def _method_config(args: argparse.Namespace) -> MethodConfig:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _check_output(args.output)
     model_path = args.model or args.model_option
+    if args.method == "eq" and not (model_path and args.data):
+        raise QuantvizError("--method eq needs MODEL and --data: EQ runs the model on the calibration samples to search its scales.")
     if args.stats:
         stats = load_stats(Path(args.stats)) if Path(args.stats).exists() else _missing(args.stats)
     elif model_path and args.data:
         stats = _collect_from_args(args, model_path)
     else:
         raise QuantvizError("calibrate needs MODEL with --data, or --stats STATS.npz.")
-    if model_path:  # the model adds fused shared scales, weight scales and requantization multipliers
+    if args.method == "eq":
+        table = _calibrate_eq(args, model_path, stats)
+    elif model_path:  # the model adds fused shared scales, weight scales and requantization multipliers
         model = load_model(model_path)
         table = calibrate_model(model, stats, args.method, _method_config(args), per_channel=not args.per_tensor_weights)
     else:
@@ -159,6 +164,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for name, why in table.skipped.items():
         print(f"warning: tensor '{name}' left out: {why}.", file=sys.stderr)
     return 0
+
+
+def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
+    """EasyQuant (quantviz.calib.easyquant): KL start, then the per-layer scale search on the data."""
+    config = EQConfig(alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode)
+    model = load_model(model_path)
+    source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    return calibrate_eq(
+        model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args), per_channel=not args.per_tensor_weights
+    )
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -207,13 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="a statistics file from `collect` instead of MODEL and --data")
     p.add_argument("--model", dest="model_option", help="with --stats: the model, for weight scales, fused scales and requantization")
     p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor (default: per output channel)")
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=sorted([*METHODS, "eq"]))
     p.add_argument("--asymmetric", action="store_true", help="uint8 [min, max] instead of symmetric int8")
     p.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     p.add_argument("--percentile", type=float, default=MethodConfig.percentile)
     p.add_argument("--kl-threshold", choices=("edge", "center"), default=MethodConfig.kl_threshold)
     p.add_argument("--mse-min-bin", type=int, default=MethodConfig.mse_min_bin, help="mse: smallest candidate threshold, in |x| histogram bins")
     p.add_argument("--aciq-prior", choices=ACIQ_PRIORS, default=MethodConfig.aciq_prior, help="aciq: fitted prior (default laplace)")
+    e = p.add_argument_group("eq (EasyQuant; needs MODEL and --data)")
+    e.add_argument("--eq-alpha", type=float, default=EQConfig.alpha, help=f"smallest candidate, times the start scale (default {EQConfig.alpha})")
+    e.add_argument("--eq-beta", type=float, default=EQConfig.beta, help=f"largest candidate, times the start scale (default {EQConfig.beta})")
+    e.add_argument("--eq-n", type=int, default=EQConfig.n, help=f"candidates per search (default {EQConfig.n})")
+    e.add_argument("--eq-rounds", type=int, default=EQConfig.rounds, help=f"rounds of weight then input search (default {EQConfig.rounds})")
+    e.add_argument("--eq-samples", type=int, default=EQConfig.max_samples, help=f"samples the search uses (default {EQConfig.max_samples})")
+    e.add_argument("--eq-mode", choices=EQ_MODES, default=EQConfig.mode, help="inputs from the quantized upstream (accumulated, default) or float (isolated)")
     p.add_argument("-o", "--output", required=True, help="table (.json)")
     COMMANDS["calibrate"] = cmd_calibrate
 

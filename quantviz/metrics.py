@@ -11,7 +11,8 @@ Every measure takes (reference, test): two arrays of the same shape whose first 
 - mse(a, b): mean of (a - b)^2 over every element.
 
 ErrorAccumulator computes the same three from batches (update / merge / result), holding only sums,
-so an analysis keeps one batch of activations at a time. Sums are float64.
+so an analysis keeps one batch of activations at a time. Sums are accumulated in float64 (float32
+inputs are not copied to float64 first: the products are widened inside einsum).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ class ErrorFigures:
     samples: int
 
 
-def _per_sample(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
+def _per_sample(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]:
+    """Both as [samples, elements] arrays, float32 kept as is (the sums are taken in float64)."""
+    x, y = np.asarray(a), np.asarray(b)
+    dtype = np.float32 if x.dtype == np.float32 and y.dtype == np.float32 else np.float64
+    x, y = x.astype(dtype, copy=False), y.astype(dtype, copy=False)
     if x.shape != y.shape:
         raise ValueError(f"reference and test shapes differ: {x.shape} vs {y.shape}")
     if x.ndim == 0:
@@ -44,17 +47,30 @@ def _per_sample(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[npt.NDArray[np.floa
     return x.reshape(n, -1), y.reshape(n, -1)
 
 
-def sample_cosines(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The cosine of each sample (axis 0), with 0/0 defined as in the module docstring."""
-    x, y = _per_sample(a, b)
-    xy = np.einsum("ij,ij->i", x, y)
-    xx = np.einsum("ij,ij->i", x, x)
-    yy = np.einsum("ij,ij->i", y, y)
+def _sums(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float64], ...]:
+    """Per-sample sums of a*a, b*b, a*b and (a-b)*(a-b), accumulated in float64. The last comes from
+    a - b, never from aa + bb - 2ab, which cancels catastrophically when b is close to a."""
+    d = x - y
+
+    def dot(p: npt.NDArray[np.floating], q: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        return np.einsum("ij,ij->i", p, q, dtype=np.float64)
+
+    return dot(x, x), dot(y, y), dot(x, y), dot(d, d)
+
+
+def _cosines(xx: npt.NDArray[np.float64], yy: npt.NDArray[np.float64], xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     denom = np.sqrt(xx) * np.sqrt(yy)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(denom > 0, xy / np.where(denom > 0, denom, 1.0), 0.0)
     cos = np.where((xx == 0) & (yy == 0), 1.0, cos)
     return np.clip(cos, -1.0, 1.0)
+
+
+def sample_cosines(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The cosine of each sample (axis 0), with 0/0 defined as in the module docstring."""
+    x, y = _per_sample(a, b)
+    xx, yy, xy, _ = _sums(x, y)
+    return _cosines(xx, yy, xy)
 
 
 def _snr_from_sums(signal: float, noise: float) -> float:
@@ -76,13 +92,14 @@ def cosine(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
 def snr_db(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """10 log10(sum a^2 / sum (a - b)^2) in dB (+inf when equal)."""
     x, y = _per_sample(a, b)
-    return _snr_from_sums(float(np.sum(x * x)), float(np.sum((x - y) ** 2)))
+    xx, _, _, dd = _sums(x, y)
+    return _snr_from_sums(float(xx.sum()), float(dd.sum()))
 
 
 def mse(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """Mean squared error over every element."""
     x, y = _per_sample(a, b)
-    return float(np.mean((x - y) ** 2)) if x.size else math.nan
+    return float(_sums(x, y)[3].sum() / x.size) if x.size else math.nan
 
 
 class ErrorAccumulator:
@@ -97,10 +114,11 @@ class ErrorAccumulator:
 
     def update(self, a: npt.ArrayLike, b: npt.ArrayLike) -> None:
         x, y = _per_sample(a, b)
-        self.cosine_sum += float(sample_cosines(x, y).sum())
+        xx, yy, xy, dd = _sums(x, y)
+        self.cosine_sum += float(_cosines(xx, yy, xy).sum())
         self.samples += x.shape[0]
-        self.signal += float(np.sum(x * x))
-        self.noise += float(np.sum((x - y) ** 2))
+        self.signal += float(xx.sum())
+        self.noise += float(dd.sum())
         self.elements += x.size
 
     def merge(self, other: ErrorAccumulator) -> None:

@@ -34,6 +34,15 @@ Choices, each so that the scale on every quantized tensor is the table's:
   float activation inputs or outputs has no usable table entry (missing, NaN/Inf). A float node's
   output is still quantized with its table scale where an int8 consumer reads it, as an engine must.
 
+reduce_range (off by default): 7-bit weights (-63..63; each weight scale multiplied by 127/63, as
+onnxruntime's own reduce_range does). Run by onnxruntime on an x86 CPU with AVX2 but no VNNI, the
+fused int8 kernels multiply u8 activations by s8 weights with VPMADDUBSW, whose int16 pair sums
+saturate with full 8-bit weights: the model then computes something else than its Q/DQ nodes say
+(digits_cnn: accuracy 0.81 instead of 0.996 on such a machine, 0.996 with 7-bit weights or with the
+Q/DQ nodes run unfused). quantviz's own analysis runs Q/DQ unfused (quantviz.sensitivity), so its
+figures are the scales' error on every CPU; int8_kernels_saturate() says whether this machine is one
+of those.
+
 Saturation is ONNX QuantizeLinear's: int8 activations use -128..127 (the table's symmetric scales are
 T / 127, so only values below -T by more than half a step reach -128); weights are symmetric -127..127.
 quantize_static works with files: it gets a private temporary folder, never the working directory,
@@ -239,12 +248,38 @@ def _zero_point(entry: TensorEntry, symmetric: bool, name: str) -> np.ndarray:
     return np.asarray(entry.zero_point, dtype=np.int8 if symmetric else np.uint8)
 
 
-def _weight_override(init: onnx.TensorProto, spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+REDUCED_WEIGHT_MAX = 63  # 7-bit weights (onnxruntime's reduce_range)
+
+
+def int8_kernels_saturate() -> bool:
+    """True on an x86 CPU with AVX2 and no VNNI: onnxruntime's fused u8s8 kernels can saturate there
+    (module doc, reduce_range). Read from /proc/cpuinfo; False where it cannot be read."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            break
+    return "avx2" in flags and not ({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def _weight_override(
+    init: onnx.TensorProto, spec: dict[str, Any], reduce_range: bool = False
+) -> list[dict[str, Any]] | None:
     """onnxruntime overrides for one weight from a table "weights" entry {"axis", "scales"} (None: unusable)."""
     scales = spec.get("scales")
     if not isinstance(scales, list | tuple) or not scales:
         return None
     values = [float(s) for s in scales]
+    if reduce_range:
+        values = [s * INT8_RANGE[1] / REDUCED_WEIGHT_MAX for s in values]
     if not all(math.isfinite(s) and s > 0 for s in values):
         return None
     axis = spec.get("axis")
@@ -267,6 +302,7 @@ def build(
     only_nodes: set[str] | None = None,
     float_nodes: Iterable[str] = frozenset(),
     prepared: PreparedModel | None = None,
+    reduce_range: bool = False,
 ) -> QdqBuild:
     """Build the QDQ model and return it with the decisions made (see build_qdq_model)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -285,16 +321,15 @@ def build(
     ranges: dict[str, Any] = {}
     overrides: dict[str, list[dict[str, Any]]] = {}
     scales: dict[str, tuple[float, int]] = {}
+    qmin, qmax = INT8_RANGE if symmetric else UINT8_RANGE
     for name in prepared.float_types:
         entry = table.tensors.get(name)
-        if not _entry_ok(entry):
+        if entry is None or not _entry_ok(entry):
             continue
-        assert entry is not None
         zp = _zero_point(entry, symmetric, name)
         scale = np.asarray(entry.scale, dtype=np.float32)
-        lo, hi = float(scale) * (INT8_RANGE[0] - int(zp)), float(scale) * (INT8_RANGE[1] - int(zp))
-        if not symmetric:
-            lo, hi = float(scale) * (UINT8_RANGE[0] - int(zp)), float(scale) * (UINT8_RANGE[1] - int(zp))
+        # the range the scale and zero point represent (onnxruntime reads it where no override applies)
+        lo, hi = float(scale) * (qmin - int(zp)), float(scale) * (qmax - int(zp))
         ranges[name] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
         overrides[name] = [{"scale": scale, "zero_point": zp}]
         scales[name] = (float(scale), int(zp))
@@ -304,7 +339,7 @@ def build(
         init = inits.get(wname)
         if init is None or init.data_type not in FLOAT_ELEM_TYPES or not isinstance(spec, dict):
             continue
-        ov = _weight_override(init, spec)
+        ov = _weight_override(init, spec, reduce_range)
         if ov is None:
             log.warning(
                 "The table's scales for weight %s do not fit its shape %s; onnxruntime measures them.", wname, list(init.dims)
@@ -337,6 +372,7 @@ def build(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=quantize_nodes,
@@ -362,6 +398,7 @@ def build_qdq_model(
     per_channel: bool = True,
     only_nodes: set[str] | None = None,
     float_nodes: Iterable[str] = frozenset(),
+    reduce_range: bool = False,
 ) -> onnx.ModelProto:
     """The model quantized with the table's scales as a QDQ ONNX model, in memory.
 
@@ -370,9 +407,11 @@ def build_qdq_model(
     these in float (the table's float-marked tensors and tensors without a scale keep their producer
     in float anyway). Node names are those of the model after BatchNormalization folding (a folded BN
     disappears, its Conv keeps its name). Raises QuantvizError when the table names tensors the model
-    lacks.
+    lacks. reduce_range: 7-bit weights, for onnxruntime on x86 CPUs without VNNI (module doc).
     """
-    return build(model, table, per_channel=per_channel, only_nodes=only_nodes, float_nodes=float_nodes).proto
+    return build(
+        model, table, per_channel=per_channel, only_nodes=only_nodes, float_nodes=float_nodes, reduce_range=reduce_range
+    ).proto
 
 
 def activation_quantizers(proto: onnx.ModelProto) -> dict[str, tuple[float, int]]:

@@ -88,8 +88,20 @@ class TensorAccumulator:
         self.batches = 0
         self.abs_hist = HistogramAccumulator(bins, signed=False)
         self.signed_hist = HistogramAccumulator(bins, signed=True)
+        # The batch being added (update(..., same_batch=True) extends it): its min/max so far and the
+        # moving averages before it, so that a batch given in parts averages exactly as a whole.
+        self._open = False
+        self._batch_min = math.inf
+        self._batch_max = -math.inf
+        self._ema_min_before = math.nan
+        self._ema_max_before = math.nan
 
-    def update(self, batch: npt.NDArray[np.floating]) -> None:
+    def update(self, batch: npt.NDArray[np.floating], same_batch: bool = False) -> None:
+        """Add one batch of values (any shape). same_batch=True: more values of the batch given to the
+        previous call (collection splits a batch over several onnxruntime runs to bound memory); the
+        moving averages and the batch count then come out exactly as from one call with all of it."""
+        if not same_batch:
+            self._open = False
         x = np.asarray(batch).reshape(-1)
         if x.dtype == np.float16:
             x = x.astype(np.float32)
@@ -109,19 +121,28 @@ class TensorAccumulator:
             lo = float(x.min())
             hi = float(x.max())
         self.count += int(x.size)
-        if lo <= 0 <= hi:  # otherwise no value can be zero
-            self.zeros += int(np.count_nonzero(x == 0))  # -0.0 included; twice as fast as count_nonzero(x)
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
-        if self.batches == 0:
-            self.ema_min, self.ema_max = lo, hi
-            self.first_min, self.first_max = lo, hi
+        if self._open:  # the rest of the current batch
+            self._batch_min = min(self._batch_min, lo)
+            self._batch_max = max(self._batch_max, hi)
         else:
-            self.ema_min = (1 - self.c) * self.ema_min + self.c * lo
-            self.ema_max = (1 - self.c) * self.ema_max + self.c * hi
-        self.batches += 1
+            self._open = True
+            self._batch_min, self._batch_max = lo, hi
+            self._ema_min_before, self._ema_max_before = self.ema_min, self.ema_max
+            self.batches += 1
+        bmin, bmax = self._batch_min, self._batch_max
+        if self.batches == 1:
+            self.ema_min, self.ema_max = bmin, bmax
+            self.first_min, self.first_max = bmin, bmax
+        else:
+            self.ema_min = (1 - self.c) * self._ema_min_before + self.c * bmin
+            self.ema_max = (1 - self.c) * self._ema_max_before + self.c * bmax
         absmax = max(abs(lo), abs(hi))
-        update_pair(self.abs_hist, self.signed_hist, x, absmax, nonnegative=lo >= 0)
+        zeros = update_pair(self.abs_hist, self.signed_hist, x, absmax, nonnegative=lo >= 0)
+        if zeros is None:  # not found by the histogram pass; -0.0 counts, as in x == 0
+            zeros = int(np.count_nonzero(x == 0)) if lo <= 0 <= hi else 0
+        self.zeros += zeros
 
     def merge(self, other: TensorAccumulator) -> None:
         """Fold in the statistics of a later shard (the moving average continues as if streamed)."""
@@ -143,6 +164,7 @@ class TensorAccumulator:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         self.batches += other.batches
+        self._open = False  # a later update starts a new batch
         self.abs_hist.merge(other.abs_hist)
         self.signed_hist.merge(other.signed_hist)
 

@@ -100,3 +100,21 @@ def test_diff_prints_or_writes_csv(files: dict[str, Path]) -> None:
     rows = {row["name"]: row for row in csv.DictReader(io.StringIO(out.read_text(), newline=""))}
     assert math.isclose(float(rows["x"]["ratio"]), 2.0, rel_tol=1e-6)
     assert rows["conv_out"]["present"] == "a only" and rows["extra"]["present"] == "b only"
+
+
+def test_export_qdq_reduce_range(files: dict[str, Path]) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    out = files["dir"] / "q.onnx"
+    r = run("export", files["table"], "--format", "trt", "--reduce-range", "-o", files["dir"] / "c.cache")
+    assert r.returncode == 2 and "qdq only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    model = ROOT / "sample_models" / "digits_cnn.onnx"
+    table = files["dir"] / "cnn.json"
+    r = run("calibrate", model, "--data", ROOT / "sample_models" / "digits_calib.npz", "--samples", "32", "--method", "minmax", "-o", table)
+    assert r.returncode == 0, r.stderr
+    r = run("export", table, "--format", "qdq", "--model", model, "--reduce-range", "-o", out)
+    assert r.returncode == 0, r.stderr
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    w = [a for n, a in inits.items() if a.dtype == np.int8 and n.endswith("_quantized")]
+    assert w and max(int(np.abs(a.astype(np.int32)).max()) for a in w) == 63

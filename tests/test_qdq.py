@@ -18,10 +18,10 @@ from quantviz.config import CollectConfig
 from quantviz.data import open_source
 from quantviz.errors import QuantvizError
 from quantviz.model import load_model
-from quantviz.qdq import build, build_qdq_model
+from quantviz.qdq import build, build_qdq_model, int8_kernels_saturate
 from quantviz.table import CalibrationTable, TensorEntry, calibrate, calibrate_model
 
-from .conftest import ort_run_with_outputs
+from .conftest import ort_run_with_outputs, spec_session
 from .graphs import conv_bn_relu
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -90,7 +90,7 @@ def test_sample_model_scales_are_the_tables(cnn, tmp_path: Path, monkeypatch: py
         assert np.array_equal(w[name], np.asarray(spec["scales"], dtype=np.float32)), name
     # it runs, and gives probabilities close to float
     x = np.load(SAMPLES / "digits_eval.npz")["input"][:32]
-    q = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    q = spec_session(proto).run(None, {"input": x})[0]
     f = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     assert q.shape == f.shape and np.abs(q - f).max() < 0.1
 
@@ -143,7 +143,7 @@ def test_batchnorm_folded_and_scales_placed() -> None:
         assert scale == np.float32(scales[name])
     # the folded, quantized model still computes the float model (within int8 error) in onnxruntime
     x = CBR_X
-    q = ort.InferenceSession(b.proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    q = spec_session(b.proto).run(None, {"x": x})[0]
     f = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(q - f).max() < 0.05 * np.abs(f).max() and np.corrcoef(q.ravel(), f.ravel())[0, 1] > 0.99
 
@@ -184,3 +184,40 @@ def test_table_for_another_model_is_refused() -> None:
         build_qdq_model(model, small_table({**CBR_SCALES, "nope": 0.1}))
     with pytest.raises(QuantvizError, match="no node named"):
         build_qdq_model(model, small_table(CBR_SCALES), float_nodes={"bn"})  # folded away
+
+
+def test_reduce_range_gives_7bit_weights_that_fused_kernels_run_as_written(cnn) -> None:
+    """reduce_range: every int8 weight within -63..63, its scale the table's times 127/63, and the
+    model computes the same in onnxruntime's fused int8 kernels (default session) as with its Q/DQ
+    nodes run as the spec defines them, on any x86 CPU (with 8-bit weights the fused u8s8 kernels
+    saturate on AVX2 CPUs without VNNI)."""
+    model, stats = cnn
+    table = calibrate_model(model, stats, "kl")
+    proto = build_qdq_model(model, table, reduce_range=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weights = {n: a for n, a in inits.items() if n.endswith("weight_quantized")}
+    assert weights and all(np.abs(a.astype(np.int32)).max() <= 63 for a in weights.values())
+    assert max(int(np.abs(a.astype(np.int32)).max()) for a in weights.values()) == 63  # the range is used
+    w = dq_weight_scales(proto)
+    for name, spec in table.weights.items():
+        want = np.asarray(spec["scales"], dtype=np.float64) * 127 / 63
+        np.testing.assert_allclose(w[name], want, rtol=1e-6, err_msg=name)
+    x = np.load(SAMPLES / "digits_eval.npz")["input"][:64]
+    fused = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    spec = spec_session(proto).run(None, {"input": x})[0]
+    f = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(fused - spec).max() < 0.02
+    assert np.mean(fused.argmax(1) == f.argmax(1)) >= 0.98
+
+
+def test_int8_kernels_saturate_reads_this_cpu() -> None:
+    import platform
+
+    flags = set()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    want = platform.machine() in ("x86_64", "AMD64") and "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
+    assert int8_kernels_saturate() is want

@@ -21,6 +21,7 @@ from quantviz.qdq import build_qdq_model
 from quantviz.sensitivity import analyze, layer_error
 from quantviz.table import CalibrationTable, TensorEntry, calibrate_model
 
+from .conftest import spec_session
 from .graphs import IR_VERSION, OPSET
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -56,14 +57,15 @@ def tiny_graph(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return m, arrays
 
 
-# numpy oracle: ONNX QuantizeLinear (x / s in float32, round half to even, saturate to int8 -128..127)
-# and DequantizeLinear (q * s in float32); weights symmetric per output channel with the given scales,
+# numpy oracle: ONNX QuantizeLinear (x / s in float32, round half to even, + zero point, saturate to int8
+# -128..127 or uint8 0..255) and DequantizeLinear ((q - zp) * s in float32); weights symmetric per output
+# channel with the given scales,
 # bias int32 with scale s_x * s_w (onnxruntime's QDQ quantizer); float ops in float64.
 
 
-def fq(v: np.ndarray, s: float) -> np.ndarray:
-    q = np.clip(np.round(v.astype(F32) / F32(s)), -128, 127)
-    return (q.astype(F32) * F32(s)).astype(np.float64)
+def fq(v: np.ndarray, s: float, zp: int = 0, qrange: tuple[int, int] = (-128, 127)) -> np.ndarray:
+    q = np.clip(np.round(v.astype(F32) / F32(s)) + zp, *qrange)
+    return ((q - zp).astype(F32) * F32(s)).astype(np.float64)
 
 
 def fq_weight(w: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
@@ -114,6 +116,17 @@ def table_for(tensors: dict[str, np.ndarray], arrays: dict[str, np.ndarray], cli
     return CalibrationTable("tiny", "", {"symmetric": True, "method": "test"}, entries, weights=weights)
 
 
+def asymmetric(table: CalibrationTable, tensors: dict[str, np.ndarray]) -> CalibrationTable:
+    """uint8 [min, max] per tensor: s = (max - min) / 255, zp = round(-min / s) (0 inside the range)."""
+    entries = {}
+    for name, v in tensors.items():
+        lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+        s = float(F32((hi - lo) / 255))
+        zp = int(np.clip(round(-lo / s), 0, 255))
+        entries[name] = TensorEntry("test", -zp * s, (255 - zp) * s, max(abs(lo), hi), s, zp)
+    return CalibrationTable("tiny", "", {"symmetric": False, "method": "test"}, entries, weights=table.weights)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
     proto, arrays = tiny_graph()
@@ -130,40 +143,42 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     np.savez(d / "data.npz", x=x)
     model = load_model(proto.SerializeToString())
     source = open_source(d / "data.npz", model.inputs)
-    return model, source, table, arrays, x, labels, {"c": c, "r": r, "f": f, "y": y}
+    refs = {"c": c, "r": r, "f": f, "y": y}
+    return model, source, table, arrays, x, labels, refs, asymmetric(table, {"x": x, **refs})
 
 
 def oracle(table: CalibrationTable, arrays: dict[str, np.ndarray], x: np.ndarray, ref: dict[str, np.ndarray]):
-    s = {n: table.tensors[n].scale for n in table.tensors}
+    """Isolated and accumulated outputs of every layer, by hand (see the notes above fq)."""
+    qrange = (-128, 127) if table.settings["symmetric"] else (0, 255)
+
+    def q(v: np.ndarray, name: str) -> np.ndarray:  # an activation through its Q/DQ pair
+        e = table.tensors[name]
+        return fq(v, e.scale, e.zero_point, qrange)
+
     ws = {n: np.asarray(v["scales"], dtype=F32) for n, v in table.weights.items()}
     wq = fq_weight(arrays["w"], ws["w"], 0)
     Wq = fq_weight(arrays["W"], ws["W"], 0)
-    bq = fq_bias(arrays["b"], s["x"], ws["w"])
-    Bq = fq_bias(arrays["B"], s["f"], ws["W"])
+    bq = fq_bias(arrays["b"], table.tensors["x"].scale, ws["w"])
+    Bq = fq_bias(arrays["B"], table.tensors["f"].scale, ws["W"])
 
     def conv_q(inp: np.ndarray) -> np.ndarray:
-        return fq(conv2d(fq(inp, s["x"]), wq, bq), s["c"])
+        return q(conv2d(q(inp, "x"), wq, bq), "c")
 
     def relu_q(inp: np.ndarray) -> np.ndarray:
-        return fq(np.maximum(fq(inp, s["c"]), 0), s["r"])
+        return q(np.maximum(q(inp, "c"), 0), "r")
 
     def flatten_q(inp: np.ndarray) -> np.ndarray:
         # Flatten itself is left to float, but it reads the Relu's Q/DQ pair and the Gemm quantizes its output
-        return fq(fq(inp, s["r"]).reshape(len(inp), -1), s["f"])
+        return q(q(inp, "r").reshape(len(inp), -1), "f")
 
     def gemm_q(inp: np.ndarray) -> np.ndarray:
-        return fq(fq(inp, s["f"]) @ Wq.T + Bq, s["y"])
+        return q(q(inp, "f") @ Wq.T + Bq, "y")
 
     xd = x.astype(np.float64)
-    isolated = {
-        "conv": conv_q(xd),
-        "relu": relu_q(ref["c"]),
-        "flatten": flatten_q(ref["r"]),
-        "gemm": gemm_q(ref["f"]),
-    }
+    isolated = {"conv": conv_q(xd), "relu": relu_q(ref["c"]), "flatten": flatten_q(ref["r"]), "gemm": gemm_q(ref["f"])}
     c_a = conv_q(xd)
-    r_a = fq(np.maximum(c_a, 0), s["r"])
-    f_a = flatten_q(r_a)
+    r_a = q(np.maximum(c_a, 0), "r")
+    f_a = q(r_a.reshape(len(r_a), -1), "f")
     y_a = gemm_q(f_a)
     accumulated = {"conv": c_a, "relu": r_a, "flatten": f_a, "gemm": y_a}
     return isolated, accumulated
@@ -187,7 +202,7 @@ def check_against_oracle(report, table, arrays, x, ref) -> dict[str, np.ndarray]
 
 
 def test_tiny_graph_equals_numpy(tiny) -> None:
-    model, source, table, arrays, x, labels, ref = tiny
+    model, source, table, arrays, x, labels, ref, _ = tiny
     report = analyze(model, table, source, batch_size=4, labels=labels)  # 10 samples: batches 4, 4, 2
     assert [le.layer for le in report.layers] == ["conv", "relu", "flatten", "gemm"]
     accumulated = check_against_oracle(report, table, arrays, x, ref)
@@ -204,8 +219,16 @@ def test_tiny_graph_equals_numpy(tiny) -> None:
     assert out.accuracy_quantized == pytest.approx(np.mean(y_a.argmax(1) == labels))
 
 
+def test_asymmetric_uint8_equals_numpy(tiny) -> None:
+    model, source, _, arrays, x, _, ref, table = tiny
+    assert any(e.zero_point not in (0, 255) for e in table.tensors.values())
+    report = analyze(model, table, source, batch_size=5)
+    assert [le.layer for le in report.layers] == ["conv", "relu", "flatten", "gemm"]  # the Relu is kept
+    check_against_oracle(report, table, arrays, x, ref)
+
+
 def test_layer_error_matches_analysis(tiny) -> None:
-    model, source, table, arrays, x, _, ref = tiny
+    model, source, table, arrays, x, _, ref, _ = tiny
     isolated, _ = oracle(table, arrays, x, ref)
     for layer in ("relu", "gemm"):
         got = layer_error(model, table, layer, source, batch_size=3)
@@ -219,7 +242,7 @@ def test_threshold_change_moves_only_what_it_should(tiny) -> None:
     """Halving the Relu output's threshold changes the Relu's isolated error (its output scale) and the
     accumulated error downstream, and the Flatten's (it reads r), but not the isolated error of the
     Conv or the Gemm (they neither read nor write r)."""
-    model, source, table, arrays, x, _, ref = tiny
+    model, source, table, arrays, x, _, ref, _ = tiny
     e = table.tensors["r"]
     t = e.threshold / 2
     changed = table.with_entry("r", TensorEntry("test", -t, t, t, float(F32(t) / F32(127)), 0))
@@ -293,7 +316,7 @@ def test_sample_model_accuracy_with_kl_and_minmax() -> None:
         report = analyze(model, table, evs, batch_size=64, labels=ev["label"])
         (out,) = report.outputs
         # independent end to end: the QDQ model in a plain onnxruntime session
-        q = ort.InferenceSession(build_qdq_model(model, table).SerializeToString(), providers=["CPUExecutionProvider"])
+        q = spec_session(build_qdq_model(model, table))
         q_probs = q.run(None, {"input": ev["input"]})[0]
         assert out.accuracy_float == pytest.approx(float_acc)
         assert out.accuracy_quantized == pytest.approx(float(np.mean(q_probs.argmax(1) == ev["label"])))
@@ -305,3 +328,39 @@ def test_sample_model_accuracy_with_kl_and_minmax() -> None:
         figures[method] = out.accuracy_quantized
     kl, mm = figures["kl"], figures["minmax"]
     print(f"\ndigits_cnn accuracy on digits_eval.npz: float {float_acc:.4f}, KL {kl:.4f}, minmax {mm:.4f}")
+
+
+def _fq(x: np.ndarray, scale: float) -> np.ndarray:
+    return (np.clip(np.round(x / np.float32(scale)), -128, 127) * np.float32(scale)).astype(F32)
+
+
+def test_sample_model_isolated_gemm_equals_numpy() -> None:
+    """The isolated error of the classifier's Gemm, recomputed with numpy from the QDQ model's own int8
+    weights, int32 bias and scales (onnxruntime's extended optimizations once broke this figure)."""
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(samples=64))
+    table = calibrate_model(model, stats, "kl")
+    report = analyze(model, table, source, samples=64)
+    qdq = build_qdq_model(model, table)
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    gemm = next(n for n in qdq.graph.node if n.op_type == "Gemm")
+    le = next(le for le in report.layers if le.op_type == "Gemm")
+    assert le.layer == gemm.name
+    x_name, y_name = "/Flatten_output_0", le.output_tensor
+    # the float activations (a plain session with those two as outputs)
+    m = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in (x_name, y_name))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.load(SAMPLES / "digits_calib.npz")["input"][:64]
+    fx, fy = sess.run([x_name, y_name], {"input": x})
+    w = inits["fc.weight_quantized"].astype(F32) * inits["fc.weight_scale"].astype(F32).reshape(-1, 1)
+    b = inits["fc.bias_quantized"].astype(F32) * inits["fc.bias_quantized_scale"].astype(F32)
+    s_x = float(inits[f"{x_name}_scale"])
+    s_y = float(inits[f"{y_name}_scale"])
+    y_hat = _fq(_fq(fx, s_x) @ w.T + b, s_y)
+    cos = np.sum(fy * y_hat, axis=1) / (np.linalg.norm(fy, axis=1) * np.linalg.norm(y_hat, axis=1))
+    assert le.isolated.cosine == pytest.approx(float(cos.mean()), abs=1e-5)
+    assert le.isolated.mse == pytest.approx(float(np.mean((fy - y_hat) ** 2)), rel=1e-3)
+    first = report.layers[0]  # its inputs are the graph inputs: isolated and accumulated are the same
+    assert first.isolated.cosine == pytest.approx(first.accumulated.cosine, abs=1e-9)

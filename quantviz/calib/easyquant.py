@@ -77,7 +77,7 @@ from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, prepare_float_model
 from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
-from quantviz.table import CalibrationTable, TensorEntry, calibrate_model, is_finite_entry
+from quantviz.table import CalibrationTable, calibrate_model, is_finite_entry
 from quantviz.weights import WEIGHT_OPS, WeightQuant, weight_scales
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,18 @@ class EQConfig:
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.alpha) or self.alpha <= 0:
-            raise QuantvizError(f"EQ's alpha (the smallest candidate, as a fraction of the start scale) must be above 0, not {self.alpha}.")
+            raise QuantvizError(
+                f"EQ's alpha (the smallest candidate, as a fraction of the start scale) must be above 0, not {self.alpha}."
+            )
         if not np.isfinite(self.beta) or self.alpha >= self.beta:
-            raise QuantvizError(f"EQ's alpha must be smaller than beta (candidates lie in [alpha * S, beta * S]), not alpha {self.alpha} >= beta {self.beta}.")
-        for name, value, least in (("number of candidates n", self.n, 2), ("number of rounds", self.rounds, 1), ("sample cap", self.max_samples, 1)):
+            raise QuantvizError(
+                f"EQ's alpha must be smaller than beta (candidates lie in [alpha * S, beta * S]), not alpha {self.alpha} >= beta {self.beta}."
+            )
+        for name, value, least in (
+            ("number of candidates n", self.n, 2),
+            ("number of rounds", self.rounds, 1),
+            ("sample cap", self.max_samples, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
                 raise QuantvizError(f"EQ's {name} must be a whole number of at least {least}, not {value}.")
         if self.mode not in EQ_MODES:
@@ -224,7 +232,11 @@ def _groups(layers: Sequence[EQLayer]) -> list[list[EQLayer]]:
 
 
 def _search_weights(
-    layer: EQLayer, s_x: float, start_w: npt.NDArray[np.float32], evaluate: Callable[[EQLayer, float, npt.NDArray[np.float32]], Evaluation], config: EQConfig
+    layer: EQLayer,
+    s_x: float,
+    start_w: npt.NDArray[np.float32],
+    evaluate: Callable[[EQLayer, float, npt.NDArray[np.float32]], Evaluation],
+    config: EQConfig,
 ) -> tuple[npt.NDArray[np.float32], Evaluation, Evaluation, Curve]:
     """Per-channel weight search (module doc). Returns (scales, start evaluation, chosen evaluation, curve)."""
     start = evaluate(layer, s_x, start_w)
@@ -362,46 +374,38 @@ def fake_quantize_fast(x: npt.ArrayLike, scale: float | npt.ArrayLike) -> npt.ND
     return q.astype(np.float32)
 
 
-def _cosine_rows(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], sa: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
-    """Cosine of each row pair (last axis), 0/0 = 1 (both zero), one zero side = 0."""
-    dot = np.einsum("...i,...i->...", a, b)
-    na = np.sqrt(np.einsum("...i,...i->...", a, a)) if sa is None else sa
-    nb = np.sqrt(np.einsum("...i,...i->...", b, b))
+def _cosine(dot: npt.NDArray[np.float64], aa: npt.NDArray[np.float64], bb: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """dot / (|a| |b|) from the sums, with 0/0 = 1 (both all zero) and one all-zero side = 0."""
+    norm = np.sqrt(aa * bb)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cos = dot / (na * nb)
-    both_zero = (na == 0) & (nb == 0)
-    return np.where(both_zero, 1.0, np.where((na == 0) | (nb == 0), 0.0, cos))
+        cos = dot / norm
+    return np.clip(np.where((aa == 0) & (bb == 0), 1.0, np.where(norm == 0, 0.0, cos)), -1.0, 1.0)  # as quantviz.metrics
+
+
+def _nc_view(o: np.ndarray) -> np.ndarray:
+    """An output as (samples N, output channels C, values per channel D)."""
+    a = np.asarray(o)
+    if a.ndim < 2:
+        return a.reshape(a.shape[0], 1, 1)
+    return a.reshape(a.shape[0], a.shape[OUTPUT_CHANNEL_AXIS], -1)
+
+
+def _sums(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.float64]:
+    """sum over the last axis of a * b per (sample, channel), accumulated in float64."""
+    return np.einsum("ncd,ncd->nc", a, b, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
 class _Reference:
-    """The float output of a layer, reshaped for the cosines, with its norms computed once."""
+    """A layer's float output as (N, C, D) with its squared norms per (sample, channel), computed once."""
 
-    per_sample: npt.NDArray[np.float64]  # (N, D)
-    per_channel: npt.NDArray[np.float64]  # (N, C, D/C) or (C, N) when one value per sample and channel
-    sample_norms: npt.NDArray[np.float64]
-    channel_norms: npt.NDArray[np.float64]
-    pooled: bool
+    o: np.ndarray
+    aa: npt.NDArray[np.float64]
 
     @classmethod
     def of(cls, o: FloatArray) -> _Reference:
-        a = np.asarray(o, dtype=np.float64)
-        per_sample, per_channel, pooled = _channel_view(a)
-        norms = np.sqrt(np.einsum("...i,...i->...", per_sample, per_sample))
-        cnorms = np.sqrt(np.einsum("...i,...i->...", per_channel, per_channel))
-        return cls(per_sample, per_channel, norms, cnorms, pooled)
-
-
-def _channel_view(a: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], bool]:
-    n = a.shape[0]
-    per_sample = a.reshape(n, -1)
-    if a.ndim < 2:
-        return per_sample, per_sample.T, True
-    c = a.shape[OUTPUT_CHANNEL_AXIS]
-    per_channel = a.reshape(n, c, -1)
-    if per_channel.shape[2] == 1:  # one value per sample and channel: cosine over the samples
-        return per_sample, per_channel[:, :, 0].T.copy(), True
-    return per_sample, per_channel, False
+        a = _nc_view(o)
+        return cls(a, _sums(a, a))
 
 
 def layer_cosines(o: FloatArray, o_hat: FloatArray) -> Evaluation:
@@ -410,11 +414,16 @@ def layer_cosines(o: FloatArray, o_hat: FloatArray) -> Evaluation:
 
 
 def _compare(ref: _Reference, o_hat: FloatArray) -> Evaluation:
-    b = np.asarray(o_hat, dtype=np.float64)
-    per_sample, per_channel, _ = _channel_view(b)
-    cos = float(_cosine_rows(ref.per_sample, per_sample, ref.sample_norms).mean())
-    ch = _cosine_rows(ref.per_channel, per_channel, ref.channel_norms)
-    ch = ch if ref.pooled else ch.mean(axis=0)
+    """One pass: the (sample, channel) sums give the per-sample cosines (summed over channels) and
+    the per-channel ones (mean over samples of each slice's cosine; over the samples' values when a
+    channel holds one value per sample)."""
+    b = _nc_view(o_hat)
+    dot, bb = _sums(ref.o, b), _sums(b, b)
+    cos = float(_cosine(dot.sum(axis=1), ref.aa.sum(axis=1), bb.sum(axis=1)).mean())
+    if ref.o.shape[2] == 1:
+        ch = _cosine(dot.sum(axis=0), ref.aa.sum(axis=0), bb.sum(axis=0))
+    else:
+        ch = _cosine(dot, ref.aa, bb).mean(axis=0)
     return Evaluation(cos, ch)
 
 
@@ -426,13 +435,22 @@ class _SingleModel:
     """A few nodes of the folded model as their own onnxruntime model; runtime inputs are graph
     inputs typed from the first arrays fed (any batch size), constants ride along as initializers."""
 
-    def __init__(self, prepared: PreparedModel, nodes: Sequence[onnx.NodeProto], inputs: Sequence[str], outputs: Sequence[str], consts: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        prepared: PreparedModel,
+        nodes: Sequence[onnx.NodeProto],
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        consts: Mapping[str, np.ndarray],
+    ) -> None:
         self._prepared = prepared
         self._nodes = list(nodes)
         self.inputs = list(dict.fromkeys(inputs))
         self.outputs = list(outputs)
         used = {i for n in self._nodes for i in n.input if i}
-        self._inits = [onnx.numpy_helper.from_array(np.asarray(consts[i]), i) for i in sorted(used - set(self.inputs)) if i in consts]
+        self._inits = [
+            onnx.numpy_helper.from_array(np.asarray(consts[i]), i) for i in sorted(used - set(self.inputs)) if i in consts
+        ]
         self._session: ort.InferenceSession | None = None
 
     def _build(self, feed: Mapping[str, np.ndarray]) -> ort.InferenceSession:
@@ -452,7 +470,9 @@ class _SingleModel:
             return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             names = ", ".join(n.name for n in self._nodes)
-            raise QuantvizError(f"EQ could not run node {names} on its own in onnxruntime: {str(exc).strip().splitlines()[0]}") from exc
+            raise QuantvizError(
+                f"EQ could not run node {names} on its own in onnxruntime: {str(exc).strip().splitlines()[0]}"
+            ) from exc
 
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self._session is None:
@@ -526,11 +546,18 @@ class ModelEvaluator:
         self._w_scales = {n: np.asarray(w.scales, dtype=np.float32) for n, w in weights.items()}
         self._fused_pre = fused_pre_activations
         self._graph_inputs = [i.name for i in graph.input if i.name not in self._consts]
-        bad = [n.name for n in graph.node if n.op_type in SUBGRAPH_OPS or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)]
+        bad = [
+            n.name
+            for n in graph.node
+            if n.op_type in SUBGRAPH_OPS
+            or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+        ]
         self._nodes = self._needed_nodes(list(graph.node), {layer.input for layer in layers})
         bad = [n for n in bad if n in {m.name for m in self._nodes}]
         if bad:
-            raise QuantvizError(f"EQ walks the model node by node and cannot run control-flow node(s) {', '.join(bad)} (If/Loop/Scan) that way.")
+            raise QuantvizError(
+                f"EQ walks the model node by node and cannot run control-flow node(s) {', '.join(bad)} (If/Loop/Scan) that way."
+            )
         self._runners: dict[str, _SingleModel] = {}
         self._layer_runners: dict[str, LayerRunner] = {}
         self._cache: _GroupCache | None = None
@@ -621,12 +648,11 @@ class ModelEvaluator:
         states = [(self._float, False)] + ([(self._quant, True)] if self.accumulated else [])
         for state, quantized in states:
             outs: list[list[np.ndarray]] = [[] for _ in runner.outputs]
+            fixed = {weight: self._quantized_weight(weight) if quantized else self._consts[weight]} if weight else {}
             for k in range(self._chunks()):
-                feed: dict[str, np.ndarray] = {}
+                feed: dict[str, np.ndarray] = dict(fixed)
                 for name in runner.inputs:
-                    if name == weight:
-                        feed[name] = self._quantized_weight(name) if quantized else self._consts[name]
-                    else:
+                    if name not in fixed:
                         chunk = state[name][k]
                         feed[name] = self._fq_input(name, node, chunk) if quantized else chunk
                 for j, value in enumerate(runner.run(feed)):
@@ -689,7 +715,9 @@ class ModelEvaluator:
             cache.xq = fake_quantize_fast(cache.x_input, input_scale).astype(cache.x_input.dtype, copy=False)
             cache.xq_scale = input_scale
         w = self._consts[layer.weight]
-        wq = fake_quantize_fast(w, _broadcast(weight_scales, self._weights[layer.weight].axis, w.ndim)).astype(w.dtype, copy=False)
+        wq = fake_quantize_fast(w, _broadcast(weight_scales, self._weights[layer.weight].axis, w.ndim)).astype(
+            w.dtype, copy=False
+        )
         assert cache.xq is not None
         o_hat = self.layer_runner(layer).run(cache.xq, wq)
         ev = _compare(cache.refs[layer.name], o_hat)
@@ -700,7 +728,9 @@ class ModelEvaluator:
 # The calibration method: model + statistics + data -> CalibrationTable.
 
 
-def find_layers(prepared: PreparedModel, scales: Mapping[str, float], weights: Mapping[str, WeightQuant]) -> tuple[list[EQLayer], dict[str, str]]:
+def find_layers(
+    prepared: PreparedModel, scales: Mapping[str, float], weights: Mapping[str, WeightQuant]
+) -> tuple[list[EQLayer], dict[str, str]]:
     """The Conv/Gemm layers EQ can search, in graph order, and why the others are left out."""
     graph = prepared.proto.graph
     consts = constant_values(graph)
@@ -787,12 +817,16 @@ def calibrate_eq(
     if not layers:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) or "the model has no Conv or Gemm"
         raise QuantvizError(f"EQ found no Conv or Gemm layer it can search ({reasons}); use another method.")
-    initial = {layer.name: EQStart(scales[layer.input], np.asarray(weights[layer.weight].scales, dtype=np.float32)) for layer in layers}
+    initial = {
+        layer.name: EQStart(scales[layer.input], np.asarray(weights[layer.weight].scales, dtype=np.float32)) for layer in layers
+    }
     fused_pre = frozenset(g.pre_activation for g in analyse(prepared.proto).groups)
     evaluator = ModelEvaluator(
         prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples), fused_pre
     )
-    result = eq_search(layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress)
+    result = eq_search(
+        layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress
+    )
     return eq_table(base, result, model, weights, per_channel, evaluator.samples, skipped)
 
 
@@ -825,7 +859,15 @@ def eq_table(
             threshold=t,
             scale=s,
             zero_point=0,
-            extra={**e.extra, "eq": {"start": kl, "layers": [r.layer.name for r in rs], "cosine": float(np.mean([r.cosine for r in rs])), "initial_cosine": float(np.mean([r.initial_cosine for r in rs]))}},
+            extra={
+                **e.extra,
+                "eq": {
+                    "start": kl,
+                    "layers": [r.layer.name for r in rs],
+                    "cosine": float(np.mean([r.cosine for r in rs])),
+                    "initial_cosine": float(np.mean([r.initial_cosine for r in rs])),
+                },
+            },
         )
     table = apply_model(replace(base, tensors=tensors), model, per_channel)
     wq = dict(weights)
@@ -838,7 +880,9 @@ def eq_table(
     folded, _ = fold_batchnorm(model.proto)
     info = analyse(model.proto)
     usable = {n: e for n, e in table.tensors.items() if not e.float_kept and is_finite_entry(e)}
-    requant, left_out = layer_requant(folded, {n: e.scale for n, e in usable.items()}, wq, info, {n: e.zero_point for n, e in usable.items()})
+    requant, left_out = layer_requant(
+        folded, {n: e.scale for n, e in usable.items()}, wq, info, {n: e.zero_point for n, e in usable.items()}
+    )
     settings = {
         **table.settings,
         "method": "eq",

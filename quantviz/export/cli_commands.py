@@ -49,7 +49,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         and not (args.format == "ncnn" and table.settings.get("ncnn_keys") == "layer")
     ):
         raise QuantvizError(f"--format {args.format} needs the model: add --model MODEL.onnx.")
-    out = write_table(table, args.format, args.output, ExportOptions(model=model, trt_header=header))
+    if args.reduce_range and args.format != "qdq":
+        raise QuantvizError("--reduce-range applies to --format qdq only (7-bit weights in the QDQ model).")
+    opts = ExportOptions(model=model, trt_header=header, reduce_range=args.reduce_range)
+    out = write_table(table, args.format, args.output, opts)
     kept = sum(e.float_kept for e in table.tensors.values())
     note = f" ({kept} kept in float)" if kept else ""
     print(f"{len(table.tensors)} tensors{note} -> {out} ({args.format})", file=sys.stderr)
@@ -87,6 +90,11 @@ def add_table_commands(
     p.add_argument("--format", required=True, choices=list(FORMATS), help=names)
     p.add_argument("--model", help="the ONNX model (needed by ncnn and qdq)")
     p.add_argument("--trt-header", default=DEFAULT_TRT_HEADER, help=f"TensorRT cache header (default {DEFAULT_TRT_HEADER})")
+    p.add_argument(
+        "--reduce-range",
+        action="store_true",
+        help="qdq: 7-bit weights, for onnxruntime on x86 CPUs with AVX2 and no VNNI (its int8 kernels saturate there)",
+    )
     p.add_argument("-o", "--output", required=True, help="output file (a folder gets the format's usual file name)")
     commands["export"] = cmd_export
 

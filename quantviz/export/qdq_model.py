@@ -44,7 +44,7 @@ def build_available() -> bool:
     )
 
 
-def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None) -> bytes:
+def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None, reduce_range: bool = False) -> bytes:
     if model is None:
         raise QuantvizError("Exporting a QDQ model needs the float model: give it with --model.")
     if not build_available():
@@ -52,7 +52,7 @@ def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None) -> bytes
             "QDQ model export is not available yet in this version of quantviz (quantviz.qdq.build_qdq_model is missing)."
         )
     qdq = importlib.import_module("quantviz.qdq")
-    proto = qdq.build_qdq_model(model, table)
+    proto = qdq.build_qdq_model(model, table, reduce_range=reduce_range)
     return proto.SerializeToString()
 
 

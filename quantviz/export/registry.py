@@ -32,6 +32,7 @@ class ExportOptions:
 
     model: LoadedModel | None = None
     trt_header: str = tensorrt.DEFAULT_TRT_HEADER
+    reduce_range: bool = False  # QDQ model: 7-bit weights (quantviz.qdq, for x86 CPUs without VNNI)
 
 
 Writer = Callable[[CalibrationTable, ExportOptions], bytes]
@@ -112,7 +113,7 @@ FORMATS: dict[str, TableFormat] = {
         ),
         TableFormat(
             "qdq",
-            lambda table, o: qdq_model.qdq_model_bytes(table, o.model),
+            lambda table, o: qdq_model.qdq_model_bytes(table, o.model, o.reduce_range),
             lambda data, _o: qdq_model.loads_qdq(data),
             "model_qdq.onnx",
             "quantized ONNX model with QuantizeLinear/DequantizeLinear carrying the table's scales",

@@ -1,0 +1,110 @@
+"""EQ (EasyQuant) search time on the sample models (issue 3, item 8).
+
+    .venv/bin/python bench/bench_eq.py [--models digits_cnn digits_resnet] [--n 100] [--samples 50]
+                                       [--rounds 1] [--mode accumulated|isolated] [--accuracy]
+
+For each model: collect statistics once (not timed), then time quantviz.calib.easyquant.calibrate_eq
+(KL start, the per-layer weight and input scale search, the table). Prints one row per model: layers
+searched, samples, candidates, rounds, seconds, evaluations (single-layer runs), milliseconds per
+evaluation, and the mean over searched layers of the layer cosine before (KL + abs-max) and after EQ.
+--accuracy adds the top-1 accuracy on the model's eval set of float, KL and EQ (QDQ models built by
+quantviz.qdq, run in onnxruntime). The cost is about (2 n + 3) x rounds single-layer runs per layer
+on the capped samples, so it grows with n, the samples and the layers' size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import onnxruntime as ort  # noqa: E402
+
+from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq  # noqa: E402
+from quantviz.collect import collect  # noqa: E402
+from quantviz.config import CollectConfig  # noqa: E402
+from quantviz.data import open_source  # noqa: E402
+from quantviz.model import load_model  # noqa: E402
+from quantviz.samples import SAMPLES  # noqa: E402
+
+
+def _accuracy(proto: object, eval_path: Path) -> float:
+    data = np.load(eval_path)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    probs = sess.run(None, {"input": data["input"]})[0]
+    return float((probs.argmax(axis=1) == data["label"]).mean())
+
+
+def bench(key: str, config: EQConfig, accuracy: bool) -> dict[str, object]:
+    sample = SAMPLES[key]
+    model = load_model(sample.model)
+    source = open_source(sample.calib, model.inputs)
+    stats = collect(model, source, CollectConfig())
+    t0 = time.perf_counter()
+    table = calibrate_eq(model, stats, source, config)
+    seconds = time.perf_counter() - t0
+    eq = table.settings["eq"]
+    layers = eq["layers"]
+    row: dict[str, object] = {
+        "model": key,
+        "tensors": len(model.tensors),
+        "layers": len(layers),
+        "samples": eq["samples"],
+        "n": config.n,
+        "rounds": config.rounds,
+        "mode": config.mode,
+        "seconds": seconds,
+        "evaluations": eq["evaluations"],
+        "ms/eval": 1000 * seconds / max(eq["evaluations"], 1),
+        "cos before": float(np.mean([v["initial_cosine"] for v in layers.values()])),
+        "cos after": float(np.mean([v["cosine"] for v in layers.values()])),
+        "min before": float(np.min([v["initial_cosine"] for v in layers.values()])),
+        "min after": float(np.min([v["cosine"] for v in layers.values()])),
+    }
+    if accuracy:
+        from quantviz.qdq import build_qdq_model
+        from quantviz.table import calibrate_model
+
+        kl = calibrate_model(model, stats, "kl")
+        row["acc float"] = _accuracy(model.proto, sample.eval)
+        row["acc KL"] = _accuracy(build_qdq_model(model, kl), sample.eval)
+        row["acc EQ"] = _accuracy(build_qdq_model(model, table), sample.eval)
+    return row
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.6f}" if v < 1.5 else f"{v:.1f}"
+    return str(v)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(SAMPLES), choices=list(SAMPLES))
+    parser.add_argument("--n", type=int, default=EQConfig.n)
+    parser.add_argument("--samples", type=int, default=EQConfig.max_samples)
+    parser.add_argument("--rounds", type=int, default=EQConfig.rounds)
+    parser.add_argument("--mode", choices=EQ_MODES, default=EQConfig.mode)
+    parser.add_argument("--accuracy", action="store_true", help="also the eval-set accuracy of float, KL and EQ")
+    args = parser.parse_args()
+    config = EQConfig(n=args.n, max_samples=args.samples, rounds=args.rounds, mode=args.mode)
+    rows = []
+    for key in args.models:
+        rows.append(bench(key, config, args.accuracy))
+        print(f"done: {key} in {rows[-1]['seconds']:.1f} s", file=sys.stderr)
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols]
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c, "")).rjust(w) for c, w in zip(cols, widths, strict=True)))
+    print(f"onnxruntime {ort.__version__}, CPU threads: default; KL start (2048 bins), per-channel abs-max weights.")
+
+
+if __name__ == "__main__":
+    main()
