@@ -148,3 +148,26 @@ def log2_figure(cmp) -> go.Figure:  # cmp: quantviz.calib.log2.Log2Comparison
         margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
     )  # fmt: skip
     return fig
+
+
+def eq_trace_figure(layer: str, trace: list[Mapping[str, float]], initial: float | None = None) -> go.Figure:
+    """EQ's cosine of one layer through its rounds: at each round's start, after the weight search,
+    after the input search (quantviz.calib.easyquant.EQRound as dicts)."""
+    xs: list[str] = []
+    ys: list[float] = []
+    for r in trace:
+        k = int(r["round"])
+        for label, key in (("start", "start"), ("weights", "weights"), ("input", "input")):
+            xs.append(f"round {k}: {label}")
+            ys.append(float(r[key]))
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"color": METHOD_COLORS["eq"]}, name="EQ"))
+    if initial is not None:
+        fig.add_hline(y=initial, line_dash="dot", line_color=METHOD_COLORS["kl"], annotation_text="KL start")
+    fig.update_layout(
+        title=f"EQ cosine trace of {layer}",
+        yaxis={"title": "mean cosine of the layer output"},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        showlegend=False,
+    )
+    return fig

@@ -114,12 +114,21 @@ def layer_cosine_figure(report: LayerReport, mode: str = "isolated") -> go.Figur
     names = [f"{le.layer} ({le.op_type})" for le in ordered]
     iso = [le.isolated.cosine for le in ordered]
     acc = [le.accumulated.cosine for le in ordered]
+    layers = [le.layer for le in ordered]  # customdata: the app opens the clicked layer by its name
     hover = "%{y}<br>cosine %{x:.6f}<extra>%{fullData.name}</extra>"
     fig = go.Figure()
-    fig.add_trace(go.Bar(y=names, x=iso, orientation="h", name="isolated", marker_color=ISOLATED_COLOR, hovertemplate=hover))
     fig.add_trace(
-        go.Bar(y=names, x=acc, orientation="h", name="accumulated", marker_color=ACCUMULATED_COLOR, hovertemplate=hover)
-    )
+        go.Bar(
+            y=names, x=iso, orientation="h", name="isolated", marker_color=ISOLATED_COLOR, hovertemplate=hover,
+            customdata=layers,
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        go.Bar(
+            y=names, x=acc, orientation="h", name="accumulated", marker_color=ACCUMULATED_COLOR, hovertemplate=hover,
+            customdata=layers,
+        )
+    )  # fmt: skip
     fig.update_layout(
         title=f"Cosine similarity per layer, sorted by the {mode} cosine (worst at the top)",
         barmode="group",

@@ -616,3 +616,50 @@ def default_labels(data: str | Path) -> npt.NDArray | None:
             return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None
     except (ValueError, OSError, EOFError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing methods layer by layer
+
+
+@dataclass(frozen=True)
+class MethodPick:
+    """The method whose table gives a layer its best cosine, with every method's figure."""
+
+    layer: str
+    output_tensor: str
+    method: str
+    cosine: float
+    cosines: dict[str, float]
+
+
+def compare_methods(
+    reports: dict[str, LayerReport], mode: str = "isolated", tolerance: float = 1e-9
+) -> dict[str, MethodPick]:
+    """Per layer, the method with the highest cosine among analyses of one table per method.
+
+    reports: method -> analysis of the table with that method everywhere (same model, same samples).
+    mode "isolated" (the default) judges each layer by its own error: only its input, weight and
+    output scales matter there, so a layer's pick does not depend on the other layers' methods; the
+    layer's output tensor is the one whose method is picked. Ties within `tolerance` keep the first
+    method in `reports`' order (put the default first). Layers missing from some report (kept float
+    there) are judged on the others.
+    """
+    if mode not in ("isolated", "accumulated"):
+        raise QuantvizError(f"mode must be 'isolated' or 'accumulated', not '{mode}'.")
+    figures: dict[str, dict[str, float]] = {}
+    tensors: dict[str, str] = {}
+    for method, report in reports.items():
+        for le in report.layers:
+            c = (le.isolated if mode == "isolated" else le.accumulated).cosine
+            figures.setdefault(le.layer, {})[method] = c
+            tensors.setdefault(le.layer, le.output_tensor)
+    picks: dict[str, MethodPick] = {}
+    for layer, by_method in figures.items():
+        best_m, best_c = None, -math.inf
+        for m, c in by_method.items():
+            if not math.isnan(c) and c > best_c + tolerance:
+                best_m, best_c = m, c
+        if best_m is not None:
+            picks[layer] = MethodPick(layer, tensors[layer], best_m, best_c, dict(by_method))
+    return picks

@@ -364,3 +364,31 @@ def test_sample_model_isolated_gemm_equals_numpy() -> None:
     assert le.isolated.mse == pytest.approx(float(np.mean((fy - y_hat) ** 2)), rel=1e-3)
     first = report.layers[0]  # its inputs are the graph inputs: isolated and accumulated are the same
     assert first.isolated.cosine == pytest.approx(first.accumulated.cosine, abs=1e-9)
+
+
+def _report(cosines: dict[str, tuple[float, float]]):
+    from quantviz.metrics import ErrorFigures
+    from quantviz.sensitivity import LayerError, LayerReport
+
+    def fig(c: float) -> ErrorFigures:
+        return ErrorFigures(cosine=c, snr_db=0.0, mse=0.0, samples=1)
+
+    layers = tuple(LayerError(n, "Conv", n + "_out", fig(i), fig(a)) for n, (i, a) in cosines.items())
+    return LayerReport("m", "", 1, 1, "", False, True, True, {}, {}, layers, ())
+
+
+def test_compare_methods_picks_the_highest_cosine_ties_keep_the_first() -> None:
+    from quantviz.sensitivity import compare_methods
+
+    reports = {
+        "kl": _report({"a": (0.90, 0.80), "b": (0.99, 0.95), "c": (math.nan, 0.5)}),
+        "minmax": _report({"a": (0.95, 0.70), "b": (0.99, 0.97), "c": (0.7, 0.4)}),
+        "mse": _report({"a": (0.93, 0.85)}),  # b and c kept float there
+    }
+    iso = compare_methods(reports)
+    assert {k: (p.method, p.cosine) for k, p in iso.items()} == {"a": ("minmax", 0.95), "b": ("kl", 0.99), "c": ("minmax", 0.7)}
+    assert iso["a"].output_tensor == "a_out" and iso["a"].cosines == {"kl": 0.90, "minmax": 0.95, "mse": 0.93}
+    acc = compare_methods(reports, mode="accumulated")
+    assert {k: p.method for k, p in acc.items()} == {"a": "mse", "b": "minmax", "c": "kl"}
+    with pytest.raises(QuantvizError, match="isolated"):
+        compare_methods(reports, mode="both")

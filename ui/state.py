@@ -200,3 +200,56 @@ def tensor_picker(names: list[str], label_of: Callable[[str], str], widget_key: 
     choice = st.selectbox(label, names, format_func=label_of, key=widget_key, on_change=_sync)
     st.session_state[TENSOR] = choice
     return choice
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer sensitivity: analyses and comparisons, stored by what they depend on (model, data, table,
+# samples), run outside any cached function so the page can show progress.
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _analysis_store() -> dict[tuple[Any, ...], Any]:
+    return {}
+
+
+def review_json(r: Review | None = None) -> str:
+    return json.dumps(review_to_dict(r or review()), sort_keys=True)
+
+
+def analysis_key(data_id: str, samples: int, extra: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """What an analysis of the current table depends on."""
+    return (st.session_state.get(STATS_KEY), review_json(), per_channel(), data_id, int(samples), *extra)
+
+
+def stored(key: tuple[Any, ...]) -> Any:
+    return _analysis_store().get(key)
+
+
+def store(key: tuple[Any, ...], value: Any) -> Any:
+    s = _analysis_store()
+    s[key] = value
+    while len(s) > 32:
+        s.pop(next(iter(s)))
+    return value
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def model_table_for(key: StatsKey, method: str, config: MethodConfig, per_channel: bool) -> CalibrationTable:
+    """One method everywhere, with the model's fused scales, weight scales and requantization."""
+    table = _tables(key, method, config)
+    model = _model_cache().get(key.model_sha256)
+    return apply_model(table, model, per_channel) if model is not None else table
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _sample_shas() -> dict[str, str]:
+    import hashlib
+
+    from quantviz.samples import SAMPLES
+
+    return {hashlib.sha256(s.model.read_bytes()).hexdigest(): k for k, s in SAMPLES.items() if s.model.is_file()}
+
+
+def sample_key_of(model: LoadedModel) -> str | None:
+    """The bundled sample this model is, if any (by content)."""
+    return _sample_shas().get(model.sha256)

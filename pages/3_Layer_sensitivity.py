@@ -1,0 +1,399 @@
+"""Layer sensitivity: per-layer cosine / SNR, isolated and accumulated, worst first; per layer, choose a
+method, type a threshold, keep it in float, leave a note, recompute its error; best method per layer;
+EQ's per-round trace. Every figure comes from quantviz.sensitivity / quantviz.calib.easyquant."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from quantviz.calib import METHOD_LABELS, METHODS
+from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq
+from quantviz.data import open_source
+from quantviz.errors import CancelledError, QuantvizError
+from quantviz.plots import eq_trace_figure
+from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
+from quantviz.samples import SAMPLES
+from quantviz.sensitivity import analyze, compare_methods, default_labels, layer_error
+from quantviz.summary import all_thresholds, method_table
+from ui import state
+
+st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
+st.title("Layer sensitivity")
+stats = state.need_stats()
+model, calib = state.model_and_source()
+if model is None or calib is None:
+    st.info(
+        "This page runs the model: the statistics were opened from a file, so the model and the data are not "
+        "loaded. Choose them on the Home page and run the collection (the review's choices and notes are kept)."
+    )
+    st.page_link("app.py", label="Go to Home", icon=":material/home:")
+    st.stop()
+
+AUTO_RUN_TENSORS = 100  # small models are analysed on arrival; larger ones wait for the button
+DEFAULT_SAMPLES = 256
+COMPARED = ("kl", "minmax", "ema", "percentile", "mse", "aciq")  # the default method goes first (ties keep it)
+
+# --- which samples ---------------------------------------------------------------------------------
+sample_key = state.sample_key_of(model)
+choices = ["Calibration set"] + (["Sample evaluation set (labelled)"] if sample_key else []) + ["Upload a labelled .npz"]
+c1, c2, c3 = st.columns([2, 1, 1])
+where = c1.radio("Analyse on", choices, index=1 if sample_key else 0, horizontal=True, key="sens_data")
+labels = None
+source = calib
+try:
+    if where == "Sample evaluation set (labelled)":
+        path = SAMPLES[sample_key].eval
+        source = open_source(path, model.inputs)
+        labels = default_labels(path)
+    elif where == "Upload a labelled .npz":
+        up = st.file_uploader(
+            "An .npz with the model inputs and a 'label' array (one class index per sample)", type=["npz"], key="sens_upload"
+        )
+        if up is None:
+            st.info("Upload an .npz, or analyse on the calibration set.")
+            st.stop()
+        source = open_source(up.getvalue(), model.inputs, name=up.name)
+        import io
+
+        import numpy as np
+
+        with np.load(io.BytesIO(up.getvalue()), allow_pickle=False) as z:
+            labels = z["label"] if "label" in z.files else None
+        if labels is None:
+            st.warning(f"'{up.name}' has no 'label' array: the figures are shown without accuracy.")
+except QuantvizError as exc:
+    st.error(str(exc))
+    st.stop()
+
+samples = int(
+    c2.number_input(
+        "Samples", min_value=1, max_value=source.num_samples, value=min(DEFAULT_SAMPLES, source.num_samples), key="sens_samples"
+    )
+)
+mode = c3.radio("Sort by", ("isolated", "accumulated"), horizontal=True, key="sens_mode")
+review = state.review()
+table = state.current_table()
+key = state.analysis_key(source.data_id, samples, (labels is not None,))
+report = state.stored(key)
+
+
+def _progress(label: str):
+    bar = st.progress(0.0, text=label)
+
+    def cb(done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{label}: {done} / {total} samples")
+
+    return bar, cb
+
+
+run = st.button("Analyse", type="primary", key="sens_run", help="Runs the QDQ model and every layer's isolated copy")
+if run or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and st.session_state.get("sens_auto") != key):
+    st.session_state["sens_auto"] = key
+    bar, cb = _progress("Analysing")
+    try:
+        lab = None if labels is None else labels[:samples]
+        report = state.store(
+            key, analyze(model, table, source, samples=samples, progress=cb, labels=lab, per_channel=state.per_channel())
+        )
+        st.session_state["sens_last"] = key
+    except (QuantvizError, CancelledError) as exc:
+        st.error(str(exc))
+    finally:
+        bar.empty()
+if report is None:
+    older = state.stored(st.session_state.get("sens_last", ()))
+    if older is None:
+        st.info("Press Analyse to measure every layer's error with the current table.")
+        st.stop()
+    report = older
+    st.warning("The table changed since this analysis (a method, threshold or float choice): press Analyse to update it.")
+else:
+    st.session_state["sens_last"] = key
+
+# --- end to end -------------------------------------------------------------------------------------
+st.subheader("End to end")
+for o in report.outputs:
+    m = st.columns(5)
+    m[0].metric(f"{o.output}: cosine", f"{o.figures.cosine:.6f}")
+    m[1].metric("SNR", f"{o.figures.snr_db:.2f} dB")
+    if o.top1_agreement is not None:
+        m[2].metric("top-1 agreement", f"{o.top1_agreement:.2%}")
+    if o.accuracy_float is not None and o.accuracy_quantized is not None:
+        m[3].metric("accuracy quantized", f"{o.accuracy_quantized:.2%}", f"{o.accuracy_quantized - o.accuracy_float:+.2%}")
+        m[4].metric("accuracy float", f"{o.accuracy_float:.2%}")
+st.caption(
+    f"{report.samples} samples of {report.data_description}; {len(report.layers)} layers; "
+    f"{'per-channel' if report.per_channel else 'per-tensor'} weights; BatchNorm folded: {len(report.folded)}"
+    + (f"; kept in float: {', '.join(report.kept_float)}" if report.kept_float else "")
+)
+
+# --- per-layer charts --------------------------------------------------------------------------------
+layers = {le.layer: le for le in report.layers}
+order = [le.layer for le in report.worst_first(mode)]
+tab_cos, tab_snr, tab_table = st.tabs(["Cosine per layer (click a bar)", "SNR along the graph", "All layers"])
+with tab_cos:
+    event = st.plotly_chart(
+        layer_cosine_figure(report, mode), on_select="rerun", selection_mode="points", key="sens_chart"
+    )
+with tab_snr:
+    st.plotly_chart(snr_figure(report), key="sens_snr")
+with tab_table:
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "layer": le.layer,
+                "op": le.op_type,
+                "cosine isolated": le.isolated.cosine,
+                "cosine accumulated": le.accumulated.cosine,
+                "SNR isolated dB": le.isolated.snr_db,
+                "SNR accumulated dB": le.accumulated.snr_db,
+                "MSE isolated": le.isolated.mse,
+            }
+            for le in (layers[n] for n in order)
+        ),
+        hide_index=True,
+        key="sens_table",
+    )
+
+# a clicked bar opens its layer (only when the click is new: the selection outlives reruns)
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+if points:
+    p = points[0]
+    picked = p.get("customdata")
+    picked = picked[0] if isinstance(picked, list) else picked
+    if picked is None:  # fall back on the bar's label "layer (op)"
+        picked = next((n for n in order if p.get("y") == f"{n} ({layers[n].op_type})"), None)
+    if picked in layers and st.session_state.get("sens_clicked") != picked:
+        st.session_state["sens_clicked"] = picked
+        st.session_state["sens_layer"] = picked
+if st.session_state.get("sens_layer") not in layers:
+    st.session_state["sens_layer"] = order[0]
+
+# --- one layer ---------------------------------------------------------------------------------------
+st.subheader("One layer")
+layer = st.selectbox(
+    "Layer (worst first)",
+    order,
+    key="sens_layer",
+    format_func=lambda n: f"{n}  ·  {layers[n].op_type}  ·  cosine {getattr(layers[n], mode).cosine:.5f}",
+)
+le = layers[layer]
+out = le.output_tensor
+entry = table.tensors.get(out)
+target = (entry.extra.get("scale_from") if entry is not None else None) or out
+m = st.columns(4)
+m[0].metric("cosine isolated", f"{le.isolated.cosine:.6f}")
+m[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
+m[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
+m[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
+if target != out:
+    st.caption(
+        f"Output **{out}** is fused with its activation and quantized with the scale of **{target}** "
+        "(as engines fuse Conv+ReLU): the method and threshold below are that tensor's."
+    )
+
+t_stats = stats.tensors.get(target)
+picks = st.session_state.get("sens_picks", {}).get(str(st.session_state.get(state.STATS_KEY)), {})
+if t_stats is not None and not t_stats.empty:
+    results = all_thresholds(t_stats, review.config)
+    df = method_table(t_stats, results)
+    pick = picks.get(layer)
+    if pick is not None:
+        df["cosine isolated (this layer)"] = [pick.cosines.get(mth, math.nan) for mth in results]
+    st.dataframe(df, hide_index=True, key="sens_methods")
+
+    method_names = list(METHODS)
+    current = review.choice(target)
+
+    def _set_method() -> None:
+        v = st.session_state[f"sens_method::{target}"]
+        r = state.review()
+        state.set_review(r.with_choice(target, method=None if v == r.default_method else v, override=None))
+
+    c1, c2, c3 = st.columns([2, 2, 1])
+    c1.selectbox(
+        f"Method for {target}",
+        method_names,
+        index=method_names.index(current.method or review.default_method),
+        format_func=lambda k: METHOD_LABELS.get(k, k) + (" (default)" if k == review.default_method else ""),
+        key=f"sens_method::{target}",
+        on_change=_set_method,
+    )
+    chosen = table.tensors[target].threshold if target in table.tensors else t_stats.absmax
+    typed = c2.number_input(
+        "or type a threshold", min_value=0.0, value=float(current.override or chosen), format="%.6g",
+        key=f"sens_override::{target}",
+    )  # fmt: skip
+    c3.write("")
+    if c3.button("Use it", key="sens_use"):
+        try:
+            state.set_review(review.with_choice(target, override=float(typed)))
+            st.rerun()
+        except QuantvizError as exc:
+            st.error(str(exc))
+    if current.override is not None:
+        st.caption(f"{target} uses the typed threshold {current.override:.6g}.")
+        if st.button("Back to the method", key="sens_reset"):
+            state.set_review(review.with_choice(target, override=None))
+            st.rerun()
+
+
+def _set_float() -> None:
+    r = state.review()
+    state.set_review(r.with_choice(out, float_kept=bool(st.session_state[f"sens_float::{out}"])))
+
+
+def _set_note() -> None:
+    r = state.review()
+    state.set_review(r.with_choice(out, note=st.session_state[f"sens_note::{out}"].strip()))
+
+
+st.checkbox(
+    "Keep this layer in float (the table, the exports and the next analysis honour it)",
+    value=review.choice(out).float_kept,
+    key=f"sens_float::{out}",
+    on_change=_set_float,
+)
+st.text_area(
+    "Note for the team's review (kept in the review file and the JSON table)",
+    value=review.choice(out).note,
+    key=f"sens_note::{out}",
+    on_change=_set_note,
+)
+
+recomputed = st.session_state.setdefault("sens_recomputed", {})
+rkey = (layer, state.review_json(), source.data_id, samples, state.per_channel())
+if st.button("Recompute this layer's error with the current table", key="sens_recompute"):
+    try:
+        with st.spinner("Running the layer's isolated copy"):
+            recomputed[rkey] = layer_error(model, table, layer, source, samples=samples, per_channel=state.per_channel())
+    except QuantvizError as exc:
+        st.error(str(exc))
+if rkey in recomputed:
+    fig = recomputed[rkey]
+    m = st.columns(3)
+    m[0].metric("cosine isolated now", f"{fig.cosine:.6f}", f"{fig.cosine - le.isolated.cosine:+.2e} vs the analysis")
+    m[1].metric("SNR isolated now", f"{fig.snr_db:.2f} dB", f"{fig.snr_db - le.isolated.snr_db:+.2f} dB")
+    m[2].metric("MSE isolated now", f"{fig.mse:.3e}")
+
+# --- best method per layer ----------------------------------------------------------------------------
+st.subheader("Best method per layer")
+st.caption(
+    "Analyses the model once per method (that method on every tensor) and picks, for each layer, the method "
+    "with the highest isolated cosine: a layer's isolated error depends only on its own input, weight and "
+    "output scales. Tensors with a typed threshold keep it."
+)
+if st.button("Find and apply the best method per layer", key="sens_best"):
+    stats_key = st.session_state[state.STATS_KEY]
+    bar, cb = _progress("Comparing methods")
+    reports = {}
+    try:
+        order_m = [review.default_method] + [m for m in COMPARED if m != review.default_method]
+        for i, mth in enumerate(order_m):
+            t = state.model_table_for(stats_key, mth, review.config, state.per_channel())
+
+            def step(done: int, total: int, i: int = i, mth: str = mth) -> None:
+                bar.progress(min((i + done / max(total, 1)) / len(order_m), 1.0), text=f"{METHOD_LABELS.get(mth, mth)}")
+
+            lab = None if labels is None else labels[:samples]
+            reports[mth] = analyze(model, t, source, samples=samples, progress=step, labels=lab, per_channel=state.per_channel())
+        found = compare_methods(reports)
+    except QuantvizError as exc:
+        st.error(str(exc))
+        found = None
+    finally:
+        bar.empty()
+    if found is not None:
+        r = state.review()
+        changed = 0
+        for pick in found.values():
+            tensor = pick.output_tensor
+            e = table.tensors.get(tensor)
+            if e is None or e.extra.get("scale_from") or r.choice(tensor).override is not None:
+                continue
+            want = None if pick.method == r.default_method else pick.method
+            if r.choice(tensor).method != want:
+                r = r.with_choice(tensor, method=want)
+                changed += 1
+        state.set_review(r)
+        st.session_state.setdefault("sens_picks", {})[str(stats_key)] = found
+        st.success(f"{changed} tensors changed method. Press Analyse to see the whole model with them.")
+        st.rerun()
+if picks:
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "layer": p.layer,
+                "best method": METHOD_LABELS.get(p.method, p.method),
+                "cosine isolated": p.cosine,
+                **{f"{METHOD_LABELS.get(k, k)}": v for k, v in p.cosines.items()},
+            }
+            for p in sorted(picks.values(), key=lambda p: p.cosine)
+        ),
+        hide_index=True,
+        key="sens_picks_table",
+    )
+
+# --- EQ -----------------------------------------------------------------------------------------------
+with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosine", expanded=False):
+    e1, e2, e3, e4, e5, e6 = st.columns(6)
+    alpha = e1.number_input("alpha", value=0.5, min_value=0.01, key="eq_alpha")
+    beta = e2.number_input("beta", value=2.0, min_value=0.02, key="eq_beta")
+    n_cand = e3.number_input("candidates", value=100, min_value=2, step=10, key="eq_n")
+    rounds = e4.number_input("rounds", value=1, min_value=1, max_value=5, key="eq_rounds")
+    eq_samples = e5.number_input("samples", value=50, min_value=1, key="eq_samples")
+    eq_mode = e6.selectbox("mode", EQ_MODES, key="eq_mode")
+    eq_key = ("eq", st.session_state.get(state.STATS_KEY), calib.data_id, alpha, beta, n_cand, rounds, eq_samples, eq_mode)
+    if st.button("Run EQ", key="eq_run"):
+        bar, cb = _progress("EQ")
+        try:
+            cfg = EQConfig(
+                alpha=float(alpha), beta=float(beta), n=int(n_cand), rounds=int(rounds), max_samples=int(eq_samples), mode=eq_mode
+            )
+            state.store(
+                eq_key,
+                calibrate_eq(model, stats, calib, cfg, progress=cb, method_config=review.config, per_channel=state.per_channel()),
+            )
+            st.session_state["eq_last"] = eq_key
+        except QuantvizError as exc:
+            st.error(str(exc))
+        finally:
+            bar.empty()
+    eq_table = state.stored(st.session_state.get("eq_last", ()))
+    if eq_table is not None:
+        eq_layers = eq_table.settings.get("eq", {}).get("layers", {})
+        st.dataframe(
+            pd.DataFrame(
+                {"layer": n, "cosine at KL": v["initial_cosine"], "cosine after EQ": v["cosine"], "input scale": v["input_scale"]}
+                for n, v in eq_layers.items()
+            ),
+            hide_index=True,
+            key="eq_table",
+        )
+        if layer in eq_layers:
+            v = eq_layers[layer]
+            st.plotly_chart(eq_trace_figure(layer, v["trace"], v["initial_cosine"]), key="eq_trace")
+        else:
+            st.caption(f"EQ did not search {layer} (EQ searches Conv and Gemm layers); pick one to see its trace.")
+        if st.button("Use EQ's activation thresholds as typed thresholds", key="eq_adopt"):
+            r = state.review()
+            n = 0
+            for name, e in eq_table.tensors.items():
+                if e.method == "eq" and name in stats.tensors:
+                    r = r.with_choice(name, override=float(e.threshold))
+                    n += 1
+            state.set_review(r)
+            st.success(
+                f"{n} tensors take EQ's thresholds. EQ's per-channel weight scales are written by "
+                "`python -m quantviz calibrate --method eq`; the app's exports keep abs-max weight scales."
+            )
+
+# --- downloads ------------------------------------------------------------------------------------------
+d1, d2 = st.columns(2)
+d1.download_button("LAYERS.csv", to_csv(report), "LAYERS.csv", "text/csv", key="sens_csv")
+d2.download_button(
+    "HTML report (offline, plotly embedded)", to_html(report), "quantviz_report.html", "text/html", key="sens_html"
+)

@@ -1,0 +1,152 @@
+"""AppTest of the Layer sensitivity page: analysis on arrival, choices per layer, best method, EQ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.figs import array, figure
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL = ROOT / "sample_models" / "digits_eval.npz"
+MODEL = ROOT / "sample_models" / "digits_cnn.onnx"
+
+
+def _page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not at.exception
+    at.switch_page("pages/3_Layer_sensitivity.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _cosine_bars(at: AppTest) -> tuple[list[str], np.ndarray, np.ndarray]:
+    fig = figure(at.get("plotly_chart")[0])
+    iso, acc = fig["data"][0], fig["data"][1]
+    return list(iso["customdata"]), array(iso["x"]), array(acc["x"])
+
+
+@pytest.fixture(scope="module")
+def float_accuracy() -> float:
+    ev = np.load(EVAL)
+    x, y = ev["input"][:256], ev["label"][:256]
+    probs = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    return float(np.mean(probs.argmax(1) == y))
+
+
+def test_arrives_analysed_worst_first_with_accuracy(float_accuracy: float) -> None:
+    at = _page()
+    m = _metrics(at)
+    assert m["accuracy float"] == f"{float_accuracy:.2%}"  # plain onnxruntime on the same 256 labelled samples
+    quantized = float(m["accuracy quantized"].rstrip("%")) / 100
+    assert abs(quantized - float_accuracy) <= 0.01  # KL on the sample: within one point of float
+    layers, iso, acc = _cosine_bars(at)
+    assert len(layers) >= 19 and len(set(layers)) == len(layers)
+    assert np.all(np.diff(iso) >= 0)  # sorted by the isolated cosine, worst on top
+    assert np.all((iso > 0.99) & (iso <= 1.0)) and np.all((acc > 0.99) & (acc <= 1.0))
+    # the layer opened first is the worst one
+    assert at.selectbox(key="sens_layer").value == layers[0]
+    at.radio(key="sens_mode").set_value("accumulated").run()
+    _, _, acc2 = _cosine_bars(at)
+    assert np.all(np.diff(acc2) >= 0)
+
+
+def test_override_changes_that_layers_error_and_recompute_agrees() -> None:
+    at = _page()
+    layer = "/fc/Gemm"
+    at.selectbox(key="sens_layer").set_value(layer).run()
+    before = _metrics(at)["cosine isolated"]
+    # recompute with the unchanged table: the one-layer model gives the analysis figure
+    at.button(key="sens_recompute").click().run()
+    assert not at.exception
+    m = _metrics(at)
+    assert m["cosine isolated now"] == before
+    tensor = "/fc/Gemm_output_0"
+    box = at.number_input(key=f"sens_override::{tensor}")
+    box.set_value(box.value / 8).run()
+    at.button(key="sens_use").click().run()
+    assert not at.exception
+    review = at.session_state["qv_review"]
+    assert review.choice(tensor).override == pytest.approx(box.value)
+    # a small model is analysed again at once: the layer's figure moves, nothing is flagged stale
+    assert not any("table changed" in w.value for w in at.warning)
+    after = _metrics(at)["cosine isolated"]
+    assert float(after) < float(before) - 1e-4  # clipping the classifier's logits at 1/8 hurts
+    at.button(key="sens_recompute").click().run()
+    assert _metrics(at)["cosine isolated now"] == after
+
+
+def test_keep_float_and_note_reach_the_table_and_the_analysis() -> None:
+    at = _page()
+    layer = "/res2/res2.0/Conv"
+    at.selectbox(key="sens_layer").set_value(layer).run()
+    before = _metrics(at)["cosine isolated"]
+    out = "/res2/res2.1/BatchNormalization_output_0"
+    at.checkbox(key=f"sens_float::{out}").check().run()
+    at.text_area(key=f"sens_note::{out}").input("residual branch: keep float until the BN is fixed").run()
+    assert not at.exception
+    review = at.session_state["qv_review"]
+    assert review.choice(out).float_kept and review.choice(out).note.startswith("residual branch")
+    # analysed again at once (small model): the node runs in float (float weights), only its input
+    # and output are still quantized for their int8 neighbours, so its figure moves
+    assert any("kept in float: " + layer in c.value for c in at.caption)
+    assert _metrics(at)["cosine isolated"] != before
+    # the table the exports write carries both (the same build_table the Export page calls)
+    from quantviz.export.qv_json import table_to_dict
+    from quantviz.review import build_table
+    from ui.state import _stats_store
+
+    stats = _stats_store()[at.session_state["qv_stats_key"]]
+    doc = table_to_dict(build_table(stats, at.session_state["qv_review"]))
+    assert doc["tensors"][out]["float"] is True and doc["tensors"][out]["note"].startswith("residual branch")
+
+
+def test_best_method_per_layer_picks_the_highest_cosine() -> None:
+    at = _page()
+    at.button(key="sens_best").click().run()
+    assert not at.exception and not at.error
+    picks = next(iter(at.session_state["sens_picks"].values()))
+    assert len(picks) >= 19
+    review = at.session_state["qv_review"]
+    for p in picks.values():
+        best = max(p.cosines.values())
+        assert p.cosine == best
+        assert p.method in p.cosines
+    # the review follows the picks, except on Conv outputs fused with their activation (they take the
+    # activation's scale, so their own method would be overridden)
+    import onnx
+
+    from quantviz.fusion import analyse
+
+    fused = {g.pre_activation for g in analyse(onnx.load(str(MODEL))).groups}
+    assert fused
+    for p in picks.values():
+        if p.output_tensor in fused:
+            assert review.choice(p.output_tensor).method is None
+        else:
+            assert review.method_of(p.output_tensor) == p.method, p.layer
+
+
+def test_eq_trace_and_adopt() -> None:
+    at = _page()
+    at.number_input(key="eq_n").set_value(8)
+    at.number_input(key="eq_samples").set_value(16)
+    at.button(key="eq_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.selectbox(key="sens_layer").set_value("/stem/stem.0/Conv").run()
+    assert len(at.get("plotly_chart")) == 3  # cosine bars, SNR, EQ trace
+    trace = figure(at.get("plotly_chart")[-1])
+    ys = array(trace["data"][0]["y"])
+    assert ys.size == 3 and ys[2] >= ys[0] - 1e-12  # never worse than its start
+    at.button(key="eq_adopt").click().run()
+    review = at.session_state["qv_review"]
+    assert any(c.override is not None for c in review.choices.values())

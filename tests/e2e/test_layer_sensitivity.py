@@ -1,0 +1,67 @@
+"""A person opens Layer sensitivity, clicks a layer's bar, overrides its threshold and sees its cosine move."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import screenshot, settle
+
+
+def _metric(page: Page, label: str) -> float:
+    box = page.get_by_test_id("stMetric").filter(has_text=re.compile("^" + re.escape(label))).first
+    return float(box.get_by_test_id("stMetricValue").inner_text().split()[0].rstrip("%"))
+
+
+def test_click_a_bar_override_threshold_and_see_cosine_change(page: Page, app_url: str) -> None:
+    page.goto(app_url)
+    expect(page.get_by_text("Summary")).to_be_visible(timeout=90_000)
+    settle(page)
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
+    expect(page.get_by_text("End to end")).to_be_visible(timeout=90_000)
+    settle(page)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    chart = page.get_by_test_id("stPlotlyChart").first
+    expect(chart.locator(".main-svg").first).to_be_visible()
+    screenshot(page, "10_sensitivity")
+
+    # the worst layer is open first; click the LAST bar group (the best layer) to open it instead
+    layer_box = page.get_by_role("combobox", name="Layer (worst first)")
+
+    def layer() -> str:
+        return layer_box.input_value() or layer_box.inner_text()
+
+    first_layer = layer()
+    assert first_layer
+    bars = chart.locator("g.trace.bars").first.locator("path")
+    n = bars.count()
+    assert n >= 19
+    bars.nth(n - 1).click(force=True)
+    settle(page)
+    page.wait_for_function(
+        "([el, v]) => el.value !== v", arg=[layer_box.element_handle(), first_layer], timeout=30_000
+    )
+    opened = layer()
+    assert opened.startswith("/Softmax"), opened  # the best layer of the sample: its last bar
+    screenshot(page, "11_sensitivity_clicked")
+
+    # open the classifier layer and clip its output hard: its cosine must drop
+    layer_box.click()
+    page.keyboard.type("/fc/Gemm")
+    page.get_by_role("option").first.click()
+    settle(page)
+    assert layer().startswith("/fc/Gemm")
+    before = _metric(page, "cosine isolated")
+    box = page.get_by_label("or type a threshold")
+    value = float(box.input_value())
+    box.fill(f"{value / 8:.6g}")
+    box.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Use it").click()
+    settle(page)
+    expect(page.get_by_text("uses the typed threshold")).to_be_visible(timeout=60_000)
+    after = _metric(page, "cosine isolated")
+    assert after < before - 1e-4, (before, after)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    screenshot(page, "12_sensitivity_override")
