@@ -55,6 +55,18 @@ def bench(sample: str, repeat: int) -> dict[str, float]:
         hi = at.slider(key="kl_slider").max
         at.number_input(key="kl_typed").set_value(hi * (0.3 + 0.1 * i))
         results["move threshold (KL curves)"].append(_timed(at))
+    # Layer sensitivity: the analysis itself runs once (excluded, like the collection); then switching
+    # layer must run no inference
+    at.switch_page("pages/3_Layer_sensitivity.py")
+    at.run()
+    if not at.get("plotly_chart"):
+        at.button(key="sens_run").click()
+        at.run()
+    results["switch layer (Layer sensitivity)"] = []
+    for i in range(repeat):
+        opts = at.selectbox(key="sens_layer").options
+        at.selectbox(key="sens_layer").set_value(opts[(i * 5 + 2) % len(opts)].split("  ·  ")[0])
+        results["switch layer (Layer sensitivity)"].append(_timed(at))
     assert at.session_state["qv_stats_key"] == stats_key, "a rerun collected again"
     return {k: statistics.median(v) * 1000 for k, v in results.items()} | {"tensors": float(len(names))}
 

@@ -15,9 +15,7 @@ from quantviz.data import open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
-from quantviz.samples import SAMPLES
-from quantviz.sensitivity import analyze, compare_methods, default_labels, layer_error
-from quantviz.summary import all_thresholds, method_table
+from quantviz.sensitivity import analyze, compare_methods, layer_error
 from ui import state
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
@@ -45,9 +43,7 @@ labels = None
 source = calib
 try:
     if where == "Sample evaluation set (labelled)":
-        path = SAMPLES[sample_key].eval
-        source = open_source(path, model.inputs)
-        labels = default_labels(path)
+        source, labels = state.labelled_sample_source(sample_key, model.sha256)
     elif where == "Upload a labelled .npz":
         up = st.file_uploader(
             "An .npz with the model inputs and a 'label' array (one class index per sample)", type=["npz"], key="sens_upload"
@@ -108,10 +104,10 @@ if report is None:
     if older is None:
         st.info("Press Analyse to measure every layer's error with the current table.")
         st.stop()
-    report = older
+    report, shown = older, st.session_state["sens_last"]
     st.warning("The table changed since this analysis (a method, threshold or float choice): press Analyse to update it.")
 else:
-    st.session_state["sens_last"] = key
+    st.session_state["sens_last"] = shown = key
 
 # --- end to end -------------------------------------------------------------------------------------
 st.subheader("End to end")
@@ -136,10 +132,13 @@ order = [le.layer for le in report.worst_first(mode)]
 tab_cos, tab_snr, tab_table = st.tabs(["Cosine per layer (click a bar)", "SNR along the graph", "All layers"])
 with tab_cos:
     event = st.plotly_chart(
-        layer_cosine_figure(report, mode), on_select="rerun", selection_mode="points", key="sens_chart"
+        state.cached(("cosine figure", shown, mode), lambda: layer_cosine_figure(report, mode)),
+        on_select="rerun",
+        selection_mode="points",
+        key="sens_chart",
     )
 with tab_snr:
-    st.plotly_chart(snr_figure(report), key="sens_snr")
+    st.plotly_chart(state.cached(("snr figure", shown), lambda: snr_figure(report)), key="sens_snr")
 with tab_table:
     st.dataframe(
         pd.DataFrame(
@@ -198,8 +197,8 @@ if target != out:
 t_stats = stats.tensors.get(target)
 picks = st.session_state.get("sens_picks", {}).get(str(st.session_state.get(state.STATS_KEY)), {})
 if t_stats is not None and not t_stats.empty:
-    results = all_thresholds(t_stats, review.config)
-    df = method_table(t_stats, results)
+    results, df = state.method_rows(target)
+    df = df.copy()
     pick = picks.get(layer)
     if pick is not None:
         df["cosine isolated (this layer)"] = [pick.cosines.get(mth, math.nan) for mth in results]

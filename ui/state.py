@@ -253,3 +253,34 @@ def _sample_shas() -> dict[str, str]:
 def sample_key_of(model: LoadedModel) -> str | None:
     """The bundled sample this model is, if any (by content)."""
     return _sample_shas().get(model.sha256)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def labelled_sample_source(sample_key: str, model_sha256: str) -> tuple[CalibrationSource, Any]:
+    """A bundled sample's labelled evaluation set, opened once (it is read on every rerun otherwise)."""
+    from quantviz.data import open_source
+    from quantviz.samples import SAMPLES
+    from quantviz.sensitivity import default_labels
+
+    path = SAMPLES[sample_key].eval
+    return open_source(path, _model_cache()[model_sha256].inputs), default_labels(path)
+
+
+def cached(key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """A derived result (a figure of a stored analysis...) kept beside it: reruns rebuild nothing."""
+    value = stored(key)
+    return value if value is not None else store(key, make())
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _method_rows(key: StatsKey, tensor: str, config: MethodConfig):
+    from quantviz.summary import all_thresholds, method_table
+
+    t = _stats_store()[key].tensors[tensor]
+    results = all_thresholds(t, config)
+    return list(results), method_table(t, results)
+
+
+def method_rows(tensor: str):
+    """(method names, table of thresholds, clipped % and MSE per method) of one tensor, computed once."""
+    return _method_rows(st.session_state[STATS_KEY], tensor, review().config)
