@@ -65,3 +65,40 @@ def test_click_a_bar_override_threshold_and_see_cosine_change(page: Page, app_ur
     assert after < before - 1e-4, (before, after)
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "12_sensitivity_override")
+
+
+def test_two_browser_sessions_never_share_choices(browser, app_url: str) -> None:
+    """A threshold typed in one browser session is not seen by another one open at the same time."""
+    a = browser.new_context(viewport={"width": 1400, "height": 1000})
+    b = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        pa, pb = a.new_page(), b.new_page()
+        for p in (pa, pb):
+            p.goto(app_url)
+            expect(p.get_by_text("Summary")).to_be_visible(timeout=90_000)
+            settle(p)
+            p.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
+            expect(p.get_by_text("End to end")).to_be_visible(timeout=90_000)
+            settle(p)
+        box = pa.get_by_label("or type a threshold")
+        box.fill(f"{float(box.input_value()) / 2:.6g}")
+        box.press("Enter")
+        settle(pa)
+        pa.get_by_role("button", name="Use it").click()
+        settle(pa)
+        expect(pa.get_by_text("uses the typed threshold")).to_be_visible(timeout=60_000)
+        pb.get_by_test_id("stSidebarNav").get_by_role("link", name="KL curves").click()
+        settle(pb)
+        pb.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
+        expect(pb.get_by_text("End to end")).to_be_visible(timeout=90_000)
+        settle(pb)
+        expect(pb.get_by_text("uses the typed threshold")).to_have_count(0)
+        # and the first session still has its choice after a page switch
+        pa.get_by_test_id("stSidebarNav").get_by_role("link", name="KL curves").click()
+        settle(pa)
+        pa.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
+        settle(pa)
+        expect(pa.get_by_text("uses the typed threshold")).to_be_visible(timeout=60_000)
+    finally:
+        a.close()
+        b.close()
