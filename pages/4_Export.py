@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pandas as pd
 import streamlit as st
@@ -13,6 +13,7 @@ from quantviz.errors import QuantvizError
 from quantviz.export.diff import diff_tables
 from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
 from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
+from quantviz.qdq import int8_kernels_saturate
 from quantviz.review import review_bytes
 from ui import state
 
@@ -51,13 +52,25 @@ for name, fmt in FORMATS.items():
     if name in NEEDS_MODEL and model is None:
         right.caption("needs the model")
         continue
+    fmt_options = options
+    if name == "qdq":
+        reduce_range = right.checkbox(
+            "7-bit weights (reduce range)", key="qdq_reduce_range",
+            help="Weights quantized to -63..63 (each weight scale times 127/63), as onnxruntime's reduce_range.",
+        )  # fmt: skip
+        if int8_kernels_saturate():
+            right.info(
+                "This CPU has AVX2 but no VNNI, where onnxruntime's fused int8 kernels can saturate with 8-bit weights: "
+                "tick 7-bit weights to run the QDQ model in onnxruntime on this machine."
+            )
+        fmt_options = replace(options, reduce_range=reduce_range)
     if name in HEAVY and not st.session_state.get(f"prepared_{name}"):
         if right.button(f"Build {fmt.default_name}", key=f"prepare_{name}"):
             st.session_state[f"prepared_{name}"] = True
             st.rerun()
         continue
     try:
-        data = export_bytes(table, name, options)
+        data = export_bytes(table, name, fmt_options)
     except QuantvizError as exc:
         right.error(str(exc))
         continue

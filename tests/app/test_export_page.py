@@ -48,3 +48,52 @@ def test_import_and_adopt_overrides():
     at.button(key="adopt_import").click().run()
     review = at.session_state["qv_review"]
     assert review.choice("/Relu_output_0").override == float(np.float32(1.0) / np.float32(127)) * 127
+
+
+def _weight_scales(proto) -> dict[str, np.ndarray]:
+    """Scales of the DequantizeLinear nodes that read an integer weight initializer."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return {
+        n.input[0]: inits[n.input[1]]
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+    }
+
+
+def test_qdq_seven_bit_weights_checkbox(monkeypatch):
+    import quantviz.qdq as qdq
+
+    built: list[tuple[bool, object]] = []
+    original = qdq.build_qdq_model
+
+    def recording_build(model, table, **kwargs):
+        proto = original(model, table, **kwargs)
+        built.append((kwargs.get("reduce_range", False), proto))
+        return proto
+
+    monkeypatch.setattr(qdq, "build_qdq_model", recording_build)
+    monkeypatch.setattr(qdq, "int8_kernels_saturate", lambda: True)
+    at = _export_page()
+    box = at.checkbox(key="qdq_reduce_range")
+    assert box.label == "7-bit weights (reduce range)" and box.value is False
+    # on an AVX2-without-VNNI CPU the page recommends the option, in one sentence
+    assert len(at.info) == 1 and "7-bit weights" in at.info[0].value and "VNNI" in at.info[0].value
+    at.button(key="prepare_qdq").click().run()
+    assert not at.exception and not at.error
+    assert built and built[-1][0] is False
+    eight = _weight_scales(built[-1][1])
+    at.checkbox(key="qdq_reduce_range").check().run()
+    assert not at.exception and not at.error
+    assert built[-1][0] is True
+    seven = _weight_scales(built[-1][1])
+    # 7-bit weights: every weight scale is the 8-bit one times 127/63 (levels -63..63 instead of -127..127)
+    assert eight and seven.keys() == eight.keys()
+    for name, s8 in eight.items():
+        np.testing.assert_allclose(seven[name], s8 * np.float32(127) / np.float32(63), rtol=1e-6, err_msg=name)
+
+    # elsewhere (VNNI, ARM) no recommendation is shown
+    monkeypatch.setattr(qdq, "int8_kernels_saturate", lambda: False)
+    at.run()
+    assert not at.exception and not at.info
