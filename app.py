@@ -113,6 +113,10 @@ def _summary(stats) -> None:
     st.page_link("pages/1_Distributions.py", label="Open the distributions", icon=":material/bar_chart:")
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 with st.sidebar:
     st.header("Open a saved review")
     saved = st.file_uploader(
@@ -127,7 +131,7 @@ with st.sidebar:
             st.session_state["qv_opened_file"] = saved.file_id
             st.success(
                 f"Opened {stats_from_file.model_name}: {len(stats_from_file.tensors)} tensors, "
-                f"{len(review_from_file.notes)} notes, {len(review_from_file.choices)} choices."
+                f"{_count(len(review_from_file.notes), 'note')}, {_count(len(review_from_file.choices), 'choice')}."
             )
         except QuantvizError as exc:
             st.error(str(exc))

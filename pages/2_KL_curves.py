@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from quantviz.calib import METHODS
@@ -60,7 +62,15 @@ st.plotly_chart(fig, key="kl_chart")
 
 trial = make_threshold("override", -chosen, chosen, review.config)
 m = st.columns(5)
-m[0].metric("KL at this threshold", f"{curve_value_at(kl.curve, chosen):.4g}", help="KL divergence of the candidate nearest this threshold")
+at_chosen = curve_value_at(kl.curve, chosen)
+m[0].metric(
+    "KL at this threshold",
+    f"{at_chosen:.4g}" if math.isfinite(at_chosen) else "∞",
+    help="KL divergence at this threshold (between the candidates around it)"
+    if math.isfinite(at_chosen)
+    else "Infinite: the histogram bin just below this threshold is empty while values lie beyond it, so the clipped "
+    "mass lands where the quantized distribution has none (TensorRT's KL has no smoothing). The curve skips these points.",
+)
 m[1].metric("KL minimum", f"{curve_value_at(kl.curve, kl.threshold):.4g}", help=f"at {kl.threshold:.4g}")
 m[2].metric("MSE at this threshold", f"{expected_mse(t, trial):.3e}", help=f"KL's own threshold: {expected_mse(t, kl):.3e}")
 m[3].metric("clipped mass", f"{clipped_fraction(t, -chosen, chosen):.3%}")

@@ -27,7 +27,8 @@ table = state.current_table()
 kept_float = [n for n, e in table.tensors.items() if e.float_kept]
 c = st.columns(4)
 c[0].metric("Tensors in the table", len(table.tensors))
-c[1].metric("Default method", METHOD_LABELS.get(review.default_method, review.default_method))
+label = METHOD_LABELS.get(review.default_method, review.default_method)
+c[1].metric("Default method", label.split(" (")[0], help=label)
 c[2].metric("Per-tensor choices", len(review.choices))
 c[3].metric("Kept in float", len(kept_float))
 if model is None:
@@ -70,11 +71,52 @@ for name, fmt in FORMATS.items():
             st.rerun()
         continue
     try:
-        data = export_bytes(table, name, fmt_options)
+        if name in HEAVY:  # built once per table and options, not on every rerun
+            heavy_key = ("export", name, st.session_state.get(state.STATS_KEY), state.review_json(), state.per_channel(),
+                         fmt_options.reduce_range, fmt_options.trt_header)  # fmt: skip
+            data = state.cached(heavy_key, lambda n=name, o=fmt_options: export_bytes(table, n, o))
+        else:
+            data = export_bytes(table, name, fmt_options)
     except QuantvizError as exc:
         right.error(str(exc))
         continue
     right.download_button(f"Download {fmt.default_name}", data, file_name=fmt.default_name, mime=fmt.mime, key=f"export_{name}")
+
+st.subheader("Analysis report")
+st.caption("An HTML page, readable offline (plotly embedded): end-to-end figures, per-layer cosine and SNR, the scales.")
+_, calib = state.model_and_source()
+shown = state.stored(st.session_state.get("sens_last", ()))
+if shown is not None and st.session_state.get("sens_last", ())[:3] == (
+    st.session_state.get(state.STATS_KEY), state.review_json(), state.per_channel()
+):
+    report = shown
+else:
+    report = None
+    if model is None or calib is None:
+        st.caption("The analysis runs the model: load the model and its data on Home.")
+    elif st.button("Analyse the current table (calibration set, up to 256 samples)", key="export_analyse"):
+        from quantviz.sensitivity import analyze
+
+        bar = st.progress(0.0, text="Analysing")
+        try:
+            n = min(256, calib.num_samples)
+            report = analyze(
+                model, table, calib, samples=n, per_channel=state.per_channel(),
+                progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Analysing: {d} / {t} samples"),
+            )  # fmt: skip
+            key = state.analysis_key(calib.data_id, n, (False,))
+            state.store(key, report)
+            st.session_state["sens_last"] = key
+        except QuantvizError as exc:
+            st.error(str(exc))
+        finally:
+            bar.empty()
+if report is not None:
+    from quantviz.report import to_csv, to_html
+
+    h1, h2 = st.columns(2)
+    h1.download_button("Download quantviz_report.html", to_html(report), "quantviz_report.html", "text/html", key="export_html")
+    h2.download_button("Download LAYERS.csv", to_csv(report), "LAYERS.csv", "text/csv", key="export_layers")
 
 st.subheader("Review")
 st.caption("One file with the statistics, every choice and every note: open it on Home (sidebar) to carry on the review.")

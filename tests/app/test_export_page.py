@@ -74,6 +74,9 @@ def test_qdq_seven_bit_weights_checkbox(monkeypatch):
         return proto
 
     monkeypatch.setattr(qdq, "build_qdq_model", recording_build)
+    from ui.state import _analysis_store
+
+    _analysis_store().clear()  # built models are kept per table: start without them
     monkeypatch.setattr(qdq, "int8_kernels_saturate", lambda: True)
     at = _export_page()
     box = at.checkbox(key="qdq_reduce_range")
@@ -97,3 +100,27 @@ def test_qdq_seven_bit_weights_checkbox(monkeypatch):
     monkeypatch.setattr(qdq, "int8_kernels_saturate", lambda: False)
     at.run()
     assert not at.exception and not at.info
+
+
+def test_html_report_of_the_current_table():
+    """The report offered on Export is the analysis of the table the page exports (its scales)."""
+    at = _export_page()
+    labels = [b.proto.label for b in at.get("download_button")]
+    if "Download quantviz_report.html" not in labels:
+        at.button(key="export_analyse").click().run()
+        assert not at.exception and not at.error
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download quantviz_report.html" in labels and "Download LAYERS.csv" in labels
+    from quantviz.review import build_table
+    from ui.state import _analysis_store, _stats_store
+
+    report = _analysis_store()[at.session_state["sens_last"]]
+    stats = _stats_store()[at.session_state["qv_stats_key"]]
+    table = build_table(stats, at.session_state["qv_review"])
+    for name, (t, _, _) in report.thresholds.items():
+        e = table.tensors[name]
+        assert t == e.threshold or e.extra.get("scale_from") or name.endswith("BatchNormalization_output_0"), name
+    # a new typed threshold makes that report stale: it is no longer offered
+    at.session_state["qv_review"] = at.session_state["qv_review"].with_choice("/Relu_output_0", override=1.0)
+    at.run()
+    assert "Download quantviz_report.html" not in [b.proto.label for b in at.get("download_button")]
