@@ -207,3 +207,30 @@ def test_full_2048_bins_against_slow_loop() -> None:
     fin = np.isfinite(s_div)
     np.testing.assert_allclose(div[fin], np.array(s_div)[fin], rtol=1e-9, atol=1e-12)
     assert threshold_kl(stats, MethodConfig()).details["candidate_bins"] == slow_best(s_cand, s_div)
+
+
+def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -> None:
+    """calibrate() spreads tensors over threads: every entry must equal threshold_kl on that tensor,
+    in the statistics' order, as with one thread."""
+    from pathlib import Path
+
+    import quantviz.table as table_mod
+    from quantviz.calib import MethodConfig
+    from quantviz.calib.kl import threshold_kl
+    from quantviz.collect import collect
+    from quantviz.config import CollectConfig
+    from quantviz.data import open_source
+    from quantviz.model import load_model
+
+    samples = Path(__file__).resolve().parent.parent / "sample_models"
+    model = load_model(samples / "digits_cnn.onnx")
+    stats = collect(model, open_source(samples / "digits_calib.npz", model.inputs), CollectConfig(samples=64))
+    monkeypatch.setattr(table_mod.os, "cpu_count", lambda: 4)
+    threaded = table_mod.calibrate(stats, "kl")
+    assert list(threaded.tensors) == list(stats.tensors)
+    for name, t in stats.tensors.items():
+        want = threshold_kl(t, MethodConfig())
+        got = threaded.tensors[name]
+        assert (got.threshold, got.scale, got.min, got.max) == (want.threshold, want.scale, want.min, want.max), name
+    monkeypatch.setattr(table_mod, "CALIBRATE_THREADS", 1)
+    assert table_mod.calibrate(stats, "kl").tensors == threaded.tensors

@@ -23,6 +23,8 @@ which costs O(128) per candidate instead of O(i): about 1 ms for 2048 bins.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -38,6 +40,17 @@ def _xlogx(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _group_bounds(n: int, target: int) -> npt.NDArray[np.intp]:
+    """a_g = ceil(g i / target) for g = 0..target, one row per candidate i = 1..n. It depends on the
+    sizes only, so one read-only table serves every tensor (rows are sliced per histogram)."""
+    i = np.arange(1, n + 1, dtype=np.int64)[:, None]
+    g = np.arange(target + 1, dtype=np.int64)[None, :]
+    out = ((g * i + target - 1) // target).astype(np.intp)
+    out.flags.writeable = False
+    return out
+
+
 def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Candidates i (numbers of bins kept) and KL(P_i || Q_i) for each, vectorised (see module doc)."""
     h = np.asarray(counts, dtype=np.float64)
@@ -48,14 +61,16 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
     cand = np.arange(first, n + 1, dtype=np.int64)
     total = h.sum()
     cum = np.concatenate(([0.0], np.cumsum(h)))
-    cum_nz = np.concatenate(([0], np.cumsum(h > 0)))
+    cum_nz = np.concatenate(([0.0], np.cumsum(h > 0, dtype=np.float64)))
     cum_hlogh = np.concatenate(([0.0], np.cumsum(_xlogx(h))))
-    groups = np.arange(target + 1, dtype=np.int64)
-    bounds = (groups[None, :] * cand[:, None] + target - 1) // target  # a_g = ceil(g i / target)
-    mass = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]
-    nonzero = cum_nz[bounds[:, 1:]] - cum_nz[bounds[:, :-1]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogq = np.where(mass > 0, mass * np.log(mass / np.maximum(nonzero, 1)), 0.0).sum(axis=1)
+    bounds = _group_bounds(max(n, _SHARED_ROWS), target)[first - 1 : n]
+    edges = cum[bounds]  # one gather per prefix sum, then differences
+    mass = edges[:, 1:] - edges[:, :-1]
+    edges = cum_nz[bounds]
+    nonzero = edges[:, 1:] - edges[:, :-1]
+    pos = mass > 0  # then nonzero >= 1 too
+    ratio = np.divide(mass, nonzero, out=np.ones_like(mass), where=pos)
+    plogq = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))  # empty groups: 0 * log 1
     last = h[cand - 1]
     outliers = total - cum[cand]
     p_last = last + outliers
@@ -66,6 +81,9 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
         kl = (plogp - plogq) / total + np.log(cum[cand] / total)
     kl = np.where((outliers > 0) & (last == 0), np.inf, kl)
     return cand, np.maximum(kl, 0.0)  # rounding can leave -1e-16 where P == Q
+
+
+_SHARED_ROWS = 2048  # the default bin count: one bounds table serves every histogram up to it
 
 
 def kl_histogram(stats: TensorStats) -> Histogram:
