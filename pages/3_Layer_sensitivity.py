@@ -177,7 +177,7 @@ layer = st.selectbox(
     "Layer (worst first)",
     order,
     key="sens_layer",
-    format_func=lambda n: f"{n}  ·  {layers[n].op_type}  ·  cosine {getattr(layers[n], mode).cosine:.5f}",
+    format_func=lambda n: f"{n}  ·  {layers[n].op_type}",  # no figures here: the box keeps its first label
 )
 le = layers[layer]
 out = le.output_tensor
