@@ -101,11 +101,17 @@ def _check_array(spec: InputSpec, arr: np.ndarray, origin: str) -> None:
         raise QuantvizError(f"{origin} holds no samples for input '{spec.name}'.")
 
 
+LABEL_KEYS = ("label", "labels", "y", "target", "targets")  # arrays never fed to a model input
+
+
 def _from_arrays(arrays: dict[str, np.ndarray], inputs: Sequence[InputSpec], origin: str, data_id: str) -> CalibrationSource:
     names = [i.name for i in inputs]
     keys = list(arrays)
-    if len(inputs) == 1 and len(keys) == 1 and keys[0] not in names:
-        arrays = {names[0]: arrays[keys[0]]}
+    if len(inputs) == 1 and names[0] not in arrays:
+        # one input: a lone array feeds it whatever its name, also beside a labels array
+        data_keys = [k for k in keys if k.lower() not in LABEL_KEYS]
+        if len(data_keys) == 1:
+            arrays = {names[0]: arrays[data_keys[0]]}
     missing = [n for n in names if n not in arrays]
     if missing:
         raise QuantvizError(

@@ -50,6 +50,16 @@ def test_single_array_npz_for_single_input(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_all(open_source(tmp_path / "d.npz", ONE))["x"], x)
 
 
+def test_single_input_npz_with_labels_beside_the_data(tmp_path: Path) -> None:
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.savez(tmp_path / "d.npz", images=x, label=np.array([3, 7]))
+    np.testing.assert_array_equal(_all(open_source(tmp_path / "d.npz", ONE))["x"], x)
+    # two candidate arrays for one input: which one is meant cannot be guessed, the input is named
+    np.savez(tmp_path / "e.npz", images=x, other=x, label=np.array([3, 7]))
+    with pytest.raises(QuantvizError, match="no array for model input 'x' \\(it has: images, other, label\\)"):
+        open_source(tmp_path / "e.npz", ONE)
+
+
 def test_npy_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
     np.save(tmp_path / "d.npy", x)
