@@ -27,7 +27,7 @@ if model is None or calib is None:
         "This page runs the model: the statistics were opened from a file, so the model and the data are not "
         "loaded. Choose them on the Home page and run the collection (the review's choices and notes are kept)."
     )
-    st.page_link("app.py", label="Go to Home", icon=":material/home:")
+    st.page_link("pages/0_Home.py", label="Go to Home", icon=":material/home:")
     st.stop()
 
 AUTO_RUN_TENSORS = 100  # small models are analysed on arrival; larger ones wait for the button

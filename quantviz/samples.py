@@ -20,7 +20,7 @@ class Sample:
 SAMPLES: dict[str, Sample] = {
     "digits_cnn": Sample(
         "digits_cnn",
-        "digits_cnn: small CNN on 8x8 digits (25 tensors)",
+        "digits_cnn: small CNN on 8x8 digits (26 tensors)",
         SAMPLE_DIR / "digits_cnn.onnx",
         SAMPLE_DIR / "digits_calib.npz",
         SAMPLE_DIR / "digits_eval.npz",

@@ -133,7 +133,7 @@ def need_stats() -> CalibrationStats:
     stats = current_stats()
     if stats is None:
         st.info("No statistics yet: choose a model and calibration data on the Home page and run the collection.")
-        st.page_link("app.py", label="Go to Home", icon=":material/home:")
+        st.page_link("pages/0_Home.py", label="Go to Home", icon=":material/home:")
         st.stop()
     return stats
 

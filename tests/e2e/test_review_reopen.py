@@ -142,7 +142,7 @@ def test_override_survives_the_review_file(
         expect(other.get_by_label(NOTE_LABEL, exact=False)).to_have_value(NOTE)
 
         # --- a damaged review file: a sentence, and nothing lost ---------------------------------
-        go_to(other, "app", "quantviz")
+        go_to(other, "Home", "quantviz")
         bad = tmp_path / "review.npz"
         bad.write_bytes(np.random.default_rng(0).bytes(4096))
         upload(other, "stats_upload", bad)
