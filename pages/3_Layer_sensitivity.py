@@ -5,6 +5,7 @@ EQ's per-round trace. Every figure comes from quantviz.sensitivity / quantviz.ca
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
@@ -377,18 +378,23 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
             st.plotly_chart(eq_trace_figure(layer, v["trace"], v["initial_cosine"]), key="eq_trace")
         else:
             st.caption(f"EQ did not search {layer} (EQ searches Conv and Gemm layers); pick one to see its trace.")
-        if st.button("Use EQ's activation thresholds as typed thresholds", key="eq_adopt"):
+        if st.button("Use EQ's scales (activation thresholds and per-channel weight scales)", key="eq_adopt"):
             r = state.review()
             n = 0
             for name, e in eq_table.tensors.items():
                 if e.method == "eq" and name in stats.tensors:
                     r = r.with_choice(name, override=float(e.threshold))
                     n += 1
+            eq_weights = {w: tuple(spec["scales"]) for w, spec in eq_table.weights.items() if spec.get("method") == "eq"}
+            r = replace(r, weight_scales={**r.weight_scales, **eq_weights})
             state.set_review(r)
             st.success(
-                f"{n} tensors take EQ's thresholds. EQ's per-channel weight scales are written by "
-                "`python -m quantviz calibrate --method eq`; the app's exports keep abs-max weight scales."
+                f"{n} tensors take EQ's thresholds and {len(eq_weights)} weights its scales: every page, the "
+                "analysis and the exports use them."
             )
+    if state.review().weight_scales and st.button("Back to abs-max weight scales", key="eq_weights_reset"):
+        state.set_review(replace(state.review(), weight_scales={}))
+        st.rerun()
 
 # --- downloads ------------------------------------------------------------------------------------------
 d1, d2 = st.columns(2)

@@ -46,6 +46,9 @@ class Review:
     default_method: str = "kl"
     config: MethodConfig = field(default_factory=MethodConfig)
     choices: dict[str, Choice] = field(default_factory=dict)
+    # weight initializer -> scales chosen instead of abs-max (EQ's search adopted in the app);
+    # quantviz.table.apply_model puts them in the table's weights and requantization
+    weight_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def choice(self, name: str) -> Choice:
         return self.choices.get(name, Choice())
@@ -115,6 +118,7 @@ def review_to_dict(review: Review) -> dict[str, Any]:
         "default_method": review.default_method,
         "config": asdict(review.config),
         "choices": {n: asdict(c) for n, c in review.choices.items()},
+        "weight_scales": {n: list(v) for n, v in review.weight_scales.items()},
     }
 
 
@@ -139,11 +143,17 @@ def review_from_dict(doc: Any) -> Review:
             if choice.method is not None and choice.method not in METHODS:
                 raise QuantvizError(f"The review chooses method '{choice.method}' for '{name}', which quantviz does not know.")
             choices[str(name)] = choice
+        weights: dict[str, tuple[float, ...]] = {}
+        for name, values in doc.get("weight_scales", {}).items():
+            v = tuple(float(x) for x in values)
+            if not v or not all(math.isfinite(x) and x > 0 for x in v):
+                raise QuantvizError(f"The review's weight scales for '{name}' must be positive numbers.")
+            weights[str(name)] = v
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, QuantvizError):
             raise
         raise QuantvizError(f"This review file is damaged (field {exc}).") from exc
-    return Review(default, config, choices)
+    return Review(default, config, choices, weights)
 
 
 def save_review(stats: CalibrationStats, review: Review, target: str | Path | BinaryIO) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from quantviz.calib import MethodConfig, Threshold, method
 from quantviz.errors import QuantvizError
@@ -20,7 +23,7 @@ from quantviz.fusion import analyse, requant_points
 from quantviz.model import LoadedModel
 from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
-from quantviz.weights import weight_scales
+from quantviz.weights import WeightQuant, weight_scales
 
 log = logging.getLogger(__name__)
 CALIBRATE_THREADS = 4  # at most; os.cpu_count() decides below
@@ -167,7 +170,13 @@ def calibrate_model(
     return apply_model(calibrate(stats, method_name, config), model, per_channel)
 
 
-def apply_model(table: CalibrationTable, model: LoadedModel, per_channel: bool = True) -> CalibrationTable:
+def apply_model(
+    table: CalibrationTable,
+    model: LoadedModel,
+    per_channel: bool = True,
+    weight_overrides: Mapping[str, Sequence[float]] | None = None,
+    weight_method: str = "override",
+) -> CalibrationTable:
     """Fusion-aware scales, weight scales and requantization multipliers for a table of this model.
 
     1. BatchNormalization is folded into its Conv (quantviz.fold); the pre-BN tensors stay in the table
@@ -177,6 +186,10 @@ def apply_model(table: CalibrationTable, model: LoadedModel, per_channel: bool =
        the source and extra["unshared"] keeps the tensor's own range. Call again after changing a
        post-activation entry to re-share (a change to the pre-activation entry is overridden).
     3. weights: per-channel (or per-tensor) abs-max scales of the folded weights (quantviz.weights).
+       weight_overrides: weight initializer -> scales (one per output channel, or one) that replace
+       the abs-max ones (EQ's search, a review's choice); entries whose length does not fit the
+       weight are left at abs-max and listed in settings["weight_overrides_ignored"]. Replaced
+       entries carry "method" (weight_method) and "absmax_scales".
     4. requant: M = s_x * s_w / s_y per output channel as (M0, k) per layer (quantviz.requant).
     5. settings["requant_points"]: Add/Concat inputs and whether their scales differ.
     """
@@ -211,7 +224,22 @@ def apply_model(table: CalibrationTable, model: LoadedModel, per_channel: bool =
     usable = {n: e for n, e in tensors.items() if not e.float_kept and is_finite_entry(e)}
     scales = {n: e.scale for n, e in usable.items()}
     weights = weight_scales(folded, per_channel)
+    replaced: dict[str, WeightQuant] = {}
+    ignored: dict[str, str] = {}
+    for wname, values in (weight_overrides or {}).items():
+        w = weights.get(wname)
+        arr = np.asarray(values, dtype=np.float32).reshape(-1)
+        if w is None:
+            ignored[wname] = "no such quantized weight in the model"
+        elif arr.shape != w.scales.shape or not np.all(np.isfinite(arr) & (arr > 0)):
+            ignored[wname] = f"{arr.size} scales given, {w.scales.size} positive ones needed"
+        else:
+            replaced[wname] = w
+            weights[wname] = replace(w, scales=arr)
     layers, left_out = layer_requant(folded, scales, weights, info, {n: e.zero_point for n, e in usable.items()})
+    weight_dicts: dict[str, Any] = {n: w.to_dict() for n, w in weights.items()}
+    for wname, old_w in replaced.items():
+        weight_dicts[wname] = {**weight_dicts[wname], "method": weight_method, "absmax_scales": [float(v) for v in old_w.scales]}
     settings = {
         **table.settings,
         "per_channel_weights": per_channel,
@@ -221,10 +249,12 @@ def apply_model(table: CalibrationTable, model: LoadedModel, per_channel: bool =
         "requant_rounding": REQUANT_ROUNDING,
         "requant_left_out": left_out,
     }
+    if ignored:
+        settings["weight_overrides_ignored"] = ignored
     return replace(
         table,
         tensors=tensors,
         settings=settings,
-        weights={n: w.to_dict() for n, w in weights.items()},
+        weights=weight_dicts,
         requant={k: v.to_dict() for k, v in layers.items()},
     )

@@ -273,3 +273,39 @@ def test_cli_calibrate_writes_weights_and_requant(tmp_path: Path) -> None:
     onnx.save_model(graphs.conv_bn_relu(), str(other))
     r = _cli("calibrate", "--stats", str(stats), "--model", str(other), "--method", "minmax", "-o", str(tmp_path / "t3.json"))
     assert r.returncode == 2 and "lacks" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_weight_overrides_reach_the_table_and_its_requantization() -> None:
+    """apply_model(weight_overrides=...): the chosen per-channel weight scales replace abs-max ones in
+    the table, and M = s_x * s_w / s_y (checked here from the table's own scales) follows them."""
+    from pathlib import Path
+
+    from quantviz.collect import collect
+    from quantviz.config import CollectConfig
+    from quantviz.data import open_source
+    from quantviz.model import load_model
+    from quantviz.table import apply_model, calibrate
+
+    samples = Path(__file__).resolve().parent.parent / "sample_models"
+    model = load_model(samples / "digits_cnn.onnx")
+    stats = collect(model, open_source(samples / "digits_calib.npz", model.inputs), CollectConfig(samples=32))
+    base = apply_model(calibrate(stats, "kl"), model)
+    wname = next(iter(base.weights))
+    absmax = np.asarray(base.weights[wname]["scales"], dtype=np.float32)
+    chosen = (absmax * np.linspace(0.6, 0.9, absmax.size)).astype(np.float32)
+    table = apply_model(calibrate(stats, "kl"), model, weight_overrides={wname: chosen, "nope": [1.0]}, weight_method="eq")
+    w = table.weights[wname]
+    assert w["method"] == "eq" and np.array_equal(np.asarray(w["scales"], np.float32), chosen)
+    assert np.array_equal(np.asarray(w["absmax_scales"], np.float32), absmax)
+    assert table.settings["weight_overrides_ignored"] == {"nope": "no such quantized weight in the model"}
+    layer = next(v for v in table.requant.values() if v["weight"] == wname)
+    s_x = table.tensors[layer["input"]].scale
+    s_y = table.tensors[layer["output"]].scale
+    m0 = np.asarray(layer["multiplier"], dtype=np.float64)
+    k = np.asarray(layer["shift"], dtype=np.float64)
+    want = s_x * chosen.astype(np.float64) / s_y
+    np.testing.assert_allclose(np.asarray(layer["real_multiplier"]), want, rtol=1e-6)
+    np.testing.assert_allclose(m0 * 2.0 ** (-k), want, rtol=1e-8)  # M0 in [2^30, 2^31), right shift k
+    # a wrong length is ignored, not half-applied
+    bad = apply_model(calibrate(stats, "kl"), model, weight_overrides={wname: chosen[:1]})
+    assert bad.weights[wname]["scales"] == base.weights[wname]["scales"] and wname in bad.settings["weight_overrides_ignored"]

@@ -73,3 +73,18 @@ def test_bad_override_is_refused(stats):
 def test_resetting_a_choice_removes_it():
     r = Review().with_choice("a", method="minmax").with_choice("a", method=None)
     assert r.choices == {} and r.choice("a") == Choice()
+
+
+def test_weight_scales_round_trip_and_bad_ones_are_named() -> None:
+    from quantviz.review import Review, review_from_dict, review_to_dict
+
+    r = Review(weight_scales={"conv.weight": (0.01, 0.02), "fc.weight": (0.5,)})
+    r = r.with_choice("t", note="n")  # a choice keeps the weight scales
+    back = review_from_dict(review_to_dict(r))
+    assert back.weight_scales == {"conv.weight": (0.01, 0.02), "fc.weight": (0.5,)} and back.choice("t").note == "n"
+    doc = review_to_dict(r)
+    doc["weight_scales"]["conv.weight"] = [0.01, -1.0]
+    with pytest.raises(QuantvizError, match="weight scales for 'conv.weight'"):
+        review_from_dict(doc)
+    del doc["weight_scales"]  # reviews written before weight scales existed still open
+    assert review_from_dict(doc).weight_scales == {}

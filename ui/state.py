@@ -165,7 +165,9 @@ def _model_table(key: StatsKey, review_json: str, per_channel: bool) -> Calibrat
     r = review_from_dict(json.loads(review_json))
     table = build_table(stats, r, base=_tables(key, r.default_method, r.config))
     model = _model_cache().get(key.model_sha256)
-    return apply_model(table, model, per_channel) if model is not None else table
+    if model is None:
+        return table
+    return apply_model(table, model, per_channel, weight_overrides=r.weight_scales, weight_method="eq")
 
 
 def current_table() -> CalibrationTable:

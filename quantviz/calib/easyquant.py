@@ -71,11 +71,10 @@ from quantviz.collect import effective_batch_size
 from quantviz.config import INT8_MAX
 from quantviz.data import CalibrationSource
 from quantviz.errors import QuantvizError
-from quantviz.fold import constant_values, fold_batchnorm
+from quantviz.fold import constant_values
 from quantviz.fusion import analyse
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, prepare_float_model
-from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable, calibrate_model, is_finite_entry
 from quantviz.weights import WEIGHT_OPS, WeightQuant, weight_scales
@@ -869,24 +868,16 @@ def eq_table(
                 },
             },
         )
-    table = apply_model(replace(base, tensors=tensors), model, per_channel)
-    wq = dict(weights)
-    out_weights = dict(table.weights)
-    for r in result.layers.values():
-        w = wq[r.layer.weight]
-        new = replace(w, scales=np.asarray(r.weight_scales, dtype=np.float32))
-        wq[r.layer.weight] = new
-        out_weights[r.layer.weight] = {**new.to_dict(), "method": "eq", "absmax_scales": [float(v) for v in w.scales]}
-    folded, _ = fold_batchnorm(model.proto)
-    info = analyse(model.proto)
-    usable = {n: e for n, e in table.tensors.items() if not e.float_kept and is_finite_entry(e)}
-    requant, left_out = layer_requant(
-        folded, {n: e.scale for n, e in usable.items()}, wq, info, {n: e.zero_point for n, e in usable.items()}
+    table = apply_model(
+        replace(base, tensors=tensors),
+        model,
+        per_channel,
+        weight_overrides={r.layer.weight: r.weight_scales for r in result.layers.values()},
+        weight_method="eq",
     )
     settings = {
         **table.settings,
         "method": "eq",
-        "requant_left_out": left_out,
         "eq": {
             **asdict(result.config),
             "start": "kl activations, abs-max weights",
@@ -896,7 +887,7 @@ def eq_table(
             "layers": {name: _layer_settings(r) for name, r in result.layers.items()},
         },
     }
-    return replace(table, settings=settings, weights=out_weights, requant={k: v.to_dict() for k, v in requant.items()})
+    return replace(table, settings=settings)
 
 
 def _layer_settings(r: EQLayerResult) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,5 +149,21 @@ def test_eq_trace_and_adopt() -> None:
     ys = array(trace["data"][0]["y"])
     assert ys.size == 3 and ys[2] >= ys[0] - 1e-12  # never worse than its start
     at.button(key="eq_adopt").click().run()
+    assert not at.exception and not at.error
     review = at.session_state["qv_review"]
     assert any(c.override is not None for c in review.choices.values())
+    # EQ's weight scales reach the table the exports write (the same function the pages call)
+    from ui.state import _analysis_store
+
+    eq = _analysis_store()[at.session_state["eq_last"]]
+    searched = {w: spec["scales"] for w, spec in eq.weights.items() if spec.get("method") == "eq"}
+    assert searched and {w: list(v) for w, v in review.weight_scales.items()} == searched
+    from quantviz.review import review_to_dict
+    from ui.state import _model_table
+
+    table = _model_table(at.session_state["qv_stats_key"], json.dumps(review_to_dict(review), sort_keys=True), True)
+    for w, scales in searched.items():
+        assert table.weights[w]["scales"] == scales
+    # and back to abs-max in one click
+    at.button(key="eq_weights_reset").click().run()
+    assert at.session_state["qv_review"].weight_scales == {}
