@@ -109,7 +109,10 @@ def _summary(stats) -> None:
     empty = stats.empty_tensors
     if empty:
         st.warning(f"{len(empty)} tensors were empty (no finite values) and get no threshold: " + ", ".join(empty[:10]))
-    st.dataframe(ops.rename_axis("op type").reset_index(name="tensors"), hide_index=True, key="op_table")
+    st.dataframe(
+        ops.rename_axis("op type").reset_index(name="tensors"), hide_index=True, key="op_table",
+        height=min(36 * (len(ops) + 1) + 3, 600),  # every op type in view, no inner scroll for small models
+    )  # fmt: skip
     st.page_link("pages/1_Distributions.py", label="Open the distributions", icon=":material/bar_chart:")
 
 

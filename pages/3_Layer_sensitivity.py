@@ -16,7 +16,7 @@ from quantviz.data import open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
-from quantviz.sensitivity import analyze, compare_methods, layer_error
+from quantviz.sensitivity import analyze, best_method_table, layer_error
 from ui import state
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
@@ -288,19 +288,12 @@ st.caption(
 )
 if st.button("Find and apply the best method per layer", key="sens_best"):
     stats_key = st.session_state[state.STATS_KEY]
-    bar, cb = _progress("Comparing methods")
-    reports = {}
+    bar, cb = _progress("Comparing methods (one analysis per method)")
     try:
         order_m = [review.default_method] + [m for m in COMPARED if m != review.default_method]
-        for i, mth in enumerate(order_m):
-            t = state.model_table_for(stats_key, mth, review.config, state.per_channel())
-
-            def step(done: int, total: int, i: int = i, mth: str = mth) -> None:
-                bar.progress(min((i + done / max(total, 1)) / len(order_m), 1.0), text=f"{METHOD_LABELS.get(mth, mth)}")
-
-            lab = None if labels is None else labels[:samples]
-            reports[mth] = analyze(model, t, source, samples=samples, progress=step, labels=lab, per_channel=state.per_channel())
-        found = compare_methods(reports)
+        _, found = best_method_table(
+            model, stats, source, order_m, review.config, samples=samples, per_channel=state.per_channel(), progress=cb
+        )
     except QuantvizError as exc:
         st.error(str(exc))
         found = None

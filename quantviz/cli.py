@@ -20,6 +20,7 @@ from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import load_model
+from quantviz.sensitivity import BEST_CANDIDATES, BEST_SAMPLES
 from quantviz.stats import CalibrationStats, load_stats, save_stats
 from quantviz.table import CalibrationTable, calibrate, calibrate_model
 
@@ -142,6 +143,8 @@ def _method_config(args: argparse.Namespace) -> MethodConfig:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _check_output(args.output)
     model_path = args.model or args.model_option
+    if args.method == "best" and not (model_path and args.data):
+        raise QuantvizError("--method best needs MODEL and --data: it runs the model once per candidate method to compare layers.")
     if args.method == "eq" and not (model_path and args.data):
         raise QuantvizError("--method eq needs MODEL and --data: EQ runs the model on the calibration samples to search its scales.")
     if args.stats:
@@ -152,6 +155,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise QuantvizError("calibrate needs MODEL with --data, or --stats STATS.npz.")
     if args.method == "eq":
         table = _calibrate_eq(args, model_path, stats)
+    elif args.method == "best":
+        table = _calibrate_best(args, model_path, stats)
     elif model_path:  # the model adds fused shared scales, weight scales and requantization multipliers
         model = load_model(model_path)
         table = calibrate_model(model, stats, args.method, _method_config(args), per_channel=not args.per_tensor_weights)
@@ -174,6 +179,29 @@ def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationS
     return calibrate_eq(
         model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args), per_channel=not args.per_tensor_weights
     )
+
+
+def _calibrate_best(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
+    """Per layer, the candidate method with the lowest isolated error (quantviz.sensitivity.best_method_table)."""
+    from collections import Counter
+
+    from quantviz.sensitivity import best_method_table
+
+    methods = [m.strip() for m in args.best_methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise QuantvizError(f"--best-methods takes methods among {', '.join(METHODS)}, not '{args.best_methods}'.")
+    if args.best_samples < 1:
+        raise QuantvizError(f"--best-samples must be at least 1, not {args.best_samples}.")
+    model = load_model(model_path)
+    source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    table, picks = best_method_table(
+        model, stats, source, methods, _method_config(args), samples=args.best_samples,
+        per_channel=not args.per_tensor_weights, progress=progress_bar("best"),
+    )  # fmt: skip
+    counts = Counter(p.method for p in picks.values())
+    print("best method per layer: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()), file=sys.stderr)
+    return table
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -222,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="a statistics file from `collect` instead of MODEL and --data")
     p.add_argument("--model", dest="model_option", help="with --stats: the model, for weight scales, fused scales and requantization")
     p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor (default: per output channel)")
-    p.add_argument("--method", required=True, choices=sorted([*METHODS, "eq"]))
+    p.add_argument("--method", required=True, choices=sorted([*METHODS, "eq", "best"]))
     p.add_argument("--asymmetric", action="store_true", help="uint8 [min, max] instead of symmetric int8")
     p.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     p.add_argument("--percentile", type=float, default=MethodConfig.percentile)
@@ -236,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eq-rounds", type=int, default=EQConfig.rounds, help=f"rounds of weight then input search (default {EQConfig.rounds})")
     e.add_argument("--eq-samples", type=int, default=EQConfig.max_samples, help=f"samples the search uses (default {EQConfig.max_samples})")
     e.add_argument("--eq-mode", choices=EQ_MODES, default=EQConfig.mode, help="inputs from the quantized upstream (accumulated, default) or float (isolated)")
+    b = p.add_argument_group("best (the best method per layer; needs MODEL and --data)")
+    b.add_argument(
+        "--best-methods", default=",".join(BEST_CANDIDATES),
+        help=f"candidate methods, comma separated, the first wins ties (default {','.join(BEST_CANDIDATES)})",
+    )  # fmt: skip
+    b.add_argument("--best-samples", type=int, default=BEST_SAMPLES, help=f"samples each comparison runs (default {BEST_SAMPLES})")
     p.add_argument("-o", "--output", required=True, help="table (.json)")
     COMMANDS["calibrate"] = cmd_calibrate
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from quantviz.calib import MethodConfig
 from quantviz.collect import effective_batch_size
 from quantviz.config import DEFAULT_BATCH_SIZE
 from quantviz.data import CalibrationSource
@@ -56,6 +57,7 @@ from quantviz.errors import CancelledError, QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, QdqBuild, build
+from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
 
 log = logging.getLogger(__name__)
@@ -663,3 +665,61 @@ def compare_methods(
         if best_m is not None:
             picks[layer] = MethodPick(layer, tensors[layer], best_m, best_c, dict(by_method))
     return picks
+
+
+BEST_CANDIDATES = ("kl", "minmax", "ema", "percentile", "mse", "aciq")
+BEST_SAMPLES = 256
+
+
+def best_method_table(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    source: CalibrationSource,
+    methods: Sequence[str] = BEST_CANDIDATES,
+    config: MethodConfig | None = None,
+    *,
+    samples: int | None = BEST_SAMPLES,
+    per_channel: bool = True,
+    progress: Progress | None = None,
+) -> tuple[CalibrationTable, dict[str, MethodPick]]:
+    """The table with, on each layer's output tensor, the method whose isolated error is lowest.
+
+    Analyses the model once per method (that method on every tensor) on at most `samples` samples,
+    picks per layer with compare_methods (ties keep the earlier method: list the default first), and
+    builds the table from the first method with the picks put in. Conv outputs fused with their
+    activation keep taking the activation's scale (quantviz.table.apply_model), so their own pick is
+    not applied. Each entry picked carries extra["best"] with every method's cosine.
+    """
+    from quantviz.review import Choice, Review, build_table
+    from quantviz.table import apply_model, calibrate_model
+
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise QuantvizError("Give at least one method to compare.")
+    config = config or MethodConfig()
+    reports: dict[str, LayerReport] = {}
+    for i, m in enumerate(methods):
+
+        def step(done: int, total: int, i: int = i) -> None:
+            if progress is not None:
+                progress(i * total + done, len(methods) * total)
+
+        table = calibrate_model(model, stats, m, config, per_channel=per_channel)
+        reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel)
+    picks = compare_methods(reports)
+    fused = {e for e, entry in calibrate_model(model, stats, methods[0], config, per_channel).tensors.items() if entry.extra.get("scale_from")}
+    choices = {
+        p.output_tensor: Choice(method=p.method)
+        for p in picks.values()
+        if p.method != methods[0] and p.output_tensor not in fused and p.output_tensor in stats.tensors
+    }
+    table = build_table(stats, Review(default_method=methods[0], config=config, choices=choices))
+    by_tensor = {p.output_tensor: p for p in picks.values()}
+    tensors = {
+        n: replace(e, extra={**e.extra, "best": {"layer": by_tensor[n].layer, "cosines": by_tensor[n].cosines}})
+        if n in by_tensor and n not in fused
+        else e
+        for n, e in table.tensors.items()
+    }
+    settings = {**table.settings, "method": "best", "best": {"candidates": methods, "samples": reports[methods[0]].samples}}
+    return apply_model(replace(table, tensors=tensors, settings=settings), model, per_channel), picks

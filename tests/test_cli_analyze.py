@@ -115,3 +115,23 @@ def test_bad_input_exit_2(table: Path, tmp_path: Path, capsys: pytest.CaptureFix
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and words in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_calibrate_best_per_layer(tmp_path: Path) -> None:
+    out = tmp_path / "best.json"
+    base = [PYTHON, "-m", "quantviz", "calibrate", str(MODEL)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([*base, "--method", "best", "-o", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "needs MODEL and --data" in r.stderr
+    data = ["--data", str(SAMPLES / "digits_calib.npz"), "--samples", "64"]
+    r = subprocess.run([*base, *data, "--method", "best", "--best-methods", "kl,nope", "-o", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert r.returncode == 2 and "--best-methods" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run([*base, *data, "--method", "best", "--best-methods", "kl,minmax,mse", "--best-samples", "32", "-o", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["method"] == "best"
+    methods = {t["method"] for t in doc["tensors"].values()}
+    assert methods <= {"kl", "minmax", "mse"} and len(methods) >= 2
+    assert "best method per layer:" in r.stderr

@@ -392,3 +392,33 @@ def test_compare_methods_picks_the_highest_cosine_ties_keep_the_first() -> None:
     assert {k: p.method for k, p in acc.items()} == {"a": "mse", "b": "minmax", "c": "kl"}
     with pytest.raises(QuantvizError, match="isolated"):
         compare_methods(reports, mode="both")
+
+
+def test_best_method_table_puts_each_pick_on_its_tensor() -> None:
+    from quantviz.calib import METHODS, MethodConfig
+    from quantviz.sensitivity import best_method_table
+
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(samples=64))
+    seen: list[tuple[int, int]] = []
+    table, picks = best_method_table(
+        model, stats, source, ["kl", "minmax", "mse"], samples=32, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen[-1] == (96, 96)  # 3 methods x 32 samples
+    assert table.settings["method"] == "best" and table.settings["best"]["candidates"] == ["kl", "minmax", "mse"]
+    fused = {n for n, e in table.tensors.items() if e.extra.get("scale_from")}
+    assert fused
+    applied = 0
+    for p in picks.values():
+        assert p.cosine >= max(p.cosines.values()) - 1e-9 and set(p.cosines) == {"kl", "minmax", "mse"}  # ties keep the first
+        if p.output_tensor in fused:
+            continue
+        e = table.tensors[p.output_tensor]
+        want = METHODS[p.method](stats.tensors[p.output_tensor], MethodConfig())  # the method's own threshold
+        assert e.method == p.method and e.threshold == pytest.approx(want.threshold, rel=1e-12), p.layer
+        assert e.extra["best"]["cosines"] == p.cosines
+        applied += p.method != "kl"
+    assert applied >= 1  # on this model some layer prefers another method than KL
+    with pytest.raises(QuantvizError, match="at least one method"):
+        best_method_table(model, stats, source, [])

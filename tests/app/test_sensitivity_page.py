@@ -120,7 +120,7 @@ def test_best_method_per_layer_picks_the_highest_cosine() -> None:
     review = at.session_state["qv_review"]
     for p in picks.values():
         best = max(p.cosines.values())
-        assert p.cosine == best
+        assert p.cosine >= best - 1e-9  # within the tie tolerance, the earlier method stays
         assert p.method in p.cosines
     # the review follows the picks, except on Conv outputs fused with their activation (they take the
     # activation's scale, so their own method would be overridden)
