@@ -71,12 +71,10 @@ for name, fmt in FORMATS.items():
             st.rerun()
         continue
     try:
-        if name in HEAVY:  # built once per table and options, not on every rerun
-            heavy_key = ("export", name, st.session_state.get(state.STATS_KEY), state.review_json(), state.per_channel(),
-                         fmt_options.reduce_range, fmt_options.trt_header)  # fmt: skip
-            data = state.cached(heavy_key, lambda n=name, o=fmt_options: export_bytes(table, n, o))
-        else:
-            data = export_bytes(table, name, fmt_options)
+        # written once per table and options, not on every rerun (the QDQ model runs onnxruntime's quantizer)
+        export_key = ("export", name, st.session_state.get(state.STATS_KEY), state.review_json(), state.per_channel(),
+                      fmt_options.reduce_range, fmt_options.trt_header, model.sha256 if model else None)  # fmt: skip
+        data = state.cached(export_key, lambda n=name, o=fmt_options: export_bytes(table, n, o))
     except QuantvizError as exc:
         right.error(str(exc))
         continue
@@ -120,8 +118,11 @@ if report is not None:
 
 st.subheader("Review")
 st.caption("One file with the statistics, every choice and every note: open it on Home (sidebar) to carry on the review.")
+review_file = state.cached(
+    ("review file", st.session_state.get(state.STATS_KEY), state.review_json()), lambda: review_bytes(stats, review)
+)  # the statistics are compressed into it: once per review, not on every rerun
 st.download_button(
-    "Download review.npz", review_bytes(stats, review), file_name="review.quantviz.npz", mime="application/octet-stream", key="export_review"
+    "Download review.npz", review_file, file_name="review.quantviz.npz", mime="application/octet-stream", key="export_review"
 )
 
 st.subheader("Compare with another table")

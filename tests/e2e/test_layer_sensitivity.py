@@ -14,13 +14,29 @@ def _metric(page: Page, label: str) -> float:
     return float(box.get_by_test_id("stMetricValue").inner_text().split()[0].rstrip("%"))
 
 
-def test_click_a_bar_override_threshold_and_see_cosine_change(page: Page, app_url: str) -> None:
+def _open_sensitivity(page: Page, app_url: str) -> None:
+    """Home (the sample collects by itself), then the Layer sensitivity page, analysed."""
     page.goto(app_url)
     expect(page.get_by_text("Summary")).to_be_visible(timeout=90_000)
     settle(page)
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
     expect(page.get_by_text("End to end")).to_be_visible(timeout=90_000)
     settle(page)
+
+
+def _use_threshold(page: Page, factor: float) -> None:
+    """Type the open layer's threshold times factor and use it."""
+    box = page.get_by_label("or type a threshold")
+    box.fill(f"{float(box.input_value()) * factor:.6g}")
+    box.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Use it").click()
+    settle(page)
+    expect(page.get_by_text("uses the typed threshold")).to_be_visible(timeout=60_000)
+
+
+def test_click_a_bar_override_threshold_and_see_cosine_change(page: Page, app_url: str) -> None:
+    _open_sensitivity(page, app_url)
     expect(page.get_by_test_id("stException")).to_have_count(0)
     chart = page.get_by_test_id("stPlotlyChart").first
     expect(chart.locator(".main-svg").first).to_be_visible()
@@ -53,14 +69,7 @@ def test_click_a_bar_override_threshold_and_see_cosine_change(page: Page, app_ur
     settle(page)
     assert layer().startswith("/fc/Gemm")
     before = _metric(page, "cosine isolated")
-    box = page.get_by_label("or type a threshold")
-    value = float(box.input_value())
-    box.fill(f"{value / 8:.6g}")
-    box.press("Enter")
-    settle(page)
-    page.get_by_role("button", name="Use it").click()
-    settle(page)
-    expect(page.get_by_text("uses the typed threshold")).to_be_visible(timeout=60_000)
+    _use_threshold(page, 1 / 8)
     after = _metric(page, "cosine isolated")
     assert after < before - 1e-4, (before, after)
     expect(page.get_by_test_id("stException")).to_have_count(0)
@@ -74,19 +83,8 @@ def test_two_browser_sessions_never_share_choices(browser, app_url: str) -> None
     try:
         pa, pb = a.new_page(), b.new_page()
         for p in (pa, pb):
-            p.goto(app_url)
-            expect(p.get_by_text("Summary")).to_be_visible(timeout=90_000)
-            settle(p)
-            p.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
-            expect(p.get_by_text("End to end")).to_be_visible(timeout=90_000)
-            settle(p)
-        box = pa.get_by_label("or type a threshold")
-        box.fill(f"{float(box.input_value()) / 2:.6g}")
-        box.press("Enter")
-        settle(pa)
-        pa.get_by_role("button", name="Use it").click()
-        settle(pa)
-        expect(pa.get_by_text("uses the typed threshold")).to_be_visible(timeout=60_000)
+            _open_sensitivity(p, app_url)
+        _use_threshold(pa, 1 / 2)
         pb.get_by_test_id("stSidebarNav").get_by_role("link", name="KL curves").click()
         settle(pb)
         pb.get_by_test_id("stSidebarNav").get_by_role("link", name="Layer sensitivity").click()
