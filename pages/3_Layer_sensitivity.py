@@ -33,6 +33,7 @@ if model is None or calib is None:
 
 AUTO_RUN_TENSORS = 100  # small models are analysed on arrival; larger ones wait for the button
 DEFAULT_SAMPLES = 256
+SHOWN_LAYERS = (20, 40, 80, 160)  # bars per chart on big models; the table and the report keep them all
 COMPARED = ("kl", "minmax", "ema", "percentile", "mse", "aciq")  # the default method goes first (ties keep it)
 
 # --- which samples ---------------------------------------------------------------------------------
@@ -130,10 +131,16 @@ st.caption(
 # --- per-layer charts --------------------------------------------------------------------------------
 layers = {le.layer: le for le in report.layers}
 order = [le.layer for le in report.worst_first(mode)]
+shown_layers = None
+if len(order) > SHOWN_LAYERS[0]:
+    pick_n = st.select_slider(
+        "Layers in the chart (worst first)", options=[*SHOWN_LAYERS, "all"], value=SHOWN_LAYERS[1], key="sens_limit"
+    )
+    shown_layers = None if pick_n == "all" else int(pick_n)
 tab_cos, tab_snr, tab_table = st.tabs(["Cosine per layer (click a bar)", "SNR along the graph", "All layers"])
 with tab_cos:
     event = st.plotly_chart(
-        state.cached(("cosine figure", shown, mode), lambda: layer_cosine_figure(report, mode)),
+        state.cached(("cosine figure", shown, mode, shown_layers), lambda: layer_cosine_figure(report, mode, shown_layers)),
         on_select="rerun",
         selection_mode="points",
         key="sens_chart",

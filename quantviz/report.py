@@ -108,9 +108,13 @@ def _cosine_axis_floor(values: list[float]) -> float:
     return max(-1.0, lo - 0.1 * max(1.0 - lo, 1e-6))
 
 
-def layer_cosine_figure(report: LayerReport, mode: str = "isolated") -> go.Figure:
-    """Horizontal bars of each layer's cosine (isolated and accumulated), sorted by `mode`, worst on top."""
+def layer_cosine_figure(report: LayerReport, mode: str = "isolated", limit: int | None = None) -> go.Figure:
+    """Horizontal bars of each layer's cosine (isolated and accumulated), sorted by `mode`, worst on
+    top; limit: only that many of the worst layers (a 300-layer model would draw a 11,000 px chart)."""
     ordered = report.worst_first(mode)
+    total = len(ordered)
+    if limit is not None and limit < total:
+        ordered = ordered[:limit]
     names = [f"{le.layer} ({le.op_type})" for le in ordered]
     iso = [le.isolated.cosine for le in ordered]
     acc = [le.accumulated.cosine for le in ordered]
@@ -130,7 +134,8 @@ def layer_cosine_figure(report: LayerReport, mode: str = "isolated") -> go.Figur
         )
     )  # fmt: skip
     fig.update_layout(
-        title=f"Cosine similarity per layer, sorted by the {mode} cosine (worst at the top)",
+        title=f"Cosine similarity per layer, sorted by the {mode} cosine (worst at the top)"
+        + (f": the {len(ordered)} worst of {total}" if len(ordered) < total else ""),
         barmode="group",
         height=max(MIN_FIGURE_HEIGHT_PX, 2 * BAR_HEIGHT_PX * len(names) + 120),
         xaxis={"title": "cosine vs float", "range": [_cosine_axis_floor(iso + acc), 1.0]},

@@ -76,6 +76,13 @@ def test_cosine_figure_sorted_worst_first() -> None:
     assert list(fig.data[1].x) == [0.9, 0.95, 0.999]
 
 
+def test_cosine_figure_limited_to_the_worst_layers() -> None:
+    fig = layer_cosine_figure(report(), "accumulated", limit=2)
+    assert list(fig.data[0].customdata) == ["gemm_three", "relu & two"]  # the two worst, worst first
+    assert list(fig.data[1].x) == [0.9, 0.95] and "2 worst of 3" in fig.layout.title.text
+    assert len(layer_cosine_figure(report(), "accumulated", limit=5).data[0].y) == 3
+
+
 def test_html_is_offline_and_names_layers() -> None:
     page = to_html(report())
     # plotly.js is embedded once, no script is fetched from anywhere
