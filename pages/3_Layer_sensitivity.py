@@ -16,7 +16,7 @@ from quantviz.data import open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
-from quantviz.sensitivity import analyze, best_method_table, layer_error
+from quantviz.sensitivity import analyze, best_method_table, default_labels, layer_error
 from ui import state
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
@@ -54,12 +54,7 @@ try:
             st.info("Upload an .npz, or analyse on the calibration set.")
             st.stop()
         source = open_source(up.getvalue(), model.inputs, name=up.name)
-        import io
-
-        import numpy as np
-
-        with np.load(io.BytesIO(up.getvalue()), allow_pickle=False) as z:
-            labels = z["label"] if "label" in z.files else None
+        labels = default_labels(up.getvalue())
         if labels is None:
             st.warning(f"'{up.name}' has no 'label' array: the figures are shown without accuracy.")
 except QuantvizError as exc:

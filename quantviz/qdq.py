@@ -251,19 +251,21 @@ def _zero_point(entry: TensorEntry, symmetric: bool, name: str) -> np.ndarray:
 REDUCED_WEIGHT_MAX = 63  # 7-bit weights (onnxruntime's reduce_range)
 
 
-def int8_kernels_saturate() -> bool:
+def int8_kernels_saturate(cpuinfo: str | None = None, machine: str | None = None) -> bool:
     """True on an x86 CPU with AVX2 and no VNNI: onnxruntime's fused u8s8 kernels can saturate there
-    (module doc, reduce_range). Read from /proc/cpuinfo; False where it cannot be read."""
+    (module doc, reduce_range). Reads /proc/cpuinfo and the machine type unless given; False where
+    they cannot be read."""
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags = set(line.partition(":")[2].split())
             break

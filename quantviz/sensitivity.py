@@ -608,16 +608,26 @@ def read_labels(spec: str | Path) -> npt.NDArray:
         raise QuantvizError(f"'{path.name}' is not a readable .npz/.npy file of labels ({exc}).") from exc
 
 
-def default_labels(data: str | Path) -> npt.NDArray | None:
-    """The "label" array of a data .npz when it has one (digits_eval.npz does), else None."""
-    path = Path(str(data))
-    if path.suffix.lower() != ".npz" or not path.is_file():
-        return None
+def default_labels(data: str | Path | bytes) -> npt.NDArray | None:
+    """The "label" array of a data .npz (a path, or an upload's bytes) when it has one
+    (digits_eval.npz does), else None."""
+    if isinstance(data, bytes):
+        import io
+
+        raw: io.BytesIO | Path = io.BytesIO(data)
+    else:
+        path = Path(str(data))
+        if path.suffix.lower() != ".npz" or not path.is_file():
+            return None
+        raw = path
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None
+        z = np.load(raw, allow_pickle=False)
     except (ValueError, OSError, EOFError):
         return None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy holds one array, no labels beside it
+        return None
+    with z:
+        return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,14 +210,11 @@ def test_reduce_range_gives_7bit_weights_that_fused_kernels_run_as_written(cnn) 
     assert np.mean(fused.argmax(1) == f.argmax(1)) >= 0.98
 
 
-def test_int8_kernels_saturate_reads_this_cpu() -> None:
-    import platform
-
-    flags = set()
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    want = platform.machine() in ("x86_64", "AMD64") and "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
-    assert int8_kernels_saturate() is want
+def test_int8_kernels_saturate_from_cpu_flags() -> None:
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert int8_kernels_saturate(avx2, "x86_64") is True
+    assert int8_kernels_saturate(avx2.replace("fma", "fma avx512_vnni"), "x86_64") is False
+    assert int8_kernels_saturate(avx2.replace("fma", "fma avx_vnni"), "AMD64") is False
+    assert int8_kernels_saturate("flags\t: fpu sse2 avx\n", "x86_64") is False  # no AVX2: no u8s8 AVX2 kernel
+    assert int8_kernels_saturate(avx2, "aarch64") is False
+    assert int8_kernels_saturate("", "x86_64") is False

@@ -422,3 +422,21 @@ def test_best_method_table_puts_each_pick_on_its_tensor() -> None:
     assert applied >= 1  # on this model some layer prefers another method than KL
     with pytest.raises(QuantvizError, match="at least one method"):
         best_method_table(model, stats, source, [])
+
+
+def test_default_labels_from_a_path_or_an_upload(tmp_path: Path) -> None:
+    import io
+
+    from quantviz.sensitivity import default_labels
+
+    buf = io.BytesIO()
+    np.savez(buf, input=np.zeros((3, 2), np.float32), label=np.array([2, 0, 1]))
+    (tmp_path / "e.npz").write_bytes(buf.getvalue())
+    for src in (tmp_path / "e.npz", buf.getvalue()):
+        np.testing.assert_array_equal(default_labels(src), [2, 0, 1])
+    nolab = io.BytesIO()
+    np.savez(nolab, input=np.zeros((3, 2), np.float32))
+    npy = io.BytesIO()
+    np.save(npy, np.zeros(3))
+    assert default_labels(nolab.getvalue()) is None and default_labels(npy.getvalue()) is None
+    assert default_labels(b"not a file") is None and default_labels(tmp_path / "missing.npz") is None

@@ -826,14 +826,13 @@ def calibrate_eq(
     result = eq_search(
         layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress
     )
-    return eq_table(base, result, model, weights, per_channel, evaluator.samples, skipped)
+    return eq_table(base, result, model, per_channel, evaluator.samples, skipped)
 
 
 def eq_table(
     base: CalibrationTable,
     result: EQResult,
     model: LoadedModel,
-    weights: Mapping[str, WeightQuant],
     per_channel: bool,
     samples: int,
     skipped: Mapping[str, str] | None = None,

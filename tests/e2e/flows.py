@@ -95,6 +95,18 @@ def assert_one_sentence(text: str) -> None:
     assert not re.search(r"[.!?] [A-Z]", text[:-1]), text
 
 
+def upload_rejected(page: Page, key: str, path: Path) -> str:
+    """Upload a bad file: exactly one error, one sentence, no exception; the error's text."""
+    upload(page, key, path)
+    expect(page.get_by_test_id("stAlertContentError")).to_have_count(1, timeout=30_000)
+    settle(page)
+    no_exception(page)
+    errors = error_texts(page)
+    assert len(errors) == 1, errors
+    assert_one_sentence(errors[0])
+    return errors[0]
+
+
 # --- independent oracles ------------------------------------------------------------------------
 
 
