@@ -95,8 +95,9 @@ class Applied:
     """A review after a batch of changes: which tensors changed, and why the others were left alone."""
 
     review: Review
-    changed: tuple[str, ...]
+    changed: tuple[str, ...]  # tensors
     skipped: dict[str, str]
+    weights: tuple[str, ...] = ()  # weight initializers whose scales were taken
 
 
 def _calibratable(stats: CalibrationStats, name: str) -> str | None:
@@ -161,6 +162,7 @@ def adopt_table_scales(review: Review, table: CalibrationTable, stats: Calibrati
     thresholds become typed thresholds, weight scales replace abs-max ones."""
     thresholds = {n: float(e.threshold) for n, e in table.tensors.items() if e.method == method_name}
     applied = apply_overrides(review, thresholds, stats)
+    skipped = dict(applied.skipped)
     weights: dict[str, tuple[float, ...]] = {}
     for w, spec in table.weights.items():
         if spec.get("method") != method_name:
@@ -169,9 +171,9 @@ def adopt_table_scales(review: Review, table: CalibrationTable, stats: Calibrati
         if values and all(math.isfinite(x) and x > 0 for x in values):
             weights[w] = values
         else:
-            applied.skipped[w] = "its weight scales are not positive numbers"
+            skipped[w] = "its weight scales are not positive numbers"
     r = replace(applied.review, weight_scales={**applied.review.weight_scales, **weights})
-    return Applied(r, applied.changed + tuple(weights), applied.skipped)
+    return Applied(r, applied.changed, skipped, tuple(weights))
 
 
 def for_statistics(review: Review, stats: CalibrationStats) -> tuple[Review, list[str]]:
