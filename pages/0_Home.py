@@ -50,6 +50,10 @@ def _choose_model() -> tuple[LoadedModel | None, Sample | None]:
     if kind == MODEL_SOURCES[1]:
         up = st.file_uploader(f"ONNX model (up to {UPLOAD_LIMIT_MB} MB)", type=["onnx"], key="model_upload")
         if up is None:
+            kept, _ = state.model_and_source()
+            if kept is not None and state.sample_key_of(kept) is None:  # the upload this session made before
+                st.caption(f"Keeping {kept.name}, uploaded before; upload another file to replace it.")
+                return kept, None
             st.info("Upload an .onnx file, or pick the bundled sample.")
             return None, None
         return state.model_from(up.getvalue(), name=up.name), None
@@ -88,6 +92,10 @@ def _choose_data(model: LoadedModel, sample: Sample | None) -> CalibrationSource
             key="data_upload",
         )
         if up is None:
+            kept_model, kept = state.model_and_source()
+            if kept is not None and kept_model is not None and kept_model.sha256 == model.sha256 and not kept.synthetic:
+                st.caption(f"Keeping {kept.description}, uploaded before; upload another file to replace it.")
+                return kept
             st.info("Upload an .npz or .npy whose arrays match the model inputs.")
             return None
         return open_source(up.getvalue(), model.inputs, name=up.name)

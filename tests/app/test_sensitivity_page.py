@@ -115,6 +115,12 @@ def test_best_method_per_layer_picks_the_highest_cosine() -> None:
     assert not at.exception and not at.error
     picks = next(iter(work_of(at).best_picks.values()))
     assert len(picks) >= 19
+    # the message survives the rerun that follows, and the open layer's controls show the new choice
+    changed = [s.value for s in at.success if "tensors changed method" in s.value]
+    assert len(changed) == 1
+    box = next(b for b in at.selectbox if str(b.key).startswith("sens_method::"))
+    target = str(box.key).split("::", 1)[1]
+    assert box.value == review_of(at).method_of(target)
     review = review_of(at)
     for p in picks.values():
         best = max(p.cosines.values())
