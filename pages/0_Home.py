@@ -1,57 +1,89 @@
 """quantviz home: choose a model and a calibration set, run the collection, see a summary.
 
-The bundled sample model and its calibration set are chosen on first load, so the first screen
-already shows data. Pages (pages/) read the statistics collected here.
+The bundled sample model and its calibration set are collected on a session's first visit (and when
+another sample is picked), so the first screen already shows data. Coming back here never changes the
+current model: only Run, a new sample pick or an opened file does. Other pages read the statistics
+collected here; every control's value lives in the session's typed state (ui/state.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
-from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, UPLOAD_LIMIT_MB, CollectConfig
-from quantviz.data import ImagePreprocess, open_source
+from quantviz.config import UPLOAD_LIMIT_MB, CollectConfig
+from quantviz.data import CalibrationSource, ImagePreprocess, open_source
 from quantviz.errors import QuantvizError
-from quantviz.review import load_review
-from quantviz.samples import DEFAULT_SAMPLE, SAMPLES
+from quantviz.model import LoadedModel
+from quantviz.review import for_statistics, load_review
+from quantviz.samples import SAMPLES, Sample
+from quantviz.stats import CalibrationStats
 from ui import state
+from ui.state import DATA_SOURCES, MODEL_SOURCES
 
 st.set_page_config(page_title="quantviz", page_icon=":material/insights:", layout="wide")
 
-MODEL_SOURCES = ("Bundled sample", "Upload a model", "Path on this machine")
-DATA_SOURCES = ("Sample calibration set", "Upload .npz / .npy", "Path on this machine", "Synthetic (random)")
 BIN_CHOICES = (512, 1024, 2048, 4096, 8192)
 
 st.title("quantviz")
 st.caption("Look inside INT8 post-training quantization: per-tensor distributions, clipping thresholds, and their cost.")
+session = state.session()
+state.show_flashes()
 
 
-def _choose_model():
-    kind = st.radio("Model", MODEL_SOURCES, key="model_source", horizontal=True)
+def _auto() -> None:
+    session.auto_collect = True
+
+
+def _model_sources() -> tuple[str, ...]:
+    return MODEL_SOURCES if state.paths_allowed() else MODEL_SOURCES[:2]
+
+
+def _choose_model() -> tuple[LoadedModel | None, Sample | None]:
+    kinds = _model_sources()
+    kind = st.radio("Model", kinds, horizontal=True, **state.bound("model_source", kinds))
     if kind == MODEL_SOURCES[0]:
         key = st.selectbox(
-            "Sample model", list(SAMPLES), index=list(SAMPLES).index(DEFAULT_SAMPLE),
-            format_func=lambda k: SAMPLES[k].label, key="sample_model",
+            "Sample model", list(SAMPLES), format_func=lambda k: SAMPLES[k].label, **state.bound("sample_model", list(SAMPLES), _auto)
         )  # fmt: skip
         return state.model_from(str(SAMPLES[key].model)), SAMPLES[key]
     if kind == MODEL_SOURCES[1]:
         up = st.file_uploader(f"ONNX model (up to {UPLOAD_LIMIT_MB} MB)", type=["onnx"], key="model_upload")
         if up is None:
+            kept, _ = state.model_and_source()
+            if kept is not None and state.sample_key_of(kept) is None:  # the upload this session made before
+                st.caption(f"Keeping {kept.name}, uploaded before; upload another file to replace it.")
+                return kept, None
             st.info("Upload an .onnx file, or pick the bundled sample.")
             return None, None
         return state.model_from(up.getvalue(), name=up.name), None
-    path = st.text_input("Path of an .onnx file on the machine running quantviz", key="model_path")
+    path = st.text_input("Path of an .onnx file on the machine running quantviz", **state.bound("model_path"))
     if not path:
         return None, None
-    return state.model_from(path.strip()), None
+    return state.model_from(str(state.checked_path(path))), None
 
 
-def _choose_data(model, sample):
-    kinds = DATA_SOURCES if sample is not None else DATA_SOURCES[1:]
-    kind = st.radio("Calibration data", kinds, key="data_source", horizontal=True)
-    if kind == DATA_SOURCES[0]:
+def _preprocess() -> ImagePreprocess:
+    with st.expander("Image preprocessing", expanded=True):
+        c1, c2, c3 = st.columns(3)
+        color = c1.selectbox("Colour", ("rgb", "bgr", "gray"), **state.bound("pre_color", ("rgb", "bgr", "gray")))
+        layout = c2.selectbox("Layout", ("nchw", "nhwc"), **state.bound("pre_layout", ("nchw", "nhwc")))
+        scale = c3.number_input("Scale", format="%.6f", **state.bound("pre_scale"))
+        mean = st.text_input("Mean (per channel, comma separated)", **state.bound("pre_mean"))
+        std = st.text_input("Std (per channel, comma separated)", **state.bound("pre_std"))
+        try:
+            return ImagePreprocess(
+                color=color, layout=layout, scale=scale,
+                mean=tuple(float(v) for v in mean.split(",")), std=tuple(float(v) for v in std.split(",")),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise QuantvizError("Mean and std must be numbers separated by commas.") from exc
+
+
+def _choose_data(model: LoadedModel, sample: Sample | None) -> CalibrationSource | None:
+    kinds = [k for k in DATA_SOURCES if (k != DATA_SOURCES[0] or sample is not None) and (k != DATA_SOURCES[2] or state.paths_allowed())]
+    kind = st.radio("Calibration data", kinds, horizontal=True, **state.bound("data_source", kinds, _auto))
+    if kind == DATA_SOURCES[0] and sample is not None:
         return open_source(sample.calib, model.inputs)
     if kind == DATA_SOURCES[1]:
         up = st.file_uploader(
@@ -60,36 +92,25 @@ def _choose_data(model, sample):
             key="data_upload",
         )
         if up is None:
+            kept_model, kept = state.model_and_source()
+            if kept is not None and kept_model is not None and kept_model.sha256 == model.sha256 and not kept.synthetic:
+                st.caption(f"Keeping {kept.description}, uploaded before; upload another file to replace it.")
+                return kept
             st.info("Upload an .npz or .npy whose arrays match the model inputs.")
             return None
         return open_source(up.getvalue(), model.inputs, name=up.name)
     if kind == DATA_SOURCES[2]:
-        path = st.text_input("Path: .npz, .npy, .zip of images, or a folder of images", key="data_path")
+        path = st.text_input("Path: .npz, .npy, .zip of images, or a folder of images", **state.bound("data_path"))
         if not path:
             return None
-        pre = None
-        p = Path(path.strip())
-        if p.is_dir() or p.suffix.lower() == ".zip":
-            with st.expander("Image preprocessing", expanded=True):
-                c1, c2, c3 = st.columns(3)
-                color = c1.selectbox("Colour", ("rgb", "bgr", "gray"), key="pre_color")
-                layout = c2.selectbox("Layout", ("nchw", "nhwc"), key="pre_layout")
-                scale = c3.number_input("Scale", value=1 / 255, format="%.6f", key="pre_scale")
-                mean = st.text_input("Mean (per channel, comma separated)", "0", key="pre_mean")
-                std = st.text_input("Std (per channel, comma separated)", "1", key="pre_std")
-                try:
-                    pre = ImagePreprocess(
-                        color=color, layout=layout, scale=scale,
-                        mean=tuple(float(v) for v in mean.split(",")), std=tuple(float(v) for v in std.split(",")),
-                    )  # fmt: skip
-                except ValueError as exc:
-                    raise QuantvizError("Mean and std must be numbers separated by commas.") from exc
+        p = state.checked_path(path)
+        pre = _preprocess() if p.is_dir() or p.suffix.lower() == ".zip" else None
         return open_source(p, model.inputs, preprocess=pre)
-    n = st.number_input("Synthetic samples", min_value=1, max_value=10_000, value=64, key="synthetic_n")
+    n = st.number_input("Synthetic samples", min_value=1, max_value=10_000, **state.bound("synthetic_n"))
     return open_source(f"synthetic:{int(n)}", model.inputs)
 
 
-def _summary(stats) -> None:
+def _summary(stats: CalibrationStats) -> None:
     infos = stats.infos
     ops = pd.Series([i.op_type for i in infos.values()]).value_counts()
     c1, c2, c3, c4 = st.columns(4)
@@ -120,26 +141,77 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _open_review_file(name: str, raw: bytes) -> None:
+    """A review (or statistics) file: its own model's, or, for another model, an offer to apply it."""
+    stats_from_file, review_from_file = load_review(raw)
+    current = state.current_stats()
+    if current is not None and current.model_sha256 != stats_from_file.model_sha256:
+        session.pending = state.PendingReview(name, stats_from_file, review_from_file)
+        return
+    state.put_stats(stats_from_file, review_from_file)
+    session.pending = None
+    session.auto_collect = False
+    st.success(
+        f"Opened {stats_from_file.model_name}: {len(stats_from_file.tensors)} tensors, "
+        f"{_count(len(review_from_file.notes), 'note')}, {_count(len(review_from_file.choices), 'choice')}."
+    )
+
+
+def _pending_offer() -> None:
+    pending = session.pending
+    current = state.current_stats()
+    if pending is None or current is None:
+        return
+    matching, rest = for_statistics(pending.review, current)
+    st.warning(
+        f"'{pending.file_name}' is the review of {pending.stats.model_name} "
+        f"(model {pending.stats.model_sha256[:12]}), not of the current model {current.model_name} "
+        f"(model {current.model_sha256[:12]})."
+    )
+    c1, c2, c3 = st.columns(3)
+    if c1.button(f"Apply its {_count(len(matching.choices), 'choice')} on tensors {current.model_name} has", key="pending_apply",
+                 disabled=not matching.choices and not matching.weight_scales):  # fmt: skip
+        mine = state.review()
+        merged = mine
+        for n, c in matching.choices.items():
+            merged = merged.with_choice(n, method=c.method, override=c.override, float_kept=c.float_kept, note=c.note)
+        state.set_review(merged)
+        session.pending = None
+        state.flash("success", f"{_count(len(matching.choices), 'choice')} of '{pending.file_name}' applied to {current.model_name}.")
+        st.rerun()
+    if c2.button(f"Open it on its own model ({pending.stats.model_name})", key="pending_own"):
+        state.put_stats(pending.stats, pending.review)
+        session.pending = None
+        session.auto_collect = False
+        st.rerun()
+    if c3.button("Ignore the file", key="pending_ignore"):
+        session.pending = None
+        st.rerun()
+    if rest:
+        st.caption(f"{_count(len(rest), 'tensor')} of the file that {current.model_name} lacks (not applied): " + ", ".join(rest[:50]))
+
+
 with st.sidebar:
     st.header("Open a saved review")
     saved = st.file_uploader(
         f"quantviz review or statistics file (.npz, up to {UPLOAD_LIMIT_MB} MB)", type=["npz"], key="stats_upload"
     )
     # An upload stays in its widget across reruns: open each file once, so choices made after stay.
-    if saved is not None and st.session_state.get("qv_opened_file") != saved.file_id:
+    if saved is not None and session.opened_file != saved.file_id:
+        session.opened_file = saved.file_id
         try:
-            stats_from_file, review_from_file = load_review(saved.getvalue())
-            st.session_state[state.STATS_KEY] = state.put_stats(stats_from_file)
-            state.set_review(review_from_file)
-            st.session_state["qv_opened_file"] = saved.file_id
-            st.success(
-                f"Opened {stats_from_file.model_name}: {len(stats_from_file.tensors)} tensors, "
-                f"{_count(len(review_from_file.notes), 'note')}, {_count(len(review_from_file.choices), 'choice')}."
-            )
+            _open_review_file(saved.name, saved.getvalue())
         except QuantvizError as exc:
             st.error(str(exc))
+_pending_offer()
 
-model = sample = source = None
+opened = state.current_stats()
+if opened is not None:
+    st.info(f"Current model: **{opened.model_name}** · data: {opened.data_description}. Pick another below and press Run to switch.")
+
+model: LoadedModel | None = None
+sample: Sample | None = None
+source: CalibrationSource | None = None
 try:
     model, sample = _choose_model()
     if model is not None:
@@ -153,33 +225,30 @@ except QuantvizError as exc:
 
 with st.expander("Collection settings"):
     c1, c2, c3 = st.columns(3)
-    max_samples = c1.number_input("Samples (0 = all)", min_value=0, value=0, step=16, key="collect_samples")
-    bins = c2.selectbox("Histogram bins", BIN_CHOICES, index=BIN_CHOICES.index(DEFAULT_BINS), key="collect_bins")
-    batch = c3.number_input("Batch size", min_value=1, value=DEFAULT_BATCH_SIZE, key="collect_batch")
+    max_samples = c1.number_input("Samples (0 = all)", min_value=0, step=16, **state.bound("collect_samples"))
+    bins = c2.selectbox("Histogram bins", BIN_CHOICES, **state.bound("collect_bins", BIN_CHOICES))
+    batch = c3.number_input("Batch size", min_value=1, **state.bound("collect_batch"))
 config = CollectConfig(samples=int(max_samples) or None, bins=int(bins), batch_size=int(batch))
 
 run_col, cancel_col = st.columns([1, 6])
 run = run_col.button("Run collection", type="primary", key="run", disabled=source is None)
 cancel_col.button("Cancel", key="cancel", help="Stops a running collection (statistics collected before are kept).")
 
-# The bundled sample runs by itself, so the first screen shows data without any click.
-current_key = st.session_state.get(state.STATS_KEY)
-auto = (
-    st.session_state.get("qv_opened_file") is None
-    and sample is not None
-    and source is not None
-    and st.session_state.get("data_source", DATA_SOURCES[0]) == DATA_SOURCES[0]
-    and (current_key is None or (current_key.model_sha256, current_key.data_id) != (model.sha256, source.data_id))
-)
-if source is not None and (run or auto):
+# The bundled sample runs by itself on a first visit or when another sample is picked; coming back to
+# Home with another choice in the boxes never replaces the current model without a click.
+auto = session.auto_collect and sample is not None and source is not None and session.controls.data_source == DATA_SOURCES[0]
+if model is not None and source is not None and (run or auto):
+    session.auto_collect = False
     bar = st.progress(0.0, text="Collecting statistics...")
 
     def _progress(done: int, total: int) -> None:
         bar.progress(done / total if total else 1.0, text=f"Collecting statistics: {done}/{total} samples")
 
     try:
-        st.session_state[state.STATS_KEY] = state.collected(model, source, config, _progress)
+        state.collected(model, source, config, _progress)
+        session.pending = None
         bar.empty()
+        state.show_flashes()
     except QuantvizError as exc:
         bar.empty()
         st.error(str(exc))
@@ -188,3 +257,4 @@ current = state.current_stats()
 if current is not None:
     st.subheader("Summary")
     _summary(current)
+

@@ -12,6 +12,7 @@ from quantviz.export.qv_json import dumps
 from quantviz.plots import histogram_figure, log2_figure, weight_channels_figure
 from quantviz.summary import all_thresholds, method_table
 from ui import state
+from ui.errors import callback
 
 st.set_page_config(page_title="quantviz: distributions", page_icon=":material/bar_chart:", layout="wide")
 st.title("Distributions")
@@ -28,14 +29,16 @@ def _label(name: str) -> str:
     return f"{name}  ·  {i.op_type} {i.shape_text()}" if i else name
 
 
-if st.toggle("Show all tensors: how much each method clips (click a row to open it)", key="dist_show_all"):
+if st.toggle("Show all tensors: how much each method clips (click a row to open it)", **state.bound("dist_show_all")):
     table = state.overview_table()
     shown = table[table["tensor"].isin(names)].reset_index(drop=True)
 
+    @callback
     def _pick_row() -> None:
         rows = st.session_state["tensor_table"].selection.rows
-        if rows:
-            st.session_state[state.TENSOR] = shown.loc[rows[0], "tensor"]
+        w = state.work()
+        if rows and w is not None:
+            w.tensor = str(shown.loc[rows[0], "tensor"])
 
     st.dataframe(
         shown, hide_index=True, key="tensor_table", on_select=_pick_row, selection_mode="single-row", height=320,
@@ -47,11 +50,13 @@ t = stats.tensors[tensor]
 results = all_thresholds(t, config)
 
 c1, c2, c3 = st.columns([1, 1, 4])
-log_y = c1.toggle("Log scale", value=True, key="dist_log")
-signed = c2.toggle("Signed x", value=True, key="dist_signed", help="Off: the histogram of |x| that symmetric methods use.")
+log_y = c1.toggle("Log scale", **state.bound("dist_log"))
+signed = c2.toggle("Signed x", help="Off: the histogram of |x| that symmetric methods use.", **state.bound("dist_signed"))
+controls = state.session().controls
+if controls.dist_methods is None or not set(controls.dist_methods) <= set(results):
+    controls.dist_methods = [m for m in ("minmax", "kl") if m in results] + [m for m in results if m not in ("minmax", "kl", "ema")]
 shown_methods = c3.multiselect(
-    "Methods drawn", list(results), default=[m for m in ("minmax", "kl") if m in results] + [m for m in results if m not in ("minmax", "kl", "ema")],
-    format_func=lambda k: METHOD_LABELS.get(k, k), key="dist_methods",
+    "Methods drawn", list(results), format_func=lambda k: METHOD_LABELS.get(k, k), **state.bound("dist_methods"),
 )  # fmt: skip
 st.plotly_chart(histogram_figure(t, {m: results[m] for m in shown_methods}, signed=signed, log_y=log_y), key="hist_chart")
 
@@ -68,7 +73,7 @@ st.dataframe(
     column_config={"MSE": st.column_config.NumberColumn(format="%.3e"), "clipped %": st.column_config.NumberColumn(format="%.4f")},
 )  # fmt: skip
 
-if st.toggle("Compare linear int8 with log2 quantization at the default method's threshold", key="dist_log2"):
+if st.toggle("Compare linear int8 with log2 quantization at the default method's threshold", **state.bound("dist_log2")):
     base = results.get(review.default_method) or results["minmax"]
     cmp = log2_quantization_error(t, base.threshold)
     l1, l2 = st.columns(2)
@@ -80,13 +85,13 @@ model, _ = state.model_and_source()
 info = infos.get(tensor)
 if model is not None and info is not None and info.op_type in ("Conv", "Gemm", "MatMul", "BatchNormalization"):
     st.subheader("Weights of the layer that produces this tensor")
-    per_channel = st.toggle("Per-channel weight scales", value=state.per_channel(), key=state.PER_CHANNEL)
+    per_channel = st.toggle("Per-channel weight scales", **state.bound("per_channel"))
     producer = info.producer
     if info.op_type == "BatchNormalization":  # folded into the Conv before it: that Conv's weights
         bn = model.node_by_name().get(producer)
         before = infos.get(bn.input[0]) if bn is not None else None
         producer = before.producer if before is not None else producer
-    found = [w for w in state.weights_of(model.sha256, per_channel).values() if w.node == producer]
+    found = [w for w in state.weights_of(model, per_channel).values() if w.node == producer]
     for w in found:
         st.plotly_chart(weight_channels_figure(w.name, w.absmax, w.scales), key=f"weights_{w.name}")
     if not found:
@@ -94,11 +99,16 @@ if model is not None and info is not None and info.op_type in ("Conv", "Gemm", "
 
 st.subheader("Calibration table")
 methods = list(METHODS)
-default = st.selectbox(
+
+
+@callback
+def _set_default() -> None:
+    state.set_review(replace(state.review(), default_method=st.session_state["table_method"]))
+
+
+st.selectbox(
     "Default method (per-tensor choices made on Layer sensitivity win)", methods,
-    index=methods.index(review.default_method), format_func=lambda k: METHOD_LABELS.get(k, k), key="table_method",
+    format_func=lambda k: METHOD_LABELS.get(k, k), key=state.controlled("table_method", review.default_method),
+    on_change=_set_default,
 )  # fmt: skip
-if default != review.default_method:
-    review = replace(review, default_method=default)
-    state.set_review(review)
 st.download_button("Download table.json", dumps(state.current_table()), file_name="table.json", mime="application/json", key="download_table")

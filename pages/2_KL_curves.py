@@ -12,6 +12,7 @@ from quantviz.errors import QuantvizError
 from quantviz.plots import curve_figure
 from quantviz.summary import clipped_fraction, curve_value_at, expected_mse
 from ui import state
+from ui.errors import callback
 
 st.set_page_config(page_title="quantviz: KL curves", page_icon=":material/show_chart:", layout="wide")
 st.title("KL curves")
@@ -35,20 +36,29 @@ if kl.curve is None or kl.curve.x.size < 2:
 
 absmax = float(t.absmax)
 step = float(kl.curve.x[1] - kl.curve.x[0])
-current = review.choice(tensor).override or kl.threshold
-# the slider and the typed value share one value in session state
-if st.session_state.get("kl_for") != tensor:
-    st.session_state["kl_for"] = tensor
-    st.session_state["kl_slider"] = float(min(current, absmax))
-    st.session_state["kl_typed"] = float(min(current, absmax))
+current = float(min(review.choice(tensor).override or kl.threshold, absmax))
+# the slider and the typed value share one value: a draft of the current model's work on this tensor,
+# dropped once the tensor's own threshold changes (so the controls never show a stale value)
+w = state.work()
+draft = w.drafts.get(tensor) if w is not None else None
+tried = draft[1] if draft is not None and draft[0] == current else current
+state.controlled("kl_slider", float(min(max(tried, step), absmax)))
+state.controlled("kl_typed", float(tried))
 
 
+def _keep(value: float) -> None:
+    if w is not None:
+        w.drafts[tensor] = (current, float(value))
+
+
+@callback
 def _from_slider() -> None:
-    st.session_state["kl_typed"] = st.session_state["kl_slider"]
+    _keep(st.session_state["kl_slider"])
 
 
+@callback
 def _from_typed() -> None:
-    st.session_state["kl_slider"] = float(min(max(st.session_state["kl_typed"], step), absmax))
+    _keep(st.session_state["kl_typed"])
 
 
 c1, c2 = st.columns([3, 1])
@@ -80,7 +90,8 @@ b1, b2 = st.columns(2)
 if b1.button(f"Use {chosen:.4g} for this tensor", key="kl_use"):
     try:
         state.set_review(review.with_choice(tensor, override=chosen))
-        st.success(f"{tensor} now uses the threshold {chosen:.4g} (kept in the review and the exports).")
+        state.flash("success", f"{tensor} now uses the threshold {chosen:.4g} (kept in the review and the exports).")
+        st.rerun()
     except QuantvizError as exc:
         st.error(str(exc))
 if review.choice(tensor).override is not None and b2.button("Back to the default method", key="kl_reset"):

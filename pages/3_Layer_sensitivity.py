@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -16,8 +17,10 @@ from quantviz.data import open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
-from quantviz.sensitivity import analyze, best_method_table, default_labels, layer_error
+from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensors
+from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, default_labels, layer_error
 from ui import state
+from ui.errors import callback
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
 st.title("Layer sensitivity")
@@ -34,18 +37,24 @@ if model is None or calib is None:
 AUTO_RUN_TENSORS = 100  # small models are analysed on arrival; larger ones wait for the button
 DEFAULT_SAMPLES = 256
 SHOWN_LAYERS = (20, 40, 80, 160)  # bars per chart on big models; the table and the report keep them all
-COMPARED = ("kl", "minmax", "ema", "percentile", "mse", "aciq")  # the default method goes first (ties keep it)
+
+w = state.work()
+assert w is not None  # need_stats() returned: there is a current model
+controls = state.session().controls
 
 # --- which samples ---------------------------------------------------------------------------------
 sample_key = state.sample_key_of(model)
-choices = ["Calibration set"] + (["Sample evaluation set (labelled)"] if sample_key else []) + ["Upload a labelled .npz"]
+LABELLED = "Sample evaluation set (labelled)"
+choices = ["Calibration set"] + ([LABELLED] if sample_key else []) + ["Upload a labelled .npz"]
+if controls.sens_data is None:
+    controls.sens_data = LABELLED if sample_key else choices[0]
 c1, c2, c3 = st.columns([2, 1, 1])
-where = c1.radio("Analyse on", choices, index=1 if sample_key else 0, horizontal=True, key="sens_data")
+where = c1.radio("Analyse on", choices, horizontal=True, **state.bound("sens_data", choices))
 labels = None
 source = calib
 try:
-    if where == "Sample evaluation set (labelled)":
-        source, labels = state.labelled_sample_source(sample_key, model.sha256)
+    if where == LABELLED and sample_key is not None:
+        source, labels = state.labelled_sample_source(sample_key, model)
     elif where == "Upload a labelled .npz":
         up = st.file_uploader(
             "An .npz with the model inputs and a 'label' array (one class index per sample)", type=["npz"], key="sens_upload"
@@ -61,19 +70,17 @@ except QuantvizError as exc:
     st.error(str(exc))
     st.stop()
 
-samples = int(
-    c2.number_input(
-        "Samples", min_value=1, max_value=source.num_samples, value=min(DEFAULT_SAMPLES, source.num_samples), key="sens_samples"
-    )
-)
-mode = c3.radio("Sort by", ("isolated", "accumulated"), horizontal=True, key="sens_mode")
+if controls.sens_samples is None or not 1 <= controls.sens_samples <= source.num_samples:
+    controls.sens_samples = min(DEFAULT_SAMPLES, source.num_samples)
+samples = int(c2.number_input("Samples", min_value=1, max_value=source.num_samples, **state.bound("sens_samples")))
+mode = c3.radio("Sort by", ("isolated", "accumulated"), horizontal=True, **state.bound("sens_mode", ("isolated", "accumulated")))
 review = state.review()
 table = state.current_table()
-key = state.analysis_key(source.data_id, samples, (labels is not None,))
+key = state.derived_key("analysis", (source.data_id, samples, labels is not None))
 report = state.stored(key)
 
 
-def _progress(label: str):
+def _progress(label: str) -> tuple[Any, Any]:
     bar = st.progress(0.0, text=label)
 
     def cb(done: int, total: int) -> None:
@@ -83,28 +90,36 @@ def _progress(label: str):
 
 
 run = st.button("Analyse", type="primary", key="sens_run", help="Runs the QDQ model and every layer's isolated copy")
-if run or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and st.session_state.get("sens_auto") != key):
-    st.session_state["sens_auto"] = key
+if run or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and w.auto_tried != key):
+    w.auto_tried = key
     bar, cb = _progress("Analysing")
     try:
         lab = None if labels is None else labels[:samples]
         report = state.store(
             key, analyze(model, table, source, samples=samples, progress=cb, labels=lab, per_channel=state.per_channel())
         )
-        st.session_state["sens_last"] = key
+        w.last_analysis = key
     except (QuantvizError, CancelledError) as exc:
         st.error(str(exc))
     finally:
         bar.empty()
+shown = key
 if report is None:
-    older = state.stored(st.session_state.get("sens_last", ()))
-    if older is None:
+    older = state.stored(w.last_analysis) if w.last_analysis is not None and w.last_analysis.stats == key.stats else None
+    if older is None or w.last_analysis is None:
         st.info("Press Analyse to measure every layer's error with the current table.")
         st.stop()
-    report, shown = older, st.session_state["sens_last"]
-    st.warning("The table changed since this analysis (a method, threshold or float choice): press Analyse to update it.")
+    report, shown = older, w.last_analysis
+    why = (
+        "the table changed since (a method, threshold or float choice)"
+        if shown.review != key.review
+        else "the weights were per-channel then" if shown.per_channel != key.per_channel and shown.per_channel
+        else "the weights were per-tensor then" if shown.per_channel != key.per_channel
+        else "it ran on other samples"
+    )
+    st.warning(f"This analysis is older: {why}. Press Analyse to update it.")
 else:
-    st.session_state["sens_last"] = shown = key
+    w.last_analysis = key
 
 # --- end to end -------------------------------------------------------------------------------------
 st.subheader("End to end")
@@ -128,20 +143,19 @@ layers = {le.layer: le for le in report.layers}
 order = [le.layer for le in report.worst_first(mode)]
 shown_layers = None
 if len(order) > SHOWN_LAYERS[0]:
-    pick_n = st.select_slider(
-        "Layers in the chart (worst first)", options=[*SHOWN_LAYERS, "all"], value=SHOWN_LAYERS[1], key="sens_limit"
-    )
+    pick_n = st.select_slider("Layers in the chart (worst first)", options=[*SHOWN_LAYERS, "all"], **state.bound("sens_limit", [*SHOWN_LAYERS, "all"]))
     shown_layers = None if pick_n == "all" else int(pick_n)
 tab_cos, tab_snr, tab_table = st.tabs(["Cosine per layer (click a bar)", "SNR along the graph", "All layers"])
 with tab_cos:
     event = st.plotly_chart(
-        state.cached(("cosine figure", shown, mode, shown_layers), lambda: layer_cosine_figure(report, mode, shown_layers)),
+        state.cached(replace(shown, kind="cosine figure", params=(*shown.params, mode, shown_layers)),
+                     lambda: layer_cosine_figure(report, mode, shown_layers)),
         on_select="rerun",
         selection_mode="points",
         key="sens_chart",
-    )
+    )  # fmt: skip
 with tab_snr:
-    st.plotly_chart(state.cached(("snr figure", shown), lambda: snr_figure(report)), key="sens_snr")
+    st.plotly_chart(state.cached(replace(shown, kind="snr figure"), lambda: snr_figure(report)), key="sens_snr")
 with tab_table:
     st.dataframe(
         pd.DataFrame(
@@ -160,6 +174,15 @@ with tab_table:
         key="sens_table",
     )
 
+# layers the review keeps in float stay listed (after an analysis they have no figures), so the choice
+# can be undone from here
+float_layers = {
+    stats.infos[n].producer: n
+    for n, c in review.choices.items()
+    if c.float_kept and n in stats.infos and stats.infos[n].producer and stats.infos[n].producer not in layers
+}
+listed = order + [n for n in float_layers if n not in layers]
+
 # a clicked bar opens its layer (only when the click is new: the selection outlives reruns)
 points = (event or {}).get("selection", {}).get("points", []) if event else []
 if points:
@@ -168,29 +191,40 @@ if points:
     picked = picked[0] if isinstance(picked, list) else picked
     if picked is None:  # fall back on the bar's label "layer (op)"
         picked = next((n for n in order if p.get("y") == f"{n} ({layers[n].op_type})"), None)
-    if picked in layers and st.session_state.get("sens_clicked") != picked:
-        st.session_state["sens_clicked"] = picked
-        st.session_state["sens_layer"] = picked
-if st.session_state.get("sens_layer") not in layers:
-    st.session_state["sens_layer"] = order[0]
+    if picked in layers and w.clicked_layer != picked:
+        w.clicked_layer = picked
+        w.layer = picked
+if w.layer not in listed:
+    w.layer = listed[0]
 
 # --- one layer ---------------------------------------------------------------------------------------
 st.subheader("One layer")
+
+
+@callback
+def _pick_layer() -> None:
+    w.layer = st.session_state["sens_layer"]
+
+
 layer = st.selectbox(
     "Layer (worst first)",
-    order,
-    key="sens_layer",
-    format_func=lambda n: f"{n}  ·  {layers[n].op_type}",  # no figures here: the box keeps its first label
+    listed,
+    key=state.controlled("sens_layer", w.layer),
+    on_change=_pick_layer,
+    format_func=lambda n: f"{n}  ·  {layers[n].op_type}" if n in layers else f"{n}  ·  kept in float",
 )
-le = layers[layer]
-out = le.output_tensor
+le = layers.get(layer)
+out = le.output_tensor if le is not None else float_layers[layer]
 entry = table.tensors.get(out)
 target = (entry.extra.get("scale_from") if entry is not None else None) or out
-m = st.columns(4)
-m[0].metric("cosine isolated", f"{le.isolated.cosine:.6f}")
-m[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
-m[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
-m[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
+if le is None:
+    st.caption(f"{layer} is kept in float: it has no int8 figures. Untick the box below to quantize it again.")
+else:
+    m = st.columns(4)
+    m[0].metric("cosine isolated", f"{le.isolated.cosine:.6f}")
+    m[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
+    m[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
+    m[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
 if target != out:
     st.caption(
         f"Output **{out}** is fused with its activation and quantized with the scale of **{target}** "
@@ -198,8 +232,8 @@ if target != out:
     )
 
 t_stats = stats.tensors.get(target)
-picks = st.session_state.get("sens_picks", {}).get(str(st.session_state.get(state.STATS_KEY)), {})
-if t_stats is not None and not t_stats.empty:
+picks = w.best_picks.get(key.stats, {})
+if le is not None and t_stats is not None and not t_stats.empty:
     results, df = state.method_rows(target)
     df = df.copy()
     pick = picks.get(layer)
@@ -210,6 +244,7 @@ if t_stats is not None and not t_stats.empty:
     method_names = list(METHODS)
     current = review.choice(target)
 
+    @callback
     def _set_method() -> None:
         v = st.session_state[f"sens_method::{target}"]
         r = state.review()
@@ -219,20 +254,29 @@ if t_stats is not None and not t_stats.empty:
     c1.selectbox(
         f"Method for {target}",
         method_names,
-        index=method_names.index(current.method or review.default_method),
         format_func=lambda k: METHOD_LABELS.get(k, k) + (" (default)" if k == review.default_method else ""),
-        key=f"sens_method::{target}",
+        key=state.controlled(f"sens_method::{target}", current.method or review.default_method),
         on_change=_set_method,
     )
-    chosen = table.tensors[target].threshold if target in table.tensors else t_stats.absmax
+    # the box shows the review's threshold, or what the person typed while that threshold stood: a draft
+    # made before another method (best method per layer...) is dropped, so "Use it" never writes it
+    chosen = float(current.override or (table.tensors[target].threshold if target in table.tensors else t_stats.absmax))
+    draft = w.drafts.get(target)
+    shown_value = draft[1] if draft is not None and draft[0] == chosen else chosen
+
+    @callback
+    def _typed() -> None:
+        w.drafts[target] = (chosen, float(st.session_state[f"sens_override::{target}"]))
+
     typed = c2.number_input(
-        "or type a threshold", min_value=0.0, value=float(current.override or chosen), format="%.6g",
-        key=f"sens_override::{target}",
+        "or type a threshold", min_value=0.0, format="%.6g",
+        key=state.controlled(f"sens_override::{target}", shown_value), on_change=_typed,
     )  # fmt: skip
     c3.write("")
     if c3.button("Use it", key="sens_use"):
         try:
             state.set_review(review.with_choice(target, override=float(typed)))
+            w.drafts.pop(target, None)
             st.rerun()
         except QuantvizError as exc:
             st.error(str(exc))
@@ -243,11 +287,13 @@ if t_stats is not None and not t_stats.empty:
             st.rerun()
 
 
+@callback
 def _set_float() -> None:
     r = state.review()
     state.set_review(r.with_choice(out, float_kept=bool(st.session_state[f"sens_float::{out}"])))
 
 
+@callback
 def _set_note() -> None:
     r = state.review()
     state.set_review(r.with_choice(out, note=st.session_state[f"sens_note::{out}"].strip()))
@@ -255,31 +301,29 @@ def _set_note() -> None:
 
 st.checkbox(
     "Keep this layer in float (the table, the exports and the next analysis honour it)",
-    value=review.choice(out).float_kept,
-    key=f"sens_float::{out}",
+    key=state.controlled(f"sens_float::{out}", review.choice(out).float_kept),
     on_change=_set_float,
 )
 st.text_area(
     "Note for the team's review (kept in the review file and the JSON table)",
-    value=review.choice(out).note,
-    key=f"sens_note::{out}",
+    key=state.controlled(f"sens_note::{out}", review.choice(out).note),
     on_change=_set_note,
 )
 
-recomputed = st.session_state.setdefault("sens_recomputed", {})
-rkey = (layer, state.review_json(), source.data_id, samples, state.per_channel())
-if st.button("Recompute this layer's error with the current table", key="sens_recompute"):
-    try:
-        with st.spinner("Running the layer's isolated copy"):
-            recomputed[rkey] = layer_error(model, table, layer, source, samples=samples, per_channel=state.per_channel())
-    except QuantvizError as exc:
-        st.error(str(exc))
-if rkey in recomputed:
-    fig = recomputed[rkey]
-    m = st.columns(3)
-    m[0].metric("cosine isolated now", f"{fig.cosine:.6f}", f"{fig.cosine - le.isolated.cosine:+.2e} vs the analysis")
-    m[1].metric("SNR isolated now", f"{fig.snr_db:.2f} dB", f"{fig.snr_db - le.isolated.snr_db:+.2f} dB")
-    m[2].metric("MSE isolated now", f"{fig.mse:.3e}")
+if le is not None:
+    rkey = replace(key, kind="layer error", params=(*key.params, layer))
+    if st.button("Recompute this layer's error with the current table", key="sens_recompute"):
+        try:
+            with st.spinner("Running the layer's isolated copy"):
+                state.store(rkey, layer_error(model, table, layer, source, samples=samples, per_channel=state.per_channel()))
+        except QuantvizError as exc:
+            st.error(str(exc))
+    fig = state.stored(rkey)
+    if fig is not None:
+        m = st.columns(3)
+        m[0].metric("cosine isolated now", f"{fig.cosine:.6f}", f"{fig.cosine - le.isolated.cosine:+.2e} vs the analysis")
+        m[1].metric("SNR isolated now", f"{fig.snr_db:.2f} dB", f"{fig.snr_db - le.isolated.snr_db:+.2f} dB")
+        m[2].metric("MSE isolated now", f"{fig.mse:.3e}")
 
 # --- best method per layer ----------------------------------------------------------------------------
 st.subheader("Best method per layer")
@@ -289,33 +333,24 @@ st.caption(
     "output scales. Tensors with a typed threshold keep it."
 )
 if st.button("Find and apply the best method per layer", key="sens_best"):
-    stats_key = st.session_state[state.STATS_KEY]
     bar, cb = _progress("Comparing methods (one analysis per method)")
+    found = None
     try:
-        order_m = [review.default_method] + [m for m in COMPARED if m != review.default_method]
-        _, found = best_method_table(
+        order_m = [review.default_method] + [m for m in BEST_CANDIDATES if m != review.default_method]
+        found, _ = best_method_picks(
             model, stats, source, order_m, review.config, samples=samples, per_channel=state.per_channel(), progress=cb
         )
     except QuantvizError as exc:
         st.error(str(exc))
-        found = None
     finally:
         bar.empty()
     if found is not None:
-        r = state.review()
-        changed = 0
-        for pick in found.values():
-            tensor = pick.output_tensor
-            e = table.tensors.get(tensor)
-            if e is None or e.extra.get("scale_from") or r.choice(tensor).override is not None:
-                continue
-            want = None if pick.method == r.default_method else pick.method
-            if r.choice(tensor).method != want:
-                r = r.with_choice(tensor, method=want)
-                changed += 1
-        state.set_review(r)
-        st.session_state.setdefault("sens_picks", {})[str(stats_key)] = found
-        st.success(f"{changed} tensors changed method. Press Analyse to see the whole model with them.")
+        applied = apply_method_picks(
+            state.review(), {p.output_tensor: p.method for p in found.values()}, stats, fused=fused_tensors(table)
+        )
+        state.set_review(applied.review)
+        w.best_picks[key.stats] = found
+        state.flash("success", f"{len(applied.changed)} tensors changed method. Press Analyse to see the whole model with them.")
         st.rerun()
 if picks:
     st.dataframe(
@@ -335,29 +370,29 @@ if picks:
 # --- EQ -----------------------------------------------------------------------------------------------
 with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosine", expanded=False):
     e1, e2, e3, e4, e5, e6 = st.columns(6)
-    alpha = e1.number_input("alpha", value=0.5, min_value=0.01, key="eq_alpha")
-    beta = e2.number_input("beta", value=2.0, min_value=0.02, key="eq_beta")
-    n_cand = e3.number_input("candidates", value=100, min_value=2, step=10, key="eq_n")
-    rounds = e4.number_input("rounds", value=1, min_value=1, max_value=5, key="eq_rounds")
-    eq_samples = e5.number_input("samples", value=50, min_value=1, key="eq_samples")
-    eq_mode = e6.selectbox("mode", EQ_MODES, key="eq_mode")
-    eq_key = ("eq", st.session_state.get(state.STATS_KEY), calib.data_id, alpha, beta, n_cand, rounds, eq_samples, eq_mode)
+    alpha = e1.number_input("alpha", min_value=0.01, **state.bound("eq_alpha"))
+    beta = e2.number_input("beta", min_value=0.02, **state.bound("eq_beta"))
+    n_cand = e3.number_input("candidates", min_value=2, step=10, **state.bound("eq_n"))
+    rounds = e4.number_input("rounds", min_value=1, max_value=5, **state.bound("eq_rounds"))
+    eq_samples = e5.number_input("samples", min_value=1, **state.bound("eq_samples"))
+    eq_mode = e6.selectbox("mode", EQ_MODES, **state.bound("eq_mode", EQ_MODES))
     if st.button("Run EQ", key="eq_run"):
         bar, cb = _progress("EQ")
         try:
             cfg = EQConfig(
                 alpha=float(alpha), beta=float(beta), n=int(n_cand), rounds=int(rounds), max_samples=int(eq_samples), mode=eq_mode
             )
+            eq_key = state.derived_key("eq", (calib.data_id, cfg), with_review=False)
             state.store(
                 eq_key,
                 calibrate_eq(model, stats, calib, cfg, progress=cb, method_config=review.config, per_channel=state.per_channel()),
             )
-            st.session_state["eq_last"] = eq_key
+            w.last_eq = eq_key
         except QuantvizError as exc:
             st.error(str(exc))
         finally:
             bar.empty()
-    eq_table = state.stored(st.session_state.get("eq_last", ()))
+    eq_table = state.stored(w.last_eq) if w.last_eq is not None and w.last_eq.stats == key.stats else None
     if eq_table is not None:
         eq_layers = eq_table.settings.get("eq", {}).get("layers", {})
         st.dataframe(
@@ -374,19 +409,14 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
         else:
             st.caption(f"EQ did not search {layer} (EQ searches Conv and Gemm layers); pick one to see its trace.")
         if st.button("Use EQ's scales (activation thresholds and per-channel weight scales)", key="eq_adopt"):
-            r = state.review()
-            n = 0
-            for name, e in eq_table.tensors.items():
-                if e.method == "eq" and name in stats.tensors:
-                    r = r.with_choice(name, override=float(e.threshold))
-                    n += 1
-            eq_weights = {w: tuple(spec["scales"]) for w, spec in eq_table.weights.items() if spec.get("method") == "eq"}
-            r = replace(r, weight_scales={**r.weight_scales, **eq_weights})
-            state.set_review(r)
-            st.success(
-                f"{n} tensors take EQ's thresholds and {len(eq_weights)} weights its scales: every page, the "
-                "analysis and the exports use them."
+            applied = adopt_table_scales(state.review(), eq_table, stats, method_name="eq")
+            state.set_review(applied.review)
+            state.flash(
+                "success",
+                f"{len(applied.changed)} tensors take EQ's thresholds and {len(applied.weights)} weights its scales: every page, the "
+                "analysis and the exports use them.",
             )
+            st.rerun()
     if state.review().weight_scales and st.button("Back to abs-max weight scales", key="eq_weights_reset"):
         state.set_review(replace(state.review(), weight_scales={}))
         st.rerun()

@@ -14,15 +14,20 @@ from quantviz.export.diff import diff_tables
 from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
 from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
 from quantviz.qdq import int8_kernels_saturate
-from quantviz.review import review_bytes
+from quantviz.review import apply_overrides, review_bytes
 from ui import state
 
 st.set_page_config(page_title="quantviz: export", page_icon=":material/download:", layout="wide")
 st.title("Export")
 stats = state.need_stats()
 review = state.review()
-model, _ = state.model_and_source()
+model, calib = state.model_and_source()
 table = state.current_table()
+w = state.work()
+assert w is not None  # need_stats() returned: there is a current model
+controls = state.session().controls
+if controls.trt_header is None:
+    controls.trt_header = DEFAULT_TRT_HEADER
 
 kept_float = [n for n, e in table.tensors.items() if e.float_kept]
 c = st.columns(4)
@@ -35,7 +40,7 @@ if model is None:
     st.info("The model is not loaded on this server (statistics opened from a file): formats that need it (ncnn layer names, QDQ model) are off. Load the model on Home to enable them.")
 
 trt_header = st.text_input(
-    "TensorRT cache header (must match the TensorRT version and calibrator that reads it)", DEFAULT_TRT_HEADER, key="trt_header"
+    "TensorRT cache header (must match the TensorRT version and calibrator that reads it)", **state.bound("trt_header")
 )
 try:
     options = ExportOptions(model=model, trt_header=check_header(trt_header.strip()))
@@ -56,7 +61,7 @@ for name, fmt in FORMATS.items():
     fmt_options = options
     if name == "qdq":
         reduce_range = right.checkbox(
-            "7-bit weights (reduce range)", key="qdq_reduce_range",
+            "7-bit weights (reduce range)", **state.bound("qdq_reduce_range"),
             help="Weights quantized to -63..63 (each weight scale times 127/63), as onnxruntime's reduce_range.",
         )  # fmt: skip
         if int8_kernels_saturate():
@@ -65,15 +70,14 @@ for name, fmt in FORMATS.items():
                 "tick 7-bit weights to run the QDQ model in onnxruntime on this machine."
             )
         fmt_options = replace(options, reduce_range=reduce_range)
-    if name in HEAVY and not st.session_state.get(f"prepared_{name}"):
+    if name in HEAVY and not controls.qdq_prepared:
         if right.button(f"Build {fmt.default_name}", key=f"prepare_{name}"):
-            st.session_state[f"prepared_{name}"] = True
+            controls.qdq_prepared = True
             st.rerun()
         continue
     try:
         # written once per table and options, not on every rerun (the QDQ model runs onnxruntime's quantizer)
-        export_key = ("export", name, st.session_state.get(state.STATS_KEY), state.review_json(), state.per_channel(),
-                      fmt_options.reduce_range, fmt_options.trt_header, model.sha256 if model else None)  # fmt: skip
+        export_key = state.derived_key("export", (name, fmt_options.reduce_range, fmt_options.trt_header, model is not None))
         data = state.cached(export_key, lambda n=name, o=fmt_options: export_bytes(table, n, o))
     except QuantvizError as exc:
         right.error(str(exc))
@@ -82,14 +86,11 @@ for name, fmt in FORMATS.items():
 
 st.subheader("Analysis report")
 st.caption("An HTML page, readable offline (plotly embedded): end-to-end figures, per-layer cosine and SNR, the scales.")
-_, calib = state.model_and_source()
-shown = state.stored(st.session_state.get("sens_last", ()))
-if shown is not None and st.session_state.get("sens_last", ())[:3] == (
-    st.session_state.get(state.STATS_KEY), state.review_json(), state.per_channel()
-):
-    report = shown
-else:
-    report = None
+last = w.last_analysis
+report = state.stored(last) if last is not None and last.stats == state.current_key() else None
+if report is not None and last is not None and (last.review, last.per_channel) != (review.fingerprint(), state.per_channel()):
+    report = None  # an analysis of another table: not this one's report
+if report is None:
     if model is None or calib is None:
         st.caption("The analysis runs the model: load the model and its data on Home.")
     elif st.button("Analyse the current table (calibration set, up to 256 samples)", key="export_analyse"):
@@ -102,9 +103,9 @@ else:
                 model, table, calib, samples=n, per_channel=state.per_channel(),
                 progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Analysing: {d} / {t} samples"),
             )  # fmt: skip
-            key = state.analysis_key(calib.data_id, n, (False,))
+            key = state.derived_key("analysis", (calib.data_id, n, False))
             state.store(key, report)
-            st.session_state["sens_last"] = key
+            w.last_analysis = key
         except QuantvizError as exc:
             st.error(str(exc))
         finally:
@@ -116,11 +117,35 @@ if report is not None:
     h1.download_button("Download quantviz_report.html", to_html(report), "quantviz_report.html", "text/html", key="export_html")
     h2.download_button("Download LAYERS.csv", to_csv(report), "LAYERS.csv", "text/csv", key="export_layers")
 
+st.subheader("Your choices")
+rows = [
+    {"tensor or weight": n, "method": c.method or "", "typed threshold": c.override, "kept in float": c.float_kept, "note": c.note}
+    for n, c in review.choices.items()
+] + [
+    {"tensor or weight": n, "method": "EQ weight scales", "typed threshold": None, "kept in float": False, "note": ""}
+    for n in review.weight_scales
+]
+if not rows:
+    st.caption(f"No choice yet: every tensor takes the default method ({label}).")
+else:
+    st.caption("Every choice of this model's review; select rows and remove them (each goes back to the default method).")
+    chosen_rows = st.dataframe(
+        pd.DataFrame(rows), hide_index=True, key="choices_table", on_select="rerun", selection_mode="multi-row"
+    )  # fmt: skip
+    picked = [rows[i]["tensor or weight"] for i in chosen_rows.selection.rows if i < len(rows)]
+    r1, r2 = st.columns(2)
+    if r1.button(f"Remove the {len(picked)} selected", key="choices_remove", disabled=not picked):
+        state.set_review(review.without(picked, weights=picked))
+        state.flash("success", f"Removed: {', '.join(picked)}.")
+        st.rerun()
+    if r2.button("Remove every choice", key="choices_clear"):
+        state.set_review(review.without(review.choices, weights=review.weight_scales))
+        state.flash("success", f"Every choice removed ({len(rows)}); the review keeps its default method.")
+        st.rerun()
+
 st.subheader("Review")
 st.caption("One file with the statistics, every choice and every note: open it on Home (sidebar) to carry on the review.")
-review_file = state.cached(
-    ("review file", st.session_state.get(state.STATS_KEY), state.review_json()), lambda: review_bytes(stats, review)
-)  # the statistics are compressed into it: once per review, not on every rerun
+review_file = state.cached(state.derived_key("review file"), lambda: review_bytes(stats, review))  # the statistics are compressed into it: once per review, not on every rerun
 st.download_button(
     "Download review.npz", review_file, file_name="review.quantviz.npz", mime="application/octet-stream", key="export_review"
 )
@@ -138,10 +163,14 @@ if up is not None:
         rows = pd.DataFrame([asdict(r) for r in diff_tables(table, other)])
         st.caption(f"{len(other.tensors)} tensors read from {up.name}; sorted by how far the thresholds differ.")
         st.dataframe(rows, hide_index=True, key="diff_table")
-        shared = [n for n in other.tensors if n in stats.tensors and not stats.tensors[n].empty]
-        if shared and st.button(f"Use its {len(shared)} thresholds as overrides", key="adopt_import"):
-            new = review
-            for n in shared:
-                new = new.with_choice(n, override=float(other.tensors[n].threshold))
-            state.set_review(new)
-            st.success(f"{len(shared)} thresholds adopted; they show on every page and in every export.")
+        thresholds = {n: float(e.threshold) for n, e in other.tensors.items()}
+        if thresholds and st.button(f"Use its {len(thresholds)} thresholds as overrides", key="adopt_import"):
+            applied = apply_overrides(state.review(), thresholds, stats)
+            state.set_review(applied.review)
+            state.flash(
+                "success",
+                f"{len(applied.changed)} thresholds adopted; they show on every page and in every export."
+                + (f" {len(applied.skipped)} left out: " + ", ".join(f"{n} ({why})" for n, why in list(applied.skipped.items())[:10])
+                   if applied.skipped else ""),
+            )  # fmt: skip
+            st.rerun()

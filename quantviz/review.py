@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -69,6 +70,118 @@ class Review:
     @property
     def notes(self) -> dict[str, str]:
         return {k: c.note for k, c in self.choices.items() if c.note}
+
+    def fingerprint(self) -> Hashable:
+        """A hashable value equal for equal reviews (results derived from a review are stored under it)."""
+        return (
+            self.default_method,
+            self.config,
+            tuple(sorted(self.choices.items())),
+            tuple(sorted(self.weight_scales.items())),
+        )
+
+    def without(self, names: Iterable[str], *, weights: Iterable[str] = ()) -> Review:
+        """The review with these tensors' choices (and these weights' scales) removed."""
+        drop, drop_w = set(names), set(weights)
+        return replace(
+            self,
+            choices={k: v for k, v in self.choices.items() if k not in drop},
+            weight_scales={k: v for k, v in self.weight_scales.items() if k not in drop_w},
+        )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A review after a batch of changes: which tensors changed, and why the others were left alone."""
+
+    review: Review
+    changed: tuple[str, ...]  # tensors
+    skipped: dict[str, str]
+    weights: tuple[str, ...] = ()  # weight initializers whose scales were taken
+
+
+def _calibratable(stats: CalibrationStats, name: str) -> str | None:
+    """Why a tensor cannot take a choice in these statistics, or None when it can."""
+    t = stats.tensors.get(name)
+    if t is None:
+        return "not in these statistics"
+    if t.empty:
+        return "empty (no finite values)"
+    return None
+
+
+def fused_tensors(table: CalibrationTable) -> frozenset[str]:
+    """Tensors quantized with another tensor's scale (a Conv output fused with its activation)."""
+    return frozenset(n for n, e in table.tensors.items() if e.extra.get("scale_from"))
+
+
+def apply_method_picks(
+    review: Review, picks: Mapping[str, str], stats: CalibrationStats, *, fused: Collection[str] = ()
+) -> Applied:
+    """Give each tensor the method picked for it (the best method per layer), one rule for the app and
+    the command line: a tensor that takes another tensor's scale (fused, see quantviz.table.apply_model)
+    or has a typed threshold keeps what it has; a pick equal to the default method clears the choice."""
+    r, changed, skipped = review, [], {}
+    for name, picked in picks.items():
+        method(picked)  # a clear error for an unknown method
+        why = _calibratable(stats, name)
+        if why is None and name in fused:
+            why = "takes the scale of the activation it is fused with"
+        if why is None and r.choice(name).override is not None:
+            why = "has a typed threshold"
+        if why is not None:
+            skipped[name] = why
+            continue
+        want = None if picked == r.default_method else picked
+        if r.choice(name).method != want:
+            r = r.with_choice(name, method=want)
+            changed.append(name)
+    return Applied(r, tuple(changed), skipped)
+
+
+def apply_overrides(review: Review, thresholds: Mapping[str, float], stats: CalibrationStats) -> Applied:
+    """Typed thresholds for many tensors at once (an imported table, EQ's search); each is checked."""
+    r, changed, skipped = review, [], {}
+    for name, value in thresholds.items():
+        why = _calibratable(stats, name)
+        if why is None:
+            try:
+                v = validate_override(float(value), name)
+            except QuantvizError:
+                why = f"its threshold {value} is not a positive number"
+        if why is not None:
+            skipped[name] = why
+            continue
+        r = r.with_choice(name, override=v)
+        changed.append(name)
+    return Applied(r, tuple(changed), skipped)
+
+
+def adopt_table_scales(review: Review, table: CalibrationTable, stats: CalibrationStats, *, method_name: str) -> Applied:
+    """Take the activation thresholds and weight scales a table's `method_name` found (EQ's search):
+    thresholds become typed thresholds, weight scales replace abs-max ones."""
+    thresholds = {n: float(e.threshold) for n, e in table.tensors.items() if e.method == method_name}
+    applied = apply_overrides(review, thresholds, stats)
+    skipped = dict(applied.skipped)
+    weights: dict[str, tuple[float, ...]] = {}
+    for w, spec in table.weights.items():
+        if spec.get("method") != method_name:
+            continue
+        values = tuple(float(x) for x in spec.get("scales", ()))
+        if values and all(math.isfinite(x) and x > 0 for x in values):
+            weights[w] = values
+        else:
+            skipped[w] = "its weight scales are not positive numbers"
+    r = replace(applied.review, weight_scales={**applied.review.weight_scales, **weights})
+    return Applied(r, applied.changed, skipped, tuple(weights))
+
+
+def for_statistics(review: Review, stats: CalibrationStats) -> tuple[Review, list[str]]:
+    """The part of a review (made on another model) whose tensors these statistics have, and the
+    names of the rest (choices on tensors they lack, weight scales are kept: apply_model ignores
+    weights the model does not have)."""
+    missing = [n for n in review.choices if _calibratable(stats, n) is not None]
+    return review.without(missing), missing
 
 
 def validate_override(value: float, name: str) -> float:

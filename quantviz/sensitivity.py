@@ -681,7 +681,7 @@ BEST_CANDIDATES = ("kl", "minmax", "ema", "percentile", "mse", "aciq")
 BEST_SAMPLES = 256
 
 
-def best_method_table(
+def best_method_picks(
     model: LoadedModel,
     stats: CalibrationStats,
     source: CalibrationSource,
@@ -691,17 +691,14 @@ def best_method_table(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
-) -> tuple[CalibrationTable, dict[str, MethodPick]]:
-    """The table with, on each layer's output tensor, the method whose isolated error is lowest.
+) -> tuple[dict[str, MethodPick], int]:
+    """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
-    Analyses the model once per method (that method on every tensor) on at most `samples` samples,
-    picks per layer with compare_methods (ties keep the earlier method: list the default first), and
-    builds the table from the first method with the picks put in. Conv outputs fused with their
-    activation keep taking the activation's scale (quantviz.table.apply_model), so their own pick is
-    not applied. Each entry picked carries extra["best"] with every method's cosine.
+    Analyses the model once per method (that method on every tensor) on at most `samples` samples and
+    picks per layer with compare_methods (ties keep the earlier method: list the default first).
+    quantviz.review.apply_method_picks puts the picks in a review (the app and the CLI alike).
     """
-    from quantviz.review import Choice, Review, build_table
-    from quantviz.table import apply_model, calibrate_model
+    from quantviz.table import calibrate_model
 
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -716,14 +713,40 @@ def best_method_table(
 
         table = calibrate_model(model, stats, m, config, per_channel=per_channel)
         reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel)
-    picks = compare_methods(reports)
-    fused = {e for e, entry in calibrate_model(model, stats, methods[0], config, per_channel).tensors.items() if entry.extra.get("scale_from")}
-    choices = {
-        p.output_tensor: Choice(method=p.method)
-        for p in picks.values()
-        if p.method != methods[0] and p.output_tensor not in fused and p.output_tensor in stats.tensors
-    }
-    table = build_table(stats, Review(default_method=methods[0], config=config, choices=choices))
+    return compare_methods(reports), reports[methods[0]].samples
+
+
+def best_method_table(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    source: CalibrationSource,
+    methods: Sequence[str] = BEST_CANDIDATES,
+    config: MethodConfig | None = None,
+    *,
+    samples: int | None = BEST_SAMPLES,
+    per_channel: bool = True,
+    progress: Progress | None = None,
+) -> tuple[CalibrationTable, dict[str, MethodPick]]:
+    """The table with, on each layer's output tensor, the method whose isolated error is lowest.
+
+    best_method_picks, then the picks put in a review of the first method (apply_method_picks: Conv
+    outputs fused with their activation keep taking the activation's scale, quantviz.table.apply_model,
+    so their own pick is not applied) and its table built. Each entry picked carries extra["best"]
+    with every method's cosine.
+    """
+    from quantviz.review import Review, apply_method_picks, build_table, fused_tensors
+    from quantviz.table import apply_model, calibrate_model
+
+    methods = list(dict.fromkeys(methods))
+    config = config or MethodConfig()
+    picks, samples_run = best_method_picks(
+        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress
+    )
+    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel))
+    applied = apply_method_picks(
+        Review(default_method=methods[0], config=config), {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused
+    )
+    table = build_table(stats, applied.review)
     by_tensor = {p.output_tensor: p for p in picks.values()}
     tensors = {
         n: replace(e, extra={**e.extra, "best": {"layer": by_tensor[n].layer, "cosines": by_tensor[n].cosines}})
@@ -731,5 +754,5 @@ def best_method_table(
         else e
         for n, e in table.tensors.items()
     }
-    settings = {**table.settings, "method": "best", "best": {"candidates": methods, "samples": reports[methods[0]].samples}}
+    settings = {**table.settings, "method": "best", "best": {"candidates": methods, "samples": samples_run}}
     return apply_model(replace(table, tensors=tensors, settings=settings), model, per_channel), picks

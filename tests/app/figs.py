@@ -18,3 +18,37 @@ def array(value: Any) -> np.ndarray:
 
 def figure(chart: Any) -> dict[str, Any]:
     return json.loads(chart.proto.spec)
+
+
+# --- the session's typed state (ui/state.py), read the way the pages read it ------------------------
+
+
+def session_of(at: Any) -> Any:
+    """The ui.state.Session of an AppTest run."""
+    from ui.state import SESSION
+
+    return at.session_state[SESSION]
+
+
+def work_of(at: Any) -> Any:
+    """The current model's ModelWork (its review, open tensor and layer, last analysis)."""
+    w = session_of(at).work()
+    assert w is not None, "no current model"
+    return w
+
+
+def review_of(at: Any) -> Any:
+    return work_of(at).review
+
+
+def set_review_of(at: Any, new: Any) -> None:
+    work_of(at).review = new
+
+
+def stats_of(at: Any) -> Any:
+    s = session_of(at)
+    return s.store.get(work_of(at).stats_key)
+
+
+def stored_in(at: Any, key: Any) -> Any:
+    return session_of(at).store.get(key)

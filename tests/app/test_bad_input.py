@@ -9,6 +9,7 @@ from onnx import TensorProto, helper
 from streamlit.testing.v1 import AppTest
 
 from quantviz.review import Review, review_bytes
+from tests.app.figs import review_of, set_review_of, stats_of
 from tests.graphs import IR_VERSION, OPSET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def _custom_op_model() -> bytes:
 def test_model_onnxruntime_cannot_run_keeps_the_statistics_and_the_choices() -> None:
     at = _app()
     tensors_before = {m.label: m.value for m in at.metric}["Tensors"]
-    at.session_state["qv_review"] = Review().with_choice("/Relu_output_0", note="keep me")
+    set_review_of(at, Review().with_choice("/Relu_output_0", note="keep me"))
     at.radio(key="model_source").set_value("Upload a model").run()
     at.file_uploader(key="model_upload").upload("custom.onnx", _custom_op_model(), "application/octet-stream").run()
     assert not at.exception
@@ -41,25 +42,24 @@ def test_model_onnxruntime_cannot_run_keeps_the_statistics_and_the_choices() -> 
     msg = at.error[0].value
     assert "FancyGelu" in msg and "com.example" in msg and msg.count(". ") <= 1 and "Traceback" not in msg
     assert {m.label: m.value for m in at.metric}["Tensors"] == tensors_before
-    assert at.session_state["qv_review"].choice("/Relu_output_0").note == "keep me"
+    assert review_of(at).choice("/Relu_output_0").note == "keep me"
 
 
 def test_corrupt_review_file_keeps_the_review_then_a_good_one_reopens_notes() -> None:
     at = _app()
-    at.session_state["qv_review"] = Review().with_choice("/Relu_output_0", note="mine")
+    set_review_of(at, Review().with_choice("/Relu_output_0", note="mine"))
     at.file_uploader(key="stats_upload").upload("review.npz", b"PK\x03\x04 not really a zip", "application/octet-stream").run()
     assert not at.exception
     assert len(at.error) == 1 and "Traceback" not in at.error[0].value
-    assert at.session_state["qv_review"].choice("/Relu_output_0").note == "mine"  # nothing lost
+    assert review_of(at).choice("/Relu_output_0").note == "mine"  # nothing lost
     # a good review file (statistics of the sample + a note and an override) reopens both
-    from ui.state import _stats_store
 
-    stats = _stats_store()[at.session_state["qv_stats_key"]]
+    stats = stats_of(at)
     review = Review().with_choice("/Concat_output_0", note="check the branch scales", override=2.5)
     raw = review_bytes(stats, review)
     at.file_uploader(key="stats_upload").upload("good_review.npz", raw, "application/octet-stream").run()
     assert not at.exception and not at.error
-    got = at.session_state["qv_review"]
+    got = review_of(at)
     assert got.choice("/Concat_output_0").note == "check the branch scales" and got.choice("/Concat_output_0").override == 2.5
     # the analysis page needs the model and the data: the file alone brings the statistics, and the
     # sample model is still loaded here, so the page runs; its layer note shows the reopened note

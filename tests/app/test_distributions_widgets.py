@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from tests.app.figs import array, figure
+from tests.app.figs import array, figure, review_of, stats_of, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
 TENSOR = "/Relu_output_0"
@@ -17,7 +17,7 @@ TENSOR = "/Relu_output_0"
 def _page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception
-    at.session_state["qv_tensor"] = TENSOR
+    work_of(at).tensor = TENSOR
     at.switch_page("pages/1_Distributions.py").run()
     assert not at.exception
     return at
@@ -32,10 +32,9 @@ def _lines(fig: dict) -> list[float]:
 
 
 def test_log_signed_and_methods_drawn() -> None:
-    from ui.state import _stats_store
 
     at = _page()
-    stats = _stats_store()[at.session_state["qv_stats_key"]]
+    stats = stats_of(at)
     t = stats.tensors[TENSOR]
     fig = _hist(at)
     assert fig["layout"]["yaxis"]["type"] == "log"
@@ -61,9 +60,9 @@ def test_per_tensor_weights_give_one_scale_and_the_default_method_reaches_the_re
     at = _page()
     m = onnx.load(str(ROOT / "sample_models" / "digits_cnn.onnx"))
     bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
-    at.session_state["qv_tensor"] = bn.output[0]
+    work_of(at).tensor = bn.output[0]
     at.run()
-    at.toggle(key="qv_per_channel").set_value(False).run()
+    at.toggle(key="per_channel").set_value(False).run()
     assert not at.exception
     weights = [figure(c) for c in at.get("plotly_chart") if figure(c)["layout"]["xaxis"]["title"]["text"] == "output channel"]
     scales = array(weights[0]["data"][1]["y"])
@@ -76,7 +75,7 @@ def test_per_tensor_weights_give_one_scale_and_the_default_method_reaches_the_re
     folded = w * (gamma / np.sqrt(var + eps))[:, None, None, None]
     np.testing.assert_allclose(scales[0], np.abs(folded).max() / 127, rtol=1e-6)
     at.selectbox(key="table_method").set_value("percentile").run()
-    assert at.session_state["qv_review"].default_method == "percentile"
+    assert review_of(at).default_method == "percentile"
     at.switch_page("pages/2_KL_curves.py").run()
     at.switch_page("pages/1_Distributions.py").run()
     assert at.selectbox(key="table_method").value == "percentile"  # survives a page switch

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
+from tests.app.figs import review_of, set_review_of, stats_of, stored_in, work_of
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,7 +48,7 @@ def test_import_and_adopt_overrides():
     at.file_uploader(key="import_table").upload("other.cache", table.encode(), "text/plain").run()
     assert not at.exception and not at.error
     at.button(key="adopt_import").click().run()
-    review = at.session_state["qv_review"]
+    review = review_of(at)
     assert review.choice("/Relu_output_0").override == float(np.float32(1.0) / np.float32(127)) * 127
 
 
@@ -74,9 +76,7 @@ def test_qdq_seven_bit_weights_checkbox(monkeypatch):
         return proto
 
     monkeypatch.setattr(qdq, "build_qdq_model", recording_build)
-    from ui.state import _analysis_store
 
-    _analysis_store().clear()  # built models are kept per table: start without them
     monkeypatch.setattr(qdq, "int8_kernels_saturate", lambda: True)
     at = _export_page()
     box = at.checkbox(key="qdq_reduce_range")
@@ -112,15 +112,14 @@ def test_html_report_of_the_current_table():
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download quantviz_report.html" in labels and "Download LAYERS.csv" in labels
     from quantviz.review import build_table
-    from ui.state import _analysis_store, _stats_store
 
-    report = _analysis_store()[at.session_state["sens_last"]]
-    stats = _stats_store()[at.session_state["qv_stats_key"]]
-    table = build_table(stats, at.session_state["qv_review"])
+    report = stored_in(at, work_of(at).last_analysis)
+    stats = stats_of(at)
+    table = build_table(stats, review_of(at))
     for name, (t, _, _) in report.thresholds.items():
         e = table.tensors[name]
         assert t == e.threshold or e.extra.get("scale_from") or name.endswith("BatchNormalization_output_0"), name
     # a new typed threshold makes that report stale: it is no longer offered
-    at.session_state["qv_review"] = at.session_state["qv_review"].with_choice("/Relu_output_0", override=1.0)
+    set_review_of(at, review_of(at).with_choice("/Relu_output_0", override=1.0))
     at.run()
     assert "Download quantviz_report.html" not in [b.proto.label for b in at.get("download_button")]

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from streamlit.testing.v1 import AppTest
 
-from tests.app.figs import array, figure
+from tests.app.figs import array, figure, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -131,7 +131,7 @@ def test_weights_of_a_conv_are_shown_per_channel_after_folding():
     eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
     folded = w * (gamma / np.sqrt(var + eps))[:, None, None, None]
     expected = np.abs(folded).reshape(folded.shape[0], -1).max(axis=1)
-    at.session_state["qv_tensor"] = bn.output[0]
+    work_of(at).tensor = bn.output[0]
     at.switch_page("pages/1_Distributions.py").run()
     assert not at.exception
     charts = [figure(c) for c in at.get("plotly_chart")]

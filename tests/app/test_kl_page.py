@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from tests.app.figs import array, figure
+from tests.app.figs import array, figure, review_of, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _kl_page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
     assert not at.exception
-    at.session_state["qv_tensor"] = "/Relu_output_0"  # a dense post-ReLU distribution of the sample
+    work_of(at).tensor = "/Relu_output_0"  # a dense post-ReLU distribution of the sample
     at.switch_page("pages/2_KL_curves.py").run()
     assert not at.exception
     return at
@@ -45,6 +45,6 @@ def test_typed_threshold_moves_slider_and_metrics_then_sticks_in_review():
     assert clipped != "0.000%"
     at.button(key="kl_use").click().run()
     assert not at.exception
-    review = at.session_state["qv_review"]
-    tensor = at.session_state["qv_tensor"]
+    review = review_of(at)
+    tensor = work_of(at).tensor
     assert review.choice(tensor).override == absmax

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.figs import array, figure
+from tests.app.figs import array, figure, review_of, stats_of, stored_in, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL = ROOT / "sample_models" / "digits_eval.npz"
@@ -76,7 +75,7 @@ def test_override_changes_that_layers_error_and_recompute_agrees() -> None:
     box.set_value(box.value / 8).run()
     at.button(key="sens_use").click().run()
     assert not at.exception
-    review = at.session_state["qv_review"]
+    review = review_of(at)
     assert review.choice(tensor).override == pytest.approx(box.value)
     # a small model is analysed again at once: the layer's figure moves, nothing is flagged stale
     assert not any("table changed" in w.value for w in at.warning)
@@ -95,7 +94,7 @@ def test_keep_float_and_note_reach_the_table_and_the_analysis() -> None:
     at.checkbox(key=f"sens_float::{out}").check().run()
     at.text_area(key=f"sens_note::{out}").input("residual branch: keep float until the BN is fixed").run()
     assert not at.exception
-    review = at.session_state["qv_review"]
+    review = review_of(at)
     assert review.choice(out).float_kept and review.choice(out).note.startswith("residual branch")
     # analysed again at once (small model): the node runs in float (float weights), only its input
     # and output are still quantized for their int8 neighbours, so its figure moves
@@ -104,10 +103,9 @@ def test_keep_float_and_note_reach_the_table_and_the_analysis() -> None:
     # the table the exports write carries both (the same build_table the Export page calls)
     from quantviz.export.qv_json import table_to_dict
     from quantviz.review import build_table
-    from ui.state import _stats_store
 
-    stats = _stats_store()[at.session_state["qv_stats_key"]]
-    doc = table_to_dict(build_table(stats, at.session_state["qv_review"]))
+    stats = stats_of(at)
+    doc = table_to_dict(build_table(stats, review_of(at)))
     assert doc["tensors"][out]["float"] is True and doc["tensors"][out]["note"].startswith("residual branch")
 
 
@@ -115,9 +113,15 @@ def test_best_method_per_layer_picks_the_highest_cosine() -> None:
     at = _page()
     at.button(key="sens_best").click().run()
     assert not at.exception and not at.error
-    picks = next(iter(at.session_state["sens_picks"].values()))
+    picks = next(iter(work_of(at).best_picks.values()))
     assert len(picks) >= 19
-    review = at.session_state["qv_review"]
+    # the message survives the rerun that follows, and the open layer's controls show the new choice
+    changed = [s.value for s in at.success if "tensors changed method" in s.value]
+    assert len(changed) == 1
+    box = next(b for b in at.selectbox if str(b.key).startswith("sens_method::"))
+    target = str(box.key).split("::", 1)[1]
+    assert box.value == review_of(at).method_of(target)
+    review = review_of(at)
     for p in picks.values():
         best = max(p.cosines.values())
         assert p.cosine >= best - 1e-9  # within the tie tolerance, the earlier method stays
@@ -150,20 +154,21 @@ def test_eq_trace_and_adopt() -> None:
     assert ys.size == 3 and ys[2] >= ys[0] - 1e-12  # never worse than its start
     at.button(key="eq_adopt").click().run()
     assert not at.exception and not at.error
-    review = at.session_state["qv_review"]
+    review = review_of(at)
     assert any(c.override is not None for c in review.choices.values())
-    # EQ's weight scales reach the table the exports write (the same function the pages call)
-    from ui.state import _analysis_store
-
-    eq = _analysis_store()[at.session_state["eq_last"]]
+    # EQ's weight scales reach the table the exports write (the same functions the pages call)
+    eq = stored_in(at, work_of(at).last_eq)
     searched = {w: spec["scales"] for w, spec in eq.weights.items() if spec.get("method") == "eq"}
     assert searched and {w: list(v) for w, v in review.weight_scales.items()} == searched
-    from quantviz.review import review_to_dict
-    from ui.state import _model_table
+    from quantviz.model import load_model
+    from quantviz.review import build_table
+    from quantviz.table import apply_model
 
-    table = _model_table(at.session_state["qv_stats_key"], json.dumps(review_to_dict(review), sort_keys=True), True)
+    table = apply_model(
+        build_table(stats_of(at), review), load_model(MODEL), True, weight_overrides=review.weight_scales, weight_method="eq"
+    )
     for w, scales in searched.items():
         assert table.weights[w]["scales"] == scales
     # and back to abs-max in one click
     at.button(key="eq_weights_reset").click().run()
-    assert at.session_state["qv_review"].weight_scales == {}
+    assert review_of(at).weight_scales == {}
