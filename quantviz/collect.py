@@ -35,6 +35,8 @@ Cancel = Callable[[], bool]  # True: stop as soon as the current batch is done
 # RSS 245 -> 185 MB, same time; a 357-tensor model with 52 MB a sample (bench/make_wide_model.py)
 # runs one sample at a time: 601 -> 232 MB, collection 3.9 -> 5.0 s.
 RUN_BYTES = 64 * 2**20
+# The fine |x| histogram: 8 bytes a bin and tensor (2**18 bins: 2 MB per tensor).
+MAX_FINE_BINS = 1 << 18
 
 
 def fixed_batch_size(model: LoadedModel) -> int | None:
@@ -52,6 +54,8 @@ def effective_batch_size(model: LoadedModel, requested: int) -> int:
 def validate_config(config: CollectConfig) -> None:
     if config.bins < 16 or config.bins % 2 or config.bins > 1 << 16:
         raise QuantvizError(f"bins must be an even number between 16 and 65536, not {config.bins}.")
+    if config.fine_bins < 0 or config.fine_bins > MAX_FINE_BINS:
+        raise QuantvizError(f"fine_bins must be between 0 (none) and {MAX_FINE_BINS}, not {config.fine_bins}.")
     if config.batch_size < 1:
         raise QuantvizError(f"The batch size must be at least 1, not {config.batch_size}.")
     if config.samples is not None and config.samples < 1:
@@ -73,7 +77,7 @@ def collect(
     session = session_with_outputs(model, names)
     fetched = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in model.inputs]
-    accs = {n: TensorAccumulator(n, config.bins, config.ema_constant) for n in names}
+    accs = {n: TensorAccumulator(n, config.bins, config.ema_constant, config.fine_bins) for n in names}
     total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
     batch_size = effective_batch_size(model, config.batch_size)
     if fixed_batch_size(model) is not None and total % batch_size:

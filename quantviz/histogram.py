@@ -79,20 +79,20 @@ def _check_bins(bins: int) -> None:
         raise QuantvizError(f"The number of histogram bins must be an even number of at least 2, not {bins}.")
 
 
-def exponent_for(absmax: float, bins: int) -> int:
-    """Smallest e in [MIN_EXPONENT, MAX_EXPONENT] with bins * 2**e > absmax."""
+def exponent_for(absmax: float, bins: int, min_exponent: int = MIN_EXPONENT) -> int:
+    """Smallest e in [min_exponent, MAX_EXPONENT] with bins * 2**e > absmax."""
     if not np.isfinite(absmax):
         raise QuantvizError("A histogram range cannot be built from an infinite or NaN value.")
     if absmax <= 0:
-        return MIN_EXPONENT
+        return min_exponent
     e = int(np.ceil(np.log2(absmax / bins)))
     while np.ldexp(float(bins), e) <= absmax:
         e += 1
-    while e - 1 >= MIN_EXPONENT and np.ldexp(float(bins), e - 1) > absmax:
+    while e - 1 >= min_exponent and np.ldexp(float(bins), e - 1) > absmax:
         e -= 1
     if e > MAX_EXPONENT:
         raise QuantvizError(f"Values as large as {absmax:g} cannot be histogrammed (beyond 2**{MAX_EXPONENT}).")
-    return max(e, MIN_EXPONENT)
+    return max(e, min_exponent)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -168,15 +168,16 @@ def histogram_of(values: npt.ArrayLike, bins: int, signed: bool) -> Histogram:
 
 
 def abs_and_signed_counts(
-    values: npt.NDArray[np.floating], exponent: int, bins: int, nonnegative: bool
+    values: npt.NDArray[np.floating], exponent: int, bins: int, nonnegative: bool, signed_bins: int | None = None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
-    """Counts of |x| (width 2**exponent) and of x (width 2**(exponent + 1)), bins each, in one bincount.
+    """Counts of |x| (bins bins of width 2**exponent) and of x (signed_bins bins, default bins, of
+    width 2**(exponent + s) with 2**s = 2 * bins / signed_bins), in one bincount.
 
     The collection hot spot: equal to bin_indices + bincount done twice (tests compare), for about
     half the cost. Requires finite values with every |x| < bins * 2**exponent. With u = x / 2**exponent
     (exact, see the module doc) and k = floor(u), one bincount over k in [-bins, bins) gives
-    * the signed counts: floor(x / 2**(exponent + 1)) = floor(k / 2) = k >> 1, i.e. fine bins 2j and
-      2j + 1 summed;
+    * the signed counts: floor(x / 2**(exponent + s)) = floor(k / 2**s) = k >> s, i.e. runs of 2**s
+      fine bins summed;
     * the |x| counts: bin a holds k = a (x >= 0) and k = -(a + 1) (x < 0), except that a negative x
       lying exactly on an edge (u = -m, an integer) has k = -m but |x| in bin m: those few values are
       counted apart and moved.
@@ -184,13 +185,15 @@ def abs_and_signed_counts(
     The third result is the number of exact zeros, read off the values on the grid where no product
     can underflow (exponent <= 0: u == 0 only for x == 0), else counted; 0 when bin 0 is empty.
     """
+    signed_bins = bins if signed_bins is None else signed_bins
+    group = 2 * bins // signed_bins  # fine bins per signed bin, a power of two
     scale = math.ldexp(1.0, -exponent)
     scaled = values * (np.float32(scale) if values.dtype == np.float32 else scale)
-    half = bins // 2
+    half = signed_bins // 2
     if nonnegative:
         abs_counts = np.bincount(scaled.astype(np.intp), minlength=bins)  # truncation == floor for x >= 0
-        signed_counts = np.zeros(bins, dtype=np.int64)
-        signed_counts[half:] = abs_counts[0::2] + abs_counts[1::2]
+        signed_counts = np.zeros(signed_bins, dtype=np.int64)
+        signed_counts[half:] = abs_counts.reshape(half, group).sum(axis=1)
         zeros = int(np.count_nonzero(values == 0)) if abs_counts[0] else 0
         return abs_counts.astype(np.int64, copy=False), signed_counts, zeros
     k = np.floor(scaled)
@@ -206,7 +209,7 @@ def abs_and_signed_counts(
     if edge.size:
         m = np.bincount((-edge).astype(np.intp), minlength=bins + 1)
         abs_counts += m[:bins] - m[1:]
-    signed_counts = fine[0::2] + fine[1::2]
+    signed_counts = fine.reshape(signed_bins, group).sum(axis=1)
     if not abs_counts[0]:
         zeros = 0
     elif exponent <= 0:
@@ -222,22 +225,25 @@ def update_pair(
 ) -> int | None:  # fmt: skip
     """abs_acc.update(...) and signed_acc.update(...) in one pass where their widths allow it.
 
-    Both cover the same running abs-max, so the signed width is normally twice the |x| width
-    (bins/2 * 2**(e+1) == bins * 2**e); when it is not (both clamped at MIN_EXPONENT) the two are
-    updated separately. Counts are identical either way. Returns the number of exact zeros among
-    the values when the one pass found it (see abs_and_signed_counts), else None.
+    Both cover the same running abs-max, so the signed width is normally 2 * abs_bins / signed_bins
+    times the |x| width (signed_bins/2 * 2**(e+s) == abs_bins * 2**e); when it is not (clamped at
+    their smallest exponent) the two are updated separately. Counts are identical either way.
+    Returns the number of exact zeros among the values when the one pass found it (see
+    abs_and_signed_counts), else None.
     """
     if finite_values.size == 0:
         return 0
     abs_acc._cover(absmax)  # noqa: SLF001 - same module
     signed_acc._cover(absmax)  # noqa: SLF001
+    ratio = 2 * abs_acc.bins // signed_acc.bins
     if (
-        abs_acc.bins == signed_acc.bins
-        and not abs_acc.signed
+        not abs_acc.signed
         and signed_acc.signed
-        and signed_acc._exponent == abs_acc._exponent + 1  # noqa: SLF001
+        and 2 * abs_acc.bins % signed_acc.bins == 0
+        and ratio & (ratio - 1) == 0
+        and signed_acc._exponent == abs_acc._exponent + ratio.bit_length() - 1  # noqa: SLF001
     ):
-        a, s, zeros = abs_and_signed_counts(finite_values, abs_acc._exponent, abs_acc.bins, nonnegative)  # noqa: SLF001
+        a, s, zeros = abs_and_signed_counts(finite_values, abs_acc._exponent, abs_acc.bins, nonnegative, signed_acc.bins)  # noqa: SLF001
         abs_acc._counts += a  # noqa: SLF001
         signed_acc._counts += s  # noqa: SLF001
         return zeros
@@ -249,12 +255,15 @@ def update_pair(
 class HistogramAccumulator:
     """Streaming histogram of |x| (signed=False) or x (signed=True); update / merge / result."""
 
-    def __init__(self, bins: int, signed: bool) -> None:
+    def __init__(self, bins: int, signed: bool, min_exponent: int = MIN_EXPONENT) -> None:
+        """min_exponent: the narrowest width 2**min_exponent; a histogram with 2**k times more bins
+        than another starts k lower, so that it coarsens exactly into it (see coarsened)."""
         _check_bins(bins)
         self.bins = bins
         self.signed = signed
         self._span = bins // 2 if signed else bins
-        self._exponent = MIN_EXPONENT
+        self._min_exponent = min_exponent
+        self._exponent = min_exponent
         self._counts = np.zeros(bins, dtype=np.int64)
 
     def update(self, finite_values: npt.NDArray[np.floating], absmax: float) -> None:
@@ -268,7 +277,7 @@ class HistogramAccumulator:
     def _cover(self, absmax: float) -> None:
         """Widen the bins (whole-bin merges) until they cover absmax."""
         if math.ldexp(self._span, self._exponent) <= absmax:
-            e = exponent_for(absmax, self._span)
+            e = max(exponent_for(absmax, self._span, self._min_exponent), self._min_exponent)
             self._counts = coarsen(self._counts, e - self._exponent, self.signed)
             self._exponent = e
 
@@ -279,3 +288,63 @@ class HistogramAccumulator:
 
     def result(self) -> Histogram:
         return Histogram(self._counts.copy(), edges_for(self._exponent, self.bins, self.signed))
+
+
+def resample(hist: Histogram, bins: int, top: float) -> npt.NDArray[np.float64]:
+    """Counts of an |x| histogram re-binned to `bins` equal bins over [0, top] (top = abs-max).
+
+    The cumulative count is interpolated linearly inside the source bin that holds a target edge
+    (values spread evenly over a bin, the only assumption a histogram allows); the source bin that
+    holds `top` is taken to end at `top` (no value lies beyond it), and the last target edge gets the
+    whole total. So the mass misplaced at each target edge is at most the count of the one source bin
+    that holds it, and the result sums exactly to the total (tests check both against np.histogram).
+    """
+    if hist.signed:
+        raise QuantvizError("Only histograms of |x| can be re-binned over [0, abs-max].")
+    counts = hist.counts.astype(np.float64)
+    total = float(counts.sum())
+    if bins < 1 or not (top > 0) or not math.isfinite(top) or total == 0:
+        out = np.zeros(max(bins, 1))
+        out[-1] = total
+        return out
+    width = hist.width
+    cum = np.concatenate(([0.0], np.cumsum(counts)))
+    # Source edges, the bin holding `top` cut at `top` (bins beyond it are empty).
+    last = min(int(top // width), counts.size - 1)
+    src = np.arange(counts.size + 1, dtype=np.float64) * width
+    src[last + 1 :] = top
+    targets = np.arange(bins + 1, dtype=np.float64) * (top / bins)
+    j = np.clip(np.searchsorted(src, targets, side="right") - 1, 0, counts.size - 1)
+    span = src[j + 1] - src[j]
+    frac = np.divide(targets - src[j], span, out=np.ones_like(targets), where=span > 0)
+    c = cum[j] + np.clip(frac, 0.0, 1.0) * counts[j]
+    c[0] = 0.0
+    c[-1] = total
+    return np.diff(c)
+
+
+def coarsened(hist: Histogram, bins: int) -> Histogram:
+    """The same |x| histogram with `bins` bins, 2**k times wider (runs of 2**k bins summed; exact).
+
+    This is how the 2048-bin |x| histogram every method reads comes out of the finer one KL searches:
+    a HistogramAccumulator of 2**k * bins bins whose smallest exponent is MIN_EXPONENT - k coarsens
+    into exactly the histogram an accumulator of `bins` bins would have built (same values, same
+    edges), for any data: both choose the smallest width that covers the abs-max.
+    """
+    ratio = hist.bins // bins if bins else 0
+    if hist.signed or ratio < 1 or hist.bins % bins or ratio & (ratio - 1):
+        raise QuantvizError(f"A histogram of {hist.bins} bins cannot be coarsened exactly into {bins} bins.")
+    if ratio == 1:
+        return hist
+    shift = ratio.bit_length() - 1
+    counts = hist.counts.reshape(bins, ratio).sum(axis=1)
+    return Histogram(counts, edges_for(exponent_of(hist) + shift, bins, False))
+
+
+def fine_bins_for(bins: int, fine_bins: int) -> int:
+    """The smallest power-of-two multiple of bins that is at least fine_bins (the fine |x| histogram
+    must coarsen exactly into the bins-bin one)."""
+    out = bins
+    while out < fine_bins:
+        out *= 2
+    return out

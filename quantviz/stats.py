@@ -18,7 +18,16 @@ import numpy.typing as npt
 
 from quantviz.config import DEFAULT_BINS, DEFAULT_EMA_CONSTANT, STATS_FORMAT, STATS_VERSION, CollectConfig
 from quantviz.errors import QuantvizError
-from quantviz.histogram import Histogram, HistogramAccumulator, edges_for, merge, update_pair
+from quantviz.histogram import (
+    MIN_EXPONENT,
+    Histogram,
+    HistogramAccumulator,
+    coarsened,
+    edges_for,
+    fine_bins_for,
+    merge,
+    update_pair,
+)
 from quantviz.model import TensorInfo
 
 
@@ -31,6 +40,8 @@ class TensorStats:
     ema_min, ema_max: moving averages of per-batch min/max, x <- (1 - c) x + c * batch_min, the first
     batch initialising (onnxruntime's MinMax calibrator with moving_average=True).
     abs_hist: histogram of |x|; signed_hist: histogram of x (see quantviz.histogram).
+    fine_hist: the finer histogram of |x| that abs_hist is coarsened from and KL re-bins to its own
+    grid (None in statistics files of version 1).
     """
 
     name: str
@@ -48,6 +59,7 @@ class TensorStats:
     signed_hist: Histogram
     first_batch_min: float = math.nan
     first_batch_max: float = math.nan
+    fine_hist: Histogram | None = None
 
     @property
     def absmax(self) -> float:
@@ -69,7 +81,11 @@ class TensorStats:
 class TensorAccumulator:
     """Streaming statistics of one tensor: update(batch), merge(other), result()."""
 
-    def __init__(self, name: str, bins: int = DEFAULT_BINS, ema_constant: float = DEFAULT_EMA_CONSTANT) -> None:
+    def __init__(
+        self, name: str, bins: int = DEFAULT_BINS, ema_constant: float = DEFAULT_EMA_CONSTANT, fine_bins: int | None = None
+    ) -> None:
+        """fine_bins: bins of the |x| histogram kept (rounded up to bins times a power of two; None:
+        bins); the |x| histogram of `bins` bins is coarsened from it exactly (see quantviz.histogram)."""
         if not 0 < ema_constant <= 1:
             raise QuantvizError(f"The moving-average constant must be in (0, 1], not {ema_constant}.")
         self.name = name
@@ -86,7 +102,9 @@ class TensorAccumulator:
         self.first_min = math.nan
         self.first_max = math.nan
         self.batches = 0
-        self.abs_hist = HistogramAccumulator(bins, signed=False)
+        self.bins = bins
+        fine = fine_bins_for(bins, fine_bins or bins)
+        self.abs_hist = HistogramAccumulator(fine, signed=False, min_exponent=MIN_EXPONENT - (fine // bins).bit_length() + 1)
         self.signed_hist = HistogramAccumulator(bins, signed=True)
         # The batch being added (update(..., same_batch=True) extends it): its min/max so far and the
         # moving averages before it, so that a batch given in parts averages exactly as a whole.
@@ -170,6 +188,7 @@ class TensorAccumulator:
 
     def result(self) -> TensorStats:
         empty = self.count == 0
+        fine = self.abs_hist.result()
         return TensorStats(
             name=self.name,
             count=self.count,
@@ -182,10 +201,11 @@ class TensorAccumulator:
             ema_min=self.ema_min,
             ema_max=self.ema_max,
             batches=self.batches,
-            abs_hist=self.abs_hist.result(),
+            abs_hist=coarsened(fine, self.bins),
             signed_hist=self.signed_hist.result(),
             first_batch_min=self.first_min,
             first_batch_max=self.first_max,
+            fine_hist=fine,
         )
 
 
@@ -245,6 +265,9 @@ def save_stats(stats: CalibrationStats, target: str | Path | BinaryIO) -> None:
         arrays["abs_width"] = np.array([t.abs_hist.width for t in ts])
         arrays["signed_counts"] = np.stack([t.signed_hist.counts for t in ts])
         arrays["signed_width"] = np.array([t.signed_hist.width for t in ts])
+        if all(t.fine_hist is not None for t in ts):  # version 2: the fine |x| histograms
+            arrays["fine_counts"] = np.stack([t.fine_hist.counts for t in ts if t.fine_hist is not None])
+            arrays["fine_width"] = np.array([t.fine_hist.width for t in ts if t.fine_hist is not None])
     np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
 
 
@@ -289,10 +312,16 @@ def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
             sc_counts = data["signed_counts"][i].astype(np.int64)
             ae = int(np.frexp(data["abs_width"][i])[1]) - 1
             se = int(np.frexp(data["signed_width"][i])[1]) - 1
+            fine = None
+            if "fine_counts" in data:
+                fc = data["fine_counts"][i].astype(np.int64)
+                fe = int(np.frexp(data["fine_width"][i])[1]) - 1
+                fine = Histogram(fc, edges_for(fe, fc.size, signed=False))
             tensors[name] = TensorStats(
                 name=name,
                 abs_hist=Histogram(ac, edges_for(ae, ac.size, signed=False)),
                 signed_hist=Histogram(sc_counts, edges_for(se, sc_counts.size, signed=True)),
+                fine_hist=fine,
                 **vals,
             )
         infos = {
@@ -306,7 +335,8 @@ def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
             data_id=header["data"]["id"],
             synthetic=bool(header["data"]["synthetic"]),
             samples=int(header["samples"]),
-            config=CollectConfig(**header["config"]),
+            # A version-1 file has no fine histogram: its config says so (fine_bins = bins).
+            config=CollectConfig(**{"fine_bins": header["config"]["bins"], **header["config"]}),
             tensors=tensors,
             infos=infos,
         )
@@ -328,13 +358,14 @@ def merge_stats(a: TensorStats, b: TensorStats, ema_constant: float = DEFAULT_EM
 
 
 def _accumulator_from(t: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT) -> TensorAccumulator:
-    acc = TensorAccumulator(t.name, t.abs_hist.bins, ema_constant)
+    fine = t.fine_hist if t.fine_hist is not None else t.abs_hist
+    acc = TensorAccumulator(t.name, t.abs_hist.bins, ema_constant, fine.bins)
     acc.count, acc.nan, acc.posinf, acc.neginf, acc.zeros = t.count, t.nan_count, t.posinf_count, t.neginf_count, t.zero_count
     acc.min = t.min if t.count else math.inf
     acc.max = t.max if t.count else -math.inf
     acc.ema_min, acc.ema_max, acc.batches = t.ema_min, t.ema_max, t.batches
     acc.first_min, acc.first_max = t.first_batch_min, t.first_batch_max
-    for hist, target in ((t.abs_hist, acc.abs_hist), (t.signed_hist, acc.signed_hist)):
+    for hist, target in ((fine, acc.abs_hist), (t.signed_hist, acc.signed_hist)):
         merged = merge(hist, target.result())
         target._counts = merged.counts  # noqa: SLF001 - rebuilding an accumulator from its own result
         target._exponent = int(np.frexp(merged.width)[1]) - 1  # noqa: SLF001

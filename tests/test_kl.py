@@ -94,12 +94,15 @@ def test_curve_equals_slow_loop(k: int) -> None:
 
 
 def _stats_with(counts: np.ndarray, zero_count: int = 0, exponent: int = -8) -> TensorStats:
-    """TensorStats around a given |x| histogram (width 2**exponent); max sits inside the last non-empty bin."""
+    """TensorStats around a given |x| histogram (width 2**exponent); the abs-max sits on the right edge
+    of the last non-empty bin, so that KL's grid over [0, abs-max] with as many bins as are used is
+    this very histogram (re-binning is then the identity: its own error is tested in
+    test_fine_histogram.py)."""
     counts = np.asarray(counts, dtype=np.int64)
     bins = counts.size
     last = int(np.flatnonzero(counts)[-1])
     w = 2.0**exponent
-    hi = (last + 0.75) * w
+    hi = (last + 1) * w
     sh = np.zeros(bins, np.int64)
     return TensorStats(
         name="t", count=int(counts.sum()), nan_count=0, posinf_count=0, neginf_count=0, zero_count=zero_count,
@@ -123,8 +126,8 @@ def _used(counts: np.ndarray, zero_count: int) -> list[int]:
 def test_threshold_equals_slow_loop(k: int, position: str) -> None:
     h = np.concatenate([_histograms()[k], np.zeros(60, np.int64)])  # room after the last non-empty bin
     stats = _stats_with(h)
-    r = threshold_kl(stats, MethodConfig(kl_threshold=position))
     used = _used(h, 0)
+    r = threshold_kl(stats, MethodConfig(kl_threshold=position, kl_bins=len(used)))
     cands, kls = slow_kl(used)
     w = stats.abs_hist.width
     if not cands:  # fewer used bins than 128: nothing to search, the threshold is the abs-max
@@ -140,35 +143,45 @@ def test_threshold_equals_slow_loop(k: int, position: str) -> None:
     assert r.curve.x.size == r.curve.y.size == len(cands)
     np.testing.assert_allclose(r.curve.x, [(i + (0.5 if position == "center" else 0.0)) * w for i in cands])
     fin = np.isfinite(kls)
-    np.testing.assert_allclose(r.curve.y[fin], np.array(kls)[fin], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r.curve.y[fin], np.array(kls)[fin], rtol=1e-7, atol=1e-10)
+
+
+def reference_histogram(x: np.ndarray, bins: int = 2048) -> tuple[np.ndarray, float]:
+    """Two passes as TensorRT / ncnn: abs-max first, then `bins` bins over [0, abs-max], zeros left out."""
+    a = np.abs(x[np.isfinite(x)].astype(np.float64))
+    top = float(a.max())
+    return np.histogram(a[a != 0], bins=bins, range=(0.0, top))[0], top
 
 
 def test_zeros_removed_without_mutating_stats() -> None:
     """ReLU-like data: half exact zeros. The search ignores them; the stored histogram keeps them."""
     rng = np.random.default_rng(3)
     x = np.maximum(rng.standard_normal(40000).astype(np.float32), 0)
-    acc = TensorAccumulator("t", bins=2048)
+    acc = TensorAccumulator("t", bins=2048, fine_bins=16384)
     acc.update(x)
     stats = acc.result()
-    before = stats.abs_hist.counts.copy()
+    before = stats.fine_hist.counts.copy()
     assert stats.zero_count == int((x == 0).sum()) > 15000
     r = threshold_kl(stats, MethodConfig())
-    np.testing.assert_array_equal(stats.abs_hist.counts, before)
-    assert stats.abs_hist.counts[0] >= stats.zero_count
-    used = _used(before, stats.zero_count)
-    cands, kls = slow_kl(used)
-    assert r.details["candidate_bins"] == slow_best(cands, kls)
+    np.testing.assert_array_equal(stats.fine_hist.counts, before)
+    assert stats.fine_hist.counts[0] >= stats.zero_count
+    ref, top = reference_histogram(x)
+    cand, div = kl_curve(ref, KL_START_BIN, KL_TARGET_BINS)  # equal to slow_kl: tests above
+    best = int(cand[len(div) - 1 - np.argmin(div[::-1])])
+    chosen = r.details["candidate_bins"]
+    assert abs(chosen - best) <= 1 or div[chosen - cand[0]] <= 1.1 * div.min()
     # with the zeros left in bin 0, the answer would differ: the removal matters
-    with_zeros = _used(before, 0)
-    c2, k2 = slow_kl(with_zeros)
-    assert slow_best(c2, k2) != r.details["candidate_bins"]
+    with_zeros = ref.copy()
+    with_zeros[0] += stats.zero_count
+    c2, k2 = kl_curve(with_zeros, KL_START_BIN, KL_TARGET_BINS)
+    assert abs(int(c2[len(k2) - 1 - np.argmin(k2[::-1])]) - chosen) > 8
 
 
 def test_fewer_bins_than_target_gives_absmax() -> None:
     acc = TensorAccumulator("t", bins=64)
     acc.update(np.float32([0.1, -2.5, 1.7, 0.0, 3.2]))
     stats = acc.result()
-    r = threshold_kl(stats, MethodConfig())
+    r = threshold_kl(stats, MethodConfig(kl_bins=64))
     assert r.threshold == float(np.abs(np.float32([0.1, -2.5, 1.7, 3.2])).max())
     assert r.curve is not None and r.curve.x.size == 1
 
@@ -193,20 +206,24 @@ def test_asymmetric_kl_clips_observed_range() -> None:
     assert asym.max == pytest.approx(hi, abs=asym.scale)
 
 
-def test_full_2048_bins_against_slow_loop() -> None:
+def test_full_2048_bins_against_two_pass_slow_loop() -> None:
+    """The independent reference end to end on one heavy-tailed tensor: two passes (abs-max, then an
+    exact 2048-bin histogram over [0, abs-max]), the literal loop one candidate at a time; quantviz's
+    one streaming pass lands within one bin of it, or on a KL within 2 % of its minimum (this
+    tensor's curve is flat: bins 609 and 698 are 1 % apart)."""
     rng = np.random.default_rng(11)
-    acc = TensorAccumulator("t", bins=2048)
-    for _ in range(4):
-        acc.update((rng.standard_t(3, 50000) * 0.7).astype(np.float32))
+    acc = TensorAccumulator("t", bins=2048, fine_bins=16384)
+    batches = [(rng.standard_t(3, 50000) * 0.7).astype(np.float32) for _ in range(4)]
+    for b in batches:
+        acc.update(b)
     stats = acc.result()
-    used = _used(stats.abs_hist.counts, stats.zero_count)
-    cand, div = kl_curve(np.array(used), KL_START_BIN, KL_TARGET_BINS)
-    s_cand, s_div = slow_kl(used)
-    np.testing.assert_array_equal(cand, s_cand)
-    np.testing.assert_array_equal(np.isinf(div), np.isinf(s_div))
-    fin = np.isfinite(s_div)
-    np.testing.assert_allclose(div[fin], np.array(s_div)[fin], rtol=1e-9, atol=1e-12)
-    assert threshold_kl(stats, MethodConfig()).details["candidate_bins"] == slow_best(s_cand, s_div)
+    ref, top = reference_histogram(np.concatenate(batches))
+    s_cand, s_div = slow_kl(ref.tolist())
+    best = slow_best(s_cand, s_div)
+    r = threshold_kl(stats, MethodConfig())
+    chosen = r.details["candidate_bins"]
+    assert r.details["bins_used"] == 2048 and r.threshold == pytest.approx(chosen * top / 2048)
+    assert abs(chosen - best) <= 1 or s_div[chosen - s_cand[0]] <= 1.02 * min(s_div), (chosen, best)
 
 
 def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from quantviz.calib.result import Curve, MethodConfig, Threshold, make_threshold, require_data
-from quantviz.histogram import Histogram
+from quantviz.config import KL_BINS
+from quantviz.histogram import Histogram, resample
 from quantviz.stats import TensorStats
 
 
@@ -86,18 +87,26 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
 _SHARED_ROWS = 2048  # the default bin count: one bounds table serves every histogram up to it
 
 
-def kl_histogram(stats: TensorStats) -> Histogram:
-    """The |x| histogram KL searches: exact zeros removed from bin 0 (on a copy), cut after the last non-empty bin."""
-    h = stats.abs_hist
-    counts = h.counts.copy()
+def kl_histogram(stats: TensorStats, bins: int = KL_BINS) -> Histogram:
+    """The histogram KL searches: `bins` bins over [0, abs-max] (TensorRT's grid), re-binned from the
+    finest |x| histogram the statistics hold with exact zeros removed from its bin 0 (on a copy).
+
+    Counts are fractional where a source bin straddles a target edge (mass split evenly, at most one
+    source bin misplaced per edge: quantviz.histogram.resample)."""
+    source = stats.fine_hist if stats.fine_hist is not None else stats.abs_hist
+    counts = source.counts.copy()
     counts[0] -= min(stats.zero_count, int(counts[0]))
-    return Histogram(counts, h.edges.copy()).used()
+    top = stats.absmax if stats.count else 0.0
+    if not top > 0:
+        top = float(source.edges[-1])
+    rebinned = resample(Histogram(counts, source.edges), bins, top)
+    return Histogram(rebinned, np.linspace(0.0, top, bins + 1))  # type: ignore[arg-type]
 
 
 def threshold_kl(stats: TensorStats, config: MethodConfig) -> Threshold:
     """TensorRT entropy threshold with the whole KL curve (see module doc)."""
     require_data(stats, "KL")
-    hist = kl_histogram(stats)
+    hist = kl_histogram(stats, config.kl_bins)
     if hist.total == 0:  # all exact zeros
         return make_threshold("kl", 0.0, 0.0, config, note="all values are exactly zero")
     cand, div = kl_curve(hist.counts, config.kl_start_bin, config.kl_target_bins)
@@ -107,4 +116,7 @@ def threshold_kl(stats: TensorStats, config: MethodConfig) -> Threshold:
     t = float(min(xs[best], stats.absmax))  # never beyond what was observed
     curve = Curve(xs.astype(np.float64), div, "threshold", "KL divergence", t)
     lo, hi = (-t, t) if config.symmetric else (max(stats.min, -t), min(stats.max, t))
-    return make_threshold("kl", lo, hi, config, curve, bins_used=int(hist.bins), candidate_bins=int(cand[best]))
+    source = stats.fine_hist if stats.fine_hist is not None else stats.abs_hist
+    return make_threshold(
+        "kl", lo, hi, config, curve, bins_used=int(hist.bins), candidate_bins=int(cand[best]), source_bins=int(source.bins)
+    )

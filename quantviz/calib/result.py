@@ -9,12 +9,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantviz.config import KL_START_BIN, KL_TARGET_BINS
+from quantviz.config import KL_BINS, KL_START_BIN, KL_TARGET_BINS
 from quantviz.errors import QuantvizError
 from quantviz.fakequant import asymmetric_params, power_of_two_scale, symmetric_scale
 from quantviz.stats import TensorStats
 
 DEFAULT_PERCENTILE = 99.99
+# Bounds of MethodConfig.kl_bins (the candidates run up to it: time grows with it).
+KL_MIN_BINS = 16
+KL_MAX_BINS = 1 << 14
 # MSE: the smallest candidate threshold, in bins of the |x| histogram (1: every edge up to abs-max).
 DEFAULT_MSE_MIN_BIN = 1
 # ACIQ priors: Banner et al. 2019's Laplace and Gaussian fits, and ncnn2table's Gaussian from the range.
@@ -29,6 +32,8 @@ class MethodConfig:
     power_of_two: round the scale up to a power of two (engines without a multiplier).
     kl_threshold: "edge" (pytorch-quantization: T = i * width) or "center" (ncnn, the TensorRT
     slides: T = (i + 0.5) * width) for the argmin candidate i.
+    kl_bins: bins of the histogram over [0, abs-max] KL searches (TensorRT: 2048); kl_start_bin the
+    first candidate, kl_target_bins the quantized bins (128 for int8).
     mse_min_bin: the smallest MSE candidate threshold, in bins of the histogram searched (|x| or x).
     aciq_prior: "laplace" (T = 9.89 b), "gaussian" (T = 3.92 sigma), or "ncnn" (ncnn2table's
     Gaussian, sigma guessed from the abs-max and the element count): see quantviz.calib.aciq.
@@ -38,6 +43,7 @@ class MethodConfig:
     power_of_two: bool = False
     percentile: float = DEFAULT_PERCENTILE
     kl_threshold: str = "edge"
+    kl_bins: int = KL_BINS
     kl_start_bin: int = KL_START_BIN
     kl_target_bins: int = KL_TARGET_BINS
     mse_min_bin: int = DEFAULT_MSE_MIN_BIN
@@ -48,6 +54,8 @@ class MethodConfig:
             raise QuantvizError(f"The percentile must be in (0, 100], not {self.percentile}.")
         if self.kl_threshold not in ("edge", "center"):
             raise QuantvizError(f"The KL threshold position must be 'edge' or 'center', not '{self.kl_threshold}'.")
+        if not KL_MIN_BINS <= self.kl_bins <= KL_MAX_BINS:
+            raise QuantvizError(f"KL's histogram must have between {KL_MIN_BINS} and {KL_MAX_BINS} bins, not {self.kl_bins}.")
         if isinstance(self.mse_min_bin, bool) or not isinstance(self.mse_min_bin, (int, np.integer)) or self.mse_min_bin < 1:
             raise QuantvizError(f"The smallest MSE candidate must be a whole number of bins, at least 1, not {self.mse_min_bin}.")
         if self.aciq_prior not in ACIQ_PRIORS:

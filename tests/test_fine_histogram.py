@@ -1,0 +1,193 @@
+"""The fine |x| histogram KL re-bins: collected in the same pass, exact under merges, re-binned with a
+bounded error.
+
+Oracles: histogram_of (all values at once) for the exact layouts, np.histogram over [0, abs-max] for
+the re-binning (the two-pass histogram TensorRT builds), and a version-1 statistics file written
+here by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from quantviz.calib import MethodConfig
+from quantviz.calib.kl import kl_histogram, threshold_kl
+from quantviz.config import STATS_FORMAT, CollectConfig
+from quantviz.errors import QuantvizError
+from quantviz.histogram import (
+    Histogram,
+    abs_and_signed_counts,
+    bin_indices,
+    coarsened,
+    edges_for,
+    exponent_for,
+    fine_bins_for,
+    histogram_of,
+    resample,
+)
+from quantviz.stats import CalibrationStats, TensorAccumulator, load_stats, merge_stats, save_stats
+
+
+def _batches(rng: np.random.Generator) -> list[np.ndarray]:
+    """Ranges that grow by large factors (a first batch of tiny values included), zeros, negatives."""
+    out = []
+    for scale in (1e-33, 1e-6, 1.0, 40.0, 3e4):
+        b = (rng.standard_normal(int(rng.integers(50, 400))) * scale).astype(np.float32)
+        b[rng.random(b.size) < 0.2] = 0.0
+        out.append(b)
+    return out
+
+
+def _same(a: Histogram, b: Histogram) -> None:
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_array_equal(a.edges, b.edges)
+
+
+@pytest.mark.parametrize(("bins", "fine"), [(2048, 16384), (64, 1024), (16, 16)])
+def test_fine_and_coarse_equal_their_whole_histograms(bins: int, fine: int) -> None:
+    rng = np.random.default_rng(5)
+    batches = _batches(rng)
+    allv = np.concatenate(batches)
+    acc = TensorAccumulator("t", bins=bins, fine_bins=fine)
+    for k, b in enumerate(batches):
+        acc.update(b)
+        # after every batch, the coarse histograms are those of a plain accumulator of `bins` bins
+        seen = np.concatenate(batches[: k + 1])
+        r = acc.result()
+        _same(r.abs_hist, histogram_of(seen, bins, signed=False))
+        _same(r.signed_hist, histogram_of(seen, bins, signed=True))
+    r = acc.result()
+    assert r.fine_hist is not None and r.fine_hist.bins == fine
+    # the fine histogram: every value in its bin, by plain comparisons on the edges
+    a = np.abs(allv.astype(np.float64))
+    idx = np.searchsorted(r.fine_hist.edges, a, side="right") - 1
+    np.testing.assert_array_equal(r.fine_hist.counts, np.bincount(idx, minlength=fine))
+    assert r.fine_hist.edges[-1] > a.max() >= r.fine_hist.edges[-1] / 2 or fine == bins
+
+
+def test_shards_merge_exactly_with_fine_histograms() -> None:
+    rng = np.random.default_rng(9)
+    batches = _batches(rng)
+    whole = TensorAccumulator("t", fine_bins=16384)
+    for b in batches:
+        whole.update(b)
+    parts = []
+    for b in reversed(batches):
+        acc = TensorAccumulator("t", fine_bins=16384)
+        acc.update(b)
+        parts.append(acc.result())
+    merged = parts[0]
+    for p in parts[1:]:
+        merged = merge_stats(merged, p)
+    w = whole.result()
+    assert merged.fine_hist is not None and w.fine_hist is not None
+    _same(merged.fine_hist, w.fine_hist)
+    _same(merged.abs_hist, w.abs_hist)
+    _same(merged.signed_hist, w.signed_hist)
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_one_bincount_gives_both_histograms_at_any_ratio(nonnegative: bool) -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(5000) * 3).astype(np.float32)
+    x[::7] = np.round(x[::7] * 64) / 64  # values on bin edges, negative ones too
+    x[::11] = 0.0
+    if nonnegative:
+        x = np.abs(x)
+    fine, sbins = 16384, 2048
+    e = exponent_for(float(np.abs(x).max()), fine)
+    a, s, zeros = abs_and_signed_counts(x, e, fine, nonnegative, sbins)
+    np.testing.assert_array_equal(a, np.bincount(bin_indices(x, e, fine, False), minlength=fine))
+    np.testing.assert_array_equal(s, np.bincount(bin_indices(x, e + 4, sbins, True), minlength=sbins))
+    assert zeros == int((x == 0).sum())
+
+
+def test_coarsened_rejects_what_is_not_exact() -> None:
+    h = histogram_of(np.arange(100, dtype=np.float32), 64, signed=False)
+    with pytest.raises(QuantvizError, match="coarsened exactly"):
+        coarsened(h, 48)
+    assert coarsened(h, 16).total == 100
+    assert fine_bins_for(2048, 16384) == 16384 and fine_bins_for(2000, 16384) == 32000 and fine_bins_for(2048, 0) == 2048
+
+
+@pytest.mark.parametrize("dist", ["normal", "heavy", "relu", "sparse"])
+def test_resample_misplaces_at_most_one_source_bin_per_edge(dist: str) -> None:
+    rng = np.random.default_rng(4)
+    x = {
+        "normal": rng.standard_normal(200000),
+        "heavy": rng.standard_t(2, 200000),
+        "relu": np.maximum(rng.standard_normal(200000), 0) * 5,
+        "sparse": np.repeat(rng.standard_normal(40) * 3, 500),
+    }[dist].astype(np.float32)
+    a = np.abs(x.astype(np.float64))
+    top = float(a.max())
+    fine = histogram_of(x, 16384, signed=False)
+    out = resample(fine, 2048, top)
+    exact = np.histogram(a, bins=2048, range=(0.0, top))[0]  # the two-pass histogram
+    assert out.sum() == pytest.approx(exact.sum(), rel=1e-12)
+    # cumulative counts at every target edge differ by at most the count of the source bin holding it
+    edges = np.arange(2049) * (top / 2048)
+    holding = np.minimum((edges / fine.width).astype(np.int64), fine.bins - 1)
+    err = np.abs(np.concatenate(([0.0], np.cumsum(out))) - np.concatenate(([0], np.cumsum(exact))))
+    assert np.all(err <= fine.counts[holding] + 1e-6 * a.size)
+    # and the fine grid is what makes it small: a source of 2048 power-of-two bins misplaces more
+    coarse = resample(histogram_of(x, 2048, signed=False), 2048, top)
+    if dist != "sparse":
+        err_coarse = np.abs(np.concatenate(([0.0], np.cumsum(coarse))) - np.concatenate(([0], np.cumsum(exact))))
+        assert err.max() < err_coarse.max()
+
+
+def test_resample_is_the_identity_where_edges_coincide() -> None:
+    counts = np.array([3, 0, 5, 7, 1, 0, 0, 0], dtype=np.int64)
+    h = Histogram(counts, edges_for(-2, 8, signed=False))  # width 0.25, abs-max inside bin 4
+    np.testing.assert_allclose(resample(h, 5, 1.25), [3, 0, 5, 7, 1])
+    # the bin holding the abs-max ends at it: half of bin 4's mass is below 1.125
+    np.testing.assert_allclose(resample(h, 9, 1.125)[-1], 1.0, rtol=1e-12)
+
+
+def _stats_v1(stats: CalibrationStats) -> bytes:
+    """The same statistics as a version-1 file (no fine histograms), written as version 1 did."""
+    buf = io.BytesIO()
+    save_stats(stats, buf)
+    with np.load(io.BytesIO(buf.getvalue())) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("fine_")}
+    header = json.loads(str(arrays["header"]))
+    header["version"] = 1
+    header["config"].pop("fine_bins")
+    arrays["header"] = np.array(json.dumps(header))
+    out = io.BytesIO()
+    np.savez_compressed(out, **arrays)
+    return out.getvalue()
+
+
+def test_statistics_file_keeps_the_fine_histogram_and_old_files_still_load() -> None:
+    rng = np.random.default_rng(1)
+    acc = TensorAccumulator("t", fine_bins=16384)
+    acc.update((rng.standard_t(3, 30000)).astype(np.float32))
+    stats = CalibrationStats("m", "0" * 64, "d", "id", False, 1, CollectConfig(), {"t": acc.result()})
+    buf = io.BytesIO()
+    save_stats(stats, buf)
+    back = load_stats(buf.getvalue())
+    t = back.tensors["t"]
+    assert t.fine_hist is not None and stats.tensors["t"].fine_hist is not None
+    _same(t.fine_hist, stats.tensors["t"].fine_hist)
+    assert threshold_kl(t, MethodConfig()).threshold == threshold_kl(stats.tensors["t"], MethodConfig()).threshold
+    old = load_stats(_stats_v1(stats))
+    assert old.tensors["t"].fine_hist is None and old.config.fine_bins == old.config.bins
+    r = threshold_kl(old.tensors["t"], MethodConfig())  # re-bins the 2048-bin histogram instead
+    assert r.details["source_bins"] == 2048 and 0 < r.threshold <= old.tensors["t"].absmax
+    assert json.loads(str(np.load(io.BytesIO(buf.getvalue()))["header"]))["format"] == STATS_FORMAT
+
+
+def test_kl_histogram_leaves_zeros_out_and_spans_the_abs_max() -> None:
+    x = np.concatenate([np.zeros(5000), np.linspace(-3, 2, 4000)]).astype(np.float32)
+    acc = TensorAccumulator("t", fine_bins=16384)
+    acc.update(x)
+    s = acc.result()
+    h = kl_histogram(s, 2048)
+    assert h.bins == 2048 and h.edges[-1] == pytest.approx(3.0) and h.total == pytest.approx(4000)
+    assert s.fine_hist is not None and s.fine_hist.counts[0] >= 5000  # the stored histogram is untouched
