@@ -367,6 +367,8 @@ def fake_quantize_fast(x: npt.ArrayLike, scale: float | npt.ArrayLike) -> npt.ND
     """
     s = np.asarray(scale, dtype=np.float64)
     q = np.divide(np.asarray(x), s, dtype=np.float64)
+    if np.ndim(q) == 0:  # a 0-d input (e.g. a sample rate): numpy gave a scalar, the steps below need an array
+        q = np.array(q, dtype=np.float64)
     np.rint(q, out=q)
     np.clip(q, -INT8_MAX, INT8_MAX, out=q)
     q *= s
@@ -821,7 +823,7 @@ def calibrate_eq(
     }
     fused_pre = frozenset(g.pre_activation for g in analyse(prepared.proto).groups)
     evaluator = ModelEvaluator(
-        prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples), fused_pre
+        prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples, source), fused_pre
     )
     result = eq_search(
         layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress
