@@ -109,12 +109,12 @@ def batch_case(batch: int | str | None) -> Callable[[Path], Case]:
 
 
 def token_ids(folder: Path) -> Case:
-    """x[N,8] float and ids[N,6] int64 -> Gather(emb, ids) -> ReduceMean -> Add(MatMul(x, w)) -> Relu -> y[N,4]."""
+    """x[N,8] float and ids[N,6] int64 -> Gather(emb, ids) -> ReduceMean -> Add(Gemm(x, w)) -> Relu -> y[N,4]."""
     emb, w = _w((20, 4), 5), _w((8, 4), 6)
     nodes = [
         helper.make_node("Gather", ["emb", "ids"], ["g"], name="gather"),
         helper.make_node("ReduceMean", ["g"], ["gm"], name="mean", axes=[1], keepdims=0),
-        helper.make_node("MatMul", ["x", "w"], ["xm"], name="matmul"),
+        helper.make_node("Gemm", ["x", "w"], ["xm"], name="gemm"),
         helper.make_node("Add", ["gm", "xm"], ["s"], name="add"),
         helper.make_node("Relu", ["s"], ["y"], name="relu"),
     ]
@@ -130,7 +130,7 @@ def token_ids(folder: Path) -> Case:
 
 
 def if_subgraph(folder: Path) -> Case:
-    """x[N,8] -> MatMul -> If(max |x| > 0: Relu, else: Neg) -> MatMul -> y[N,4] (the condition, one for the
+    """x[N,8] -> Gemm -> If(max |x| > 0: Relu, else: Neg) -> Gemm -> y[N,4] (the condition, one for the
     whole batch, is the same for every sample of real data: results do not depend on the batch size)."""
     w1, w2 = _w((8, 8), 8), _w((8, 4), 9)
     then_g = helper.make_graph(
@@ -140,12 +140,12 @@ def if_subgraph(folder: Path) -> Case:
         [helper.make_node("Neg", ["h"], ["e_out"], name="else_neg")], "else", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["N", 8])]
     )
     nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="mm1"),
         helper.make_node("Abs", ["x"], ["xa"], name="abs"),
         helper.make_node("ReduceMax", ["xa"], ["hs"], name="max", keepdims=0),
         helper.make_node("Greater", ["hs", "zero"], ["cond"], name="gt"),
         helper.make_node("If", ["cond"], ["branch"], name="if", then_branch=then_g, else_branch=else_g),
-        helper.make_node("MatMul", ["branch", "w2"], ["y"], name="mm2"),
+        helper.make_node("Gemm", ["branch", "w2"], ["y"], name="mm2"),
     ]
     g = helper.make_graph(
         nodes,
@@ -158,7 +158,7 @@ def if_subgraph(folder: Path) -> Case:
 
 
 def loop_subgraph(folder: Path) -> Case:
-    """x[N,8] -> Loop 3 times (v <- Tanh(MatMul(v, w))) -> MatMul -> y[N,4]."""
+    """x[N,8] -> Loop 3 times (v <- Tanh(MatMul(v, w))) -> Gemm -> y[N,4]."""
     w, w2 = _w((8, 8), 10), _w((8, 4), 11)
     body = helper.make_graph(
         [
@@ -176,7 +176,7 @@ def loop_subgraph(folder: Path) -> Case:
     )
     nodes = [
         helper.make_node("Loop", ["trips", "", "x"], ["looped"], name="loop", body=body),
-        helper.make_node("MatMul", ["looped", "w2"], ["y"], name="mm"),
+        helper.make_node("Gemm", ["looped", "w2"], ["y"], name="mm"),
     ]
     g = helper.make_graph(
         nodes,
@@ -189,7 +189,7 @@ def loop_subgraph(folder: Path) -> Case:
 
 
 def lstm_state(folder: Path) -> Case:
-    """x[N,5,4] -> Transpose -> LSTM(h0[1,1,8], c0[1,1,8]: states without a batch axis) -> Y_h -> MatMul -> y."""
+    """x[N,5,4] -> Transpose -> LSTM(h0[1,1,8], c0[1,1,8]: states without a batch axis) -> Y_h -> Gemm -> y."""
     hidden = 8
     W, R, B = _w((1, 4 * hidden, 4), 12), _w((1, 4 * hidden, hidden), 13, 0.3), _w((1, 8 * hidden), 14, 0.1)
     wo = _w((hidden, 3), 15)
@@ -197,7 +197,7 @@ def lstm_state(folder: Path) -> Case:
         helper.make_node("Transpose", ["x"], ["xt"], name="to_time_major", perm=[1, 0, 2]),
         helper.make_node("LSTM", ["xt", "W", "R", "B", "", "h0", "c0"], ["Y", "Y_h", "Y_c"], name="lstm", hidden_size=hidden),
         helper.make_node("Squeeze", ["Y_h", "axis0"], ["h"], name="squeeze"),
-        helper.make_node("MatMul", ["h", "wo"], ["y"], name="head"),
+        helper.make_node("Gemm", ["h", "wo"], ["y"], name="head"),
     ]
     g = helper.make_graph(
         nodes,
