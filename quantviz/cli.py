@@ -19,7 +19,8 @@ from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import CancelledError, QuantvizError
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
+from quantviz.preflight import INFO, WARNING, blocking, preflight
 from quantviz.sensitivity import BEST_CANDIDATES, BEST_SAMPLES
 from quantviz.stats import CalibrationStats, load_stats, save_stats
 from quantviz.table import CalibrationTable, calibrate, calibrate_model
@@ -101,8 +102,24 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
 
 
-def _collect_from_args(args: argparse.Namespace, model_path: str) -> CalibrationStats:
+def load_checked(model_path: str, show: bool = False, verbose: bool = False) -> LoadedModel:
+    """The model, pre-flighted (quantviz.preflight): a blocking finding stops with its sentence (exit 2);
+    show=True prints its warnings on stderr first (collect and calibrate from a model), verbose its
+    informations too."""
     model = load_model(model_path)
+    items = preflight(model)
+    if show:
+        for item in items:
+            if item.severity == WARNING or (verbose and item.severity == INFO):
+                print(f"{item.severity}: {item.text}", file=sys.stderr)
+    stop = blocking(items)
+    if stop is not None:
+        raise QuantvizError(stop.text)
+    return model
+
+
+def _collect_from_args(args: argparse.Namespace, model_path: str) -> CalibrationStats:
+    model = load_checked(model_path, show=True, verbose=bool(getattr(args, "verbose", False)))
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     config = CollectConfig(samples=args.samples, bins=args.bins, batch_size=args.batch_size)
     stats = collect(model, source, config, progress=progress_bar("collect"))
@@ -158,7 +175,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     elif args.method == "best":
         table = _calibrate_best(args, model_path, stats)
     elif model_path:  # the model adds fused shared scales, weight scales and requantization multipliers
-        model = load_model(model_path)
+        model = load_checked(model_path)
         table = calibrate_model(model, stats, args.method, _method_config(args), per_channel=not args.per_tensor_weights)
     else:
         table = calibrate(stats, args.method, _method_config(args))
@@ -174,7 +191,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
     """EasyQuant (quantviz.calib.easyquant): KL start, then the per-layer scale search on the data."""
     config = EQConfig(alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode)
-    model = load_model(model_path)
+    model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     return calibrate_eq(
         model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args), per_channel=not args.per_tensor_weights
@@ -193,7 +210,7 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
         raise QuantvizError(f"--best-methods takes methods among {', '.join(METHODS)}, not '{args.best_methods}'.")
     if args.best_samples < 1:
         raise QuantvizError(f"--best-samples must be at least 1, not {args.best_samples}.")
-    model = load_model(model_path)
+    model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     table, picks = best_method_table(
         model, stats, source, methods, _method_config(args), samples=args.best_samples,
@@ -213,7 +230,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     suffix = Path(args.output).suffix.lower()
     if suffix not in (".csv", ".html", ".htm"):
         raise QuantvizError(f"-o must end in .csv (LAYERS.csv) or .html (a report), not '{args.output}'.")
-    model = load_model(args.model)
+    model = load_checked(args.model)
     table = read_json(args.table)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     labels = read_labels(args.labels) if args.labels else default_labels(args.data)

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import numpy as np
 
 from quantviz.config import CollectConfig
-from quantviz.data import CalibrationSource
+from quantviz.data import BATCHED, CalibrationSource
 from quantviz.errors import CancelledError, QuantvizError
-from quantviz.model import LoadedModel, session_with_outputs
+from quantviz.model import LoadedModel, batch_dim, session_with_outputs
 from quantviz.stats import CalibrationStats, TensorAccumulator
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,26 @@ RUN_BYTES = 64 * 2**20
 MAX_FINE_BINS = 1 << 18
 
 
-def fixed_batch_size(model: LoadedModel) -> int | None:
-    """The batch dimension the model's inputs fix (e.g. 1), or None when it is dynamic."""
-    fixed = {spec.shape[0] for spec in model.inputs if spec.shape and isinstance(spec.shape[0], int)}
+def fixed_batch_size(model: LoadedModel, source: CalibrationSource | None = None) -> int | None:
+    """The batch dimension the model's batched inputs fix (e.g. 1), or None when it is dynamic.
+
+    -1 and 0 are dynamic (quantviz.model.batch_dim); inputs the source holds per sample or as a constant
+    have no batch axis and fix nothing.
+    """
+    fixed = {
+        d
+        for spec in model.inputs
+        if (source is None or source.layout.get(spec.name, BATCHED) == BATCHED) and (d := batch_dim(spec)) is not None
+    }
     return int(fixed.pop()) if len(fixed) == 1 else None
 
 
-def effective_batch_size(model: LoadedModel, requested: int) -> int:
-    """A fixed batch dimension in the model (e.g. 1) overrides the requested batch size."""
-    fixed = fixed_batch_size(model)
+def effective_batch_size(model: LoadedModel, requested: int, source: CalibrationSource | None = None) -> int:
+    """Samples per batch: the requested size, unless the model fixes its batch dimension (e.g. 1), or the
+    source holds an input per sample (a state without a batch axis: one sample a run)."""
+    if source is not None and source.one_sample_per_run:
+        return 1
+    fixed = fixed_batch_size(model, source)
     return requested if fixed is None else fixed
 
 
@@ -79,8 +90,8 @@ def collect(
     input_names = [i.name for i in model.inputs]
     accs = {n: TensorAccumulator(n, config.bins, config.ema_constant, config.fine_bins) for n in names}
     total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
-    batch_size = effective_batch_size(model, config.batch_size)
-    if fixed_batch_size(model) is not None and total % batch_size:
+    batch_size = effective_batch_size(model, config.batch_size, source)
+    if fixed_batch_size(model, source) is not None and total % batch_size:
         # A fixed batch dimension (other than 1) cannot run a shorter last batch.
         usable = total - total % batch_size
         if usable == 0:
@@ -90,7 +101,8 @@ def collect(
             )
         log.warning("The model's batch dimension is fixed at %d: the last %d of %d samples are left out.", batch_size, total - usable, total)
         total = usable
-    splittable = all(not (spec.shape and isinstance(spec.shape[0], int)) for spec in model.inputs)
+    splittable = fixed_batch_size(model, source) is None and not source.one_sample_per_run
+    unbatched = {k for k, v in source.layout.items() if v != BATCHED}  # never sliced
     run = 1 if splittable else batch_size  # samples per onnxruntime run; set from the first run
     done = 0
     if progress:
@@ -98,11 +110,11 @@ def collect(
     for batch in source.batches(batch_size, total):
         if cancel is not None and cancel():
             raise CancelledError(f"Collection cancelled after {done} of {total} samples.")
-        n = next(iter(batch.values())).shape[0]
+        n = source.samples_in(batch)
         start = 0
         while start < n:
             stop = min(n, start + run)
-            part = batch if stop - start == n else {k: v[start:stop] for k, v in batch.items()}
+            part = batch if stop - start == n else {k: v if k in unbatched else v[start:stop] for k, v in batch.items()}
             try:
                 outputs = session.run(fetched, part)
             except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
@@ -125,6 +137,11 @@ def collect(
         done += n
         if progress:
             progress(done, total)
+    if done == 0:
+        raise QuantvizError(
+            f"No sample ran through the model ({total} samples were asked for, batch size {batch_size}): statistics of nothing "
+            "cannot calibrate; check the data and --samples."
+        )
     # Results built while the accumulators are let go: the peak holds one set of histograms, not two.
     stats = {n: accs.pop(n).result() for n in list(accs)}
     infos = {t.name: t for t in model.tensors if t.name in stats}

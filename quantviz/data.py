@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from quantviz.errors import QuantvizError
-from quantviz.model import InputSpec
+from quantviz.model import InputSpec, batch_dim
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SYNTHETIC_PREFIX = "synthetic:"
@@ -54,51 +54,114 @@ class ImagePreprocess:
             raise QuantvizError("A standard deviation of 0 would divide by zero; give std values other than 0.")
 
 
+# How each model input is fed (decided from the data's ranks against the model's, see _layout):
+BATCHED = "batched"  # samples on the input's own first axis: runs take --batch-size samples
+PER_SAMPLE = "per sample"  # one more leading axis than the input: each sample's value fed whole, batch 1
+CONSTANT = "constant"  # a 0-d array for a 0-d input (a sample rate): the same value in every run
+
+
 @dataclass(frozen=True)
 class CalibrationSource:
-    """A checked calibration set: samples are fetched by index range, one batch at a time."""
+    """A checked calibration set: samples are fetched by index range, one batch at a time.
+
+    fetch(start, stop) returns the samples' arrays (samples on axis 0) of the batched and per-sample
+    inputs; batches() turns them into what the model is fed: per-sample inputs indexed (every run is then
+    one sample), constants added. layout: input name -> BATCHED, PER_SAMPLE or CONSTANT (empty: all batched).
+    """
 
     description: str
     data_id: str
     num_samples: int
     synthetic: bool
     fetch: Callable[[int, int], Batch] = field(repr=False, compare=False)
+    layout: Mapping[str, str] = field(default_factory=dict, compare=False)
+    constants: Mapping[str, npt.NDArray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def one_sample_per_run(self) -> bool:
+        """True when an input is held per sample: every run then takes one sample, whatever the batch size."""
+        return PER_SAMPLE in self.layout.values()
+
+    def run_size(self, batch_size: int) -> int:
+        return 1 if self.one_sample_per_run else batch_size
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         n = self.num_samples if limit is None else min(limit, self.num_samples)
-        for start in range(0, n, batch_size):
-            yield self.fetch(start, min(start + batch_size, n))
+        step = self.run_size(batch_size)
+        per_sample = [k for k, v in self.layout.items() if v == PER_SAMPLE]
+        for start in range(0, n, step):
+            batch = self.fetch(start, min(start + step, n))
+            if per_sample or self.constants:
+                batch = {**{k: (v[0] if k in per_sample else v) for k, v in batch.items()}, **self.constants}
+            yield batch
+
+    def samples_in(self, batch: Batch) -> int:
+        """How many samples a batch from batches() holds."""
+        if self.one_sample_per_run:
+            return 1
+        batched = [k for k in batch if self.layout.get(k, BATCHED) == BATCHED]
+        return int(batch[batched[0]].shape[0]) if batched else 1
 
 
 def _shape_text(shape: Sequence[object]) -> str:
     return "[" + ", ".join("?" if d is None or isinstance(d, str) else str(d) for d in shape) + "]"
 
 
-def _check_array(spec: InputSpec, arr: np.ndarray, origin: str) -> None:
-    """Raise QuantvizError naming the input when arr (samples on axis 0) cannot feed spec."""
-    expected = spec.shape
-    given = arr.shape
-    if expected and len(given) != len(expected):
+def _dims_text(spec: InputSpec) -> str:
+    return f"{len(spec.shape)} dimension{'s' if len(spec.shape) != 1 else ''}"
+
+
+def _layout(spec: InputSpec, arr: np.ndarray, origin: str) -> str:
+    """How an array feeds an input, from its rank against the input's (see BATCHED, PER_SAMPLE, CONSTANT)."""
+    rank = len(spec.shape)
+    if arr.ndim == 0:
+        if rank == 0:
+            return CONSTANT
         raise QuantvizError(
-            f"Input '{spec.name}' expects shape {spec.shape_text()} but {origin} has shape {_shape_text(given)} "
-            f"({len(given)} dimensions instead of {len(expected)}; the first axis indexes samples)."
+            f"Input '{spec.name}' expects shape {spec.shape_text()} but {origin} holds a single value (0-d) for it; "
+            "give one array with the samples on its first axis."
         )
-    for axis, (e, g) in enumerate(zip(expected, given, strict=False)):
-        if axis == 0:
-            continue
-        if isinstance(e, int) and e != g:
+    if arr.ndim == rank + 1:
+        return PER_SAMPLE
+    if arr.ndim == rank or rank == 0:  # rank 0: a model that does not declare the shape
+        return BATCHED
+    raise QuantvizError(
+        f"Input '{spec.name}' expects shape {spec.shape_text()} but {origin} has shape {_shape_text(arr.shape)} "
+        f"({arr.ndim} dimensions instead of {rank}; the first axis indexes samples, or give {rank + 1} for a value per "
+        "sample fed whole, e.g. a recurrent state)."
+    )
+
+
+def _check_array(spec: InputSpec, arr: np.ndarray, origin: str) -> str:
+    """Raise QuantvizError naming the input when arr cannot feed spec; return its layout (_layout)."""
+    layout = _layout(spec, arr, origin)
+    if layout == BATCHED:
+        pairs = [(axis, e, g) for axis, (e, g) in enumerate(zip(spec.shape, arr.shape, strict=False)) if axis > 0]
+    elif layout == PER_SAMPLE:
+        pairs = [(axis, e, g) for axis, (e, g) in enumerate(zip(spec.shape, arr.shape[1:], strict=True))]
+    else:
+        pairs = []
+    for axis, e, g in pairs:
+        if isinstance(e, int) and e > 0 and e != g:
+            per = " per sample" if layout == PER_SAMPLE else ""
+            given = arr.shape[1:] if layout == PER_SAMPLE else arr.shape
             raise QuantvizError(
                 f"Input '{spec.name}' expects shape {spec.shape_text()} but {origin} has shape "
-                f"{_shape_text(given)} (axis {axis}: {g} instead of {e})."
+                f"{_shape_text(given)}{per} (axis {axis}: {g} instead of {e})."
             )
     want = np.dtype(spec.dtype)
-    if arr.dtype != want and not (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)):
+    floats = np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)
+    # integers widen to the input's integer type (int32 token ids for an int64 input); never to floats,
+    # where raw pixels would go in unnormalised
+    ints = np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer) and np.can_cast(arr.dtype, want, "safe")
+    if arr.dtype != want and not floats and not ints:
         raise QuantvizError(
             f"Input '{spec.name}' expects {want.name} values but {origin} holds {arr.dtype.name}; "
             f"convert the data to {want.name} (for images: scale and normalise as the model was trained)."
         )
-    if arr.shape[0] == 0:
+    if layout != CONSTANT and arr.shape[0] == 0:
         raise QuantvizError(f"{origin} holds no samples for input '{spec.name}'.")
+    return layout
 
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")  # arrays never fed to a model input
@@ -118,20 +181,23 @@ def _from_arrays(arrays: dict[str, np.ndarray], inputs: Sequence[InputSpec], ori
             f"{origin} has no array for model input '{missing[0]}' (it has: {', '.join(keys) or 'nothing'}); "
             f"name the arrays after the model inputs: {', '.join(names)}."
         )
-    for spec in inputs:
-        _check_array(spec, arrays[spec.name], origin)
-    counts = {n: int(arrays[n].shape[0]) for n in names}
+    layout = {spec.name: _check_array(spec, arrays[spec.name], origin) for spec in inputs}
+    dtypes = {spec.name: np.dtype(spec.dtype) for spec in inputs}
+    varying = [n for n in names if layout[n] != CONSTANT]
+    if not varying:
+        raise QuantvizError(f"{origin} holds only single values (0-d arrays): give at least one input with samples on its first axis.")
+    counts = {n: int(arrays[n].shape[0]) for n in varying}
     if len(set(counts.values())) > 1:
         raise QuantvizError(
             f"{origin} has different sample counts per input ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
             "every input needs the same number of samples."
         )
-    dtypes = {spec.name: np.dtype(spec.dtype) for spec in inputs}
+    constants = {n: np.asarray(arrays[n], dtype=dtypes[n]) for n in names if layout[n] == CONSTANT}
 
     def fetch(start: int, stop: int) -> Batch:
-        return {n: np.ascontiguousarray(arrays[n][start:stop], dtype=dtypes[n]) for n in names}
+        return {n: np.ascontiguousarray(arrays[n][start:stop], dtype=dtypes[n]) for n in varying}
 
-    return CalibrationSource(origin, data_id, counts[names[0]], False, fetch)
+    return CalibrationSource(origin, data_id, counts[varying[0]], False, fetch, layout, constants)
 
 
 def _sha_file(path: Path) -> str:
@@ -252,9 +318,15 @@ def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
     if n <= 0 or n > MAX_SYNTHETIC:
         raise QuantvizError(f"synthetic:N needs N between 1 and {MAX_SYNTHETIC}, not {n}.")
     shapes: dict[str, tuple[int, ...]] = {}
+    # A fully fixed input beside one with a dynamic batch axis is taken as a state without a batch
+    # axis (preflight says so): its whole shape is drawn per sample and fed whole, one sample a run.
+    dynamic = any(spec.shape and batch_dim(spec) is None for spec in inputs)
+    layout: dict[str, str] = {}
     for spec in inputs:
-        rest = spec.shape[1:]
-        if not all(isinstance(d, int) for d in rest):
+        whole = not spec.shape or (dynamic and batch_dim(spec) is not None)
+        layout[spec.name] = PER_SAMPLE if whole else BATCHED
+        rest = spec.shape if whole else spec.shape[1:]
+        if not all(isinstance(d, int) and d > 0 for d in rest):
             raise QuantvizError(
                 f"Input '{spec.name}' has dynamic dimensions {spec.shape_text()}; synthetic data needs fixed ones: give real data."
             )
@@ -270,7 +342,7 @@ def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
             out[spec.name] = x.astype(spec.dtype) if np.issubdtype(np.dtype(spec.dtype), np.floating) else np.zeros_like(x, dtype=spec.dtype)
         return out
 
-    return CalibrationSource(f"synthetic:{n} (random normal data, not real)", f"synthetic:{n}", n, True, fetch)
+    return CalibrationSource(f"synthetic:{n} (random normal data, not real)", f"synthetic:{n}", n, True, fetch, layout)
 
 
 def open_source(

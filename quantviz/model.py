@@ -78,6 +78,7 @@ class LoadedModel:
     tensors: tuple[TensorInfo, ...]
     outputs: tuple[str, ...]
     initializers: frozenset[str] = field(default_factory=frozenset)
+    external_files: tuple[str, ...] = ()  # external data files the weights were read from
 
     def tensor(self, name: str) -> TensorInfo:
         for t in self.tensors:
@@ -105,6 +106,43 @@ class LoadedModel:
         return None
 
 
+def batch_dim(spec: InputSpec) -> int | None:
+    """The input's fixed batch size, or None when its first dimension is dynamic or absent.
+
+    A dim_param, an unnamed dimension, and dim_value -1 or 0 (PaddlePaddle and some other exporters write
+    these for a dynamic batch; onnxruntime accepts any size there) are dynamic; a scalar has no batch axis.
+    """
+    if not spec.shape:
+        return None
+    d = spec.shape[0]
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def _external_files(proto: onnx.ModelProto) -> tuple[str, ...]:
+    files: list[str] = []
+    for init in proto.graph.initializer:
+        if init.data_location == TensorProto.EXTERNAL:
+            loc = next((e.value for e in init.external_data if e.key == "location"), "")
+            if loc and loc not in files:
+                files.append(loc)
+    return tuple(files)
+
+
+def _free_nonpositive_dims(proto: onnx.ModelProto) -> None:
+    """Make dimensions declared -1 or 0 unknown (in place, on a proto this module parsed).
+
+    Exporters write them for a dynamic batch; onnxruntime takes 0 as a fixed size of 0 and refuses every
+    input ("Got: 1 Expected: 0"). The declared values stay in InputSpec.shape for the pre-flight to name.
+    """
+    graph = proto.graph
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.ClearField("dim_value")
+
+
 def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...]:
     if not type_proto.tensor_type.HasField("shape"):
         return ()
@@ -119,7 +157,7 @@ def _dims(type_proto: onnx.TypeProto) -> tuple[Dim, ...]:
     return tuple(out)
 
 
-def _read_bytes(source: str | Path | bytes) -> tuple[onnx.ModelProto, bytes, str]:
+def _read_bytes(source: str | Path | bytes) -> tuple[onnx.ModelProto, bytes, str, tuple[str, ...]]:
     """Parse a model from bytes or a path (with external data for a path). Returns proto, raw bytes, name."""
     if isinstance(source, bytes | bytearray | memoryview):
         raw = bytes(source)
@@ -136,15 +174,19 @@ def _read_bytes(source: str | Path | bytes) -> tuple[onnx.ModelProto, bytes, str
                 "This model keeps its weights in a separate external data file, which an upload does not carry: "
                 "load it from its path on disk, with the data file beside it."
             )
-        return proto, raw, name
+        return proto, raw, name, ()
     path = Path(source)
     if not path.exists():
         raise QuantvizError(f"The model file '{path}' does not exist.")
     if path.is_dir():
         raise QuantvizError(f"'{path}' is a folder; give the path of an .onnx file.")
     raw = path.read_bytes()
+    external: tuple[str, ...] = ()
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load_from_string(raw)
+        external = _external_files(proto)
+        if external:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except (DecodeError, RuntimeError, ValueError, OSError, onnx.checker.ValidationError) as exc:
         if isinstance(exc, OSError | onnx.checker.ValidationError) and "external" in str(exc).lower() or (
             isinstance(exc, onnx.checker.ValidationError) and "should be stored in" in str(exc)
@@ -153,7 +195,7 @@ def _read_bytes(source: str | Path | bytes) -> tuple[onnx.ModelProto, bytes, str
         raise QuantvizError(
             f"'{path.name}' is not a readable ONNX model (it may be truncated or another file type)."
         ) from exc
-    return proto, raw, path.name
+    return proto, raw, path.name, external
 
 
 def load_model(source: str | Path | bytes, name: str | None = None) -> LoadedModel:
@@ -162,10 +204,12 @@ def load_model(source: str | Path | bytes, name: str | None = None) -> LoadedMod
     Raises QuantvizError with a sentence for: not ONNX / truncated, no graph, an op or opset that
     onnxruntime cannot run, no float tensor to calibrate.
     """
-    proto, raw, default_name = _read_bytes(source)
+    proto, raw, default_name, external = _read_bytes(source)
     if not proto.graph.node and not proto.graph.input:
         raise QuantvizError("This file parsed as ONNX but holds no graph: it is not an ONNX model.")
     sha = hashlib.sha256(raw).hexdigest()
+    declared = {vi.name: _dims(vi.type) for vi in proto.graph.input}
+    _free_nonpositive_dims(proto)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises many types; shapes are optional here
@@ -176,7 +220,7 @@ def load_model(source: str | Path | bytes, name: str | None = None) -> LoadedMod
     inputs = tuple(
         InputSpec(
             vi.name,
-            _dims(vi.type),
+            declared.get(vi.name, _dims(vi.type)),
             np.dtype(ONNX_TO_NUMPY.get(vi.type.tensor_type.elem_type, np.float32)).name,
         )
         for vi in inferred.graph.input
@@ -193,6 +237,7 @@ def load_model(source: str | Path | bytes, name: str | None = None) -> LoadedMod
         tensors=tensors,
         outputs=tuple(o.name for o in inferred.graph.output),
         initializers=initializers,
+        external_files=external,
     )
 
 

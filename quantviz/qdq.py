@@ -105,6 +105,8 @@ class PreparedModel:
     proto: onnx.ModelProto
     fold: FoldReport
     float_types: dict[str, int]  # float tensor (activation or graph input/output) -> ONNX elem type
+    per_tensor_only: bool = False  # opset < 13 the converter could not raise: no per-channel Q/DQ
+    opset_note: str = ""  # what was done about an opset below 13 (quantviz.preflight.analysis_model)
 
     @property
     def initializer_names(self) -> frozenset[str]:
@@ -199,15 +201,23 @@ def _float_types(proto: onnx.ModelProto) -> dict[str, int]:
 
 
 def prepare_float_model(model: LoadedModel) -> PreparedModel:
-    """Fold BatchNormalization, turn Constants into initializers, name nodes, infer shapes (a copy)."""
-    folded, report = fold_batchnorm(model.proto)
+    """Fold BatchNormalization, turn Constants into initializers, name nodes, infer shapes (a copy).
+
+    A model below opset 13 is first converted with onnx's version converter (quantviz.preflight.analysis_model).
+    """
+    from quantviz.preflight import analysis_model
+
+    at = analysis_model(model.proto)
+    if at.note:
+        log.warning("%s", at.note)
+    folded, report = fold_batchnorm(at.proto)
     _constants_to_initializers(folded.graph)
     _name_nodes(folded.graph)
     try:
         folded = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises many types; shapes are optional here
         log.warning("Shape inference of the folded model failed (%s); using the shapes it had.", exc)
-    return PreparedModel(folded, report, _float_types(folded))
+    return PreparedModel(folded, report, _float_types(folded), at.per_tensor_only, at.note)
 
 
 def _entry_ok(entry: TensorEntry | None) -> bool:
@@ -312,6 +322,7 @@ def build(
 
     check_table_names(model, table)
     prepared = prepared or prepare_float_model(model)
+    per_channel = per_channel and not prepared.per_tensor_only
     node_names = {n.name for n in prepared.proto.graph.node}
     unknown = sorted(set(float_nodes) - node_names) + sorted(set(only_nodes or ()) - node_names)
     if unknown:
@@ -341,6 +352,8 @@ def build(
         init = inits.get(wname)
         if init is None or init.data_type not in FLOAT_ELEM_TYPES or not isinstance(spec, dict):
             continue
+        if prepared.per_tensor_only and spec.get("axis") is not None:
+            continue  # per-channel scales need opset 13; onnxruntime measures this weight per tensor
         ov = _weight_override(init, spec, reduce_range)
         if ov is None:
             log.warning(

@@ -411,8 +411,7 @@ def _run(sess: ort.InferenceSession, names: list[str], batch: dict[str, npt.NDAr
         values = sess.run(names, feed)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        n = next(iter(batch.values())).shape[0]
-        raise QuantvizError(f"onnxruntime could not run the model on samples {done}..{done + n - 1}: {first}") from exc
+        raise QuantvizError(f"onnxruntime could not run the model on the batch starting at sample {done}: {first}") from exc
     return dict(zip(names, values, strict=True))
 
 
@@ -503,14 +502,14 @@ def analyze(
     iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
     out_acc = {o: _OutputAccumulator() for o in p.model_outputs}
-    bs = effective_batch_size(model, batch_size)
+    bs = effective_batch_size(model, batch_size, source)
     done = 0
     if progress:
         progress(0, total)
     for batch in source.batches(bs, total):
         if cancel is not None and cancel():
             raise CancelledError(f"Analysis cancelled after {done} of {total} samples.")
-        n = next(iter(batch.values())).shape[0]
+        n = source.samples_in(batch)
         f = _run(iso_sess, iso_names, batch, done)
         q = _run(acc_sess, acc_names, batch, done)
         for s in p.layers:
@@ -573,12 +572,12 @@ def layer_error(
     total = source.num_samples if samples is None else min(samples, source.num_samples)
     acc = ErrorAccumulator()
     done = 0
-    for batch in source.batches(effective_batch_size(model, batch_size), total):
+    for batch in source.batches(effective_batch_size(model, batch_size, source), total):
         if cancel is not None and cancel():
             raise CancelledError(f"Analysis cancelled after {done} of {total} samples.")
         f = _run(sess, names, batch, done)
         acc.update(f[spec.output_tensor], f[spec.isolated_tensor])
-        done += next(iter(batch.values())).shape[0]
+        done += source.samples_in(batch)
     return acc.result()
 
 

@@ -367,6 +367,8 @@ def fake_quantize_fast(x: npt.ArrayLike, scale: float | npt.ArrayLike) -> npt.ND
     """
     s = np.asarray(scale, dtype=np.float64)
     q = np.divide(np.asarray(x), s, dtype=np.float64)
+    if np.ndim(q) == 0:  # a 0-d input (e.g. a sample rate): numpy gave a scalar, the steps below need an array
+        q = np.array(q, dtype=np.float64)
     np.rint(q, out=q)
     np.clip(q, -INT8_MAX, INT8_MAX, out=q)
     q *= s
@@ -813,6 +815,7 @@ def calibrate_eq(
     scales = _usable_scales(base)
     weights = weight_scales(prepared.proto, per_channel)
     layers, skipped = find_layers(prepared, scales, weights)
+    layers, skipped = _outside_control_flow(prepared, layers, skipped)
     if not layers:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) or "the model has no Conv or Gemm"
         raise QuantvizError(f"EQ found no Conv or Gemm layer it can search ({reasons}); use another method.")
@@ -821,12 +824,29 @@ def calibrate_eq(
     }
     fused_pre = frozenset(g.pre_activation for g in analyse(prepared.proto).groups)
     evaluator = ModelEvaluator(
-        prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples), fused_pre
+        prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples, source), fused_pre
     )
     result = eq_search(
         layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress
     )
     return eq_table(base, result, model, per_channel, evaluator.samples, skipped)
+
+
+def _outside_control_flow(
+    prepared: PreparedModel, layers: Sequence[EQLayer], skipped: Mapping[str, str]
+) -> tuple[list[EQLayer], dict[str, str]]:
+    """The layers whose input the node-by-node walk can reach without running an If/Loop/Scan (the walk
+    runs one node at a time and cannot step into a subgraph); the others keep KL, with the reason."""
+    nodes = list(prepared.proto.graph.node)
+    keep: list[EQLayer] = []
+    out = dict(skipped)
+    for layer in layers:
+        flow = [n.name for n in ModelEvaluator._needed_nodes(nodes, {layer.input}) if n.op_type in SUBGRAPH_OPS]  # noqa: SLF001
+        if flow:
+            out[layer.name] = f"its input comes through control flow ({', '.join(flow)}), which EQ's walk cannot run"
+        else:
+            keep.append(layer)
+    return keep, out
 
 
 def eq_table(

@@ -21,7 +21,7 @@ from quantviz.export import qv_json
 from quantviz.export.diff import diff_tables, format_diff, summary, write_diff_csv
 from quantviz.export.registry import FORMATS, ExportOptions, read_table, write_table
 from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
-from quantviz.model import LoadedModel, load_model
+from quantviz.model import LoadedModel
 
 DIFF_ROWS_SHOWN = 40  # rows printed to the terminal; -o writes them all
 
@@ -31,7 +31,9 @@ def _model(path: str | None) -> LoadedModel | None:
         return None
     if not Path(path).is_file():
         raise QuantvizError(f"The model '{path}' does not exist.")
-    return load_model(path)
+    from quantviz.cli import load_checked  # the pre-flight's blocking findings stop an export too
+
+    return load_checked(path)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
