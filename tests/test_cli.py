@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 
-from quantviz.histogram import Histogram
 from quantviz.stats import load_stats
 from tests import graphs
 from tests.conftest import ROOT, ort_run_with_outputs
@@ -100,16 +99,21 @@ def test_calibrate_kl_from_stats(case: dict) -> None:
         source = e.get("extra", {}).get("scale_from", name)
         assert 0 < e["threshold"] <= float(np.abs(case["expected"][source]).max()) * (1 + 1e-6)
         assert e["scale"] == float(np.float32(e["threshold"]) / np.float32(127))
-    # one tensor against the slow loop of test_kl (zeros out of bin 0, cut after the last non-empty bin)
-    t = stats.tensors["bn_out"]
-    h: Histogram = t.abs_hist
-    used = [int(v) for v in h.counts]
-    used[0] -= t.zero_count
-    while used[-1] == 0:
-        used.pop()
-    cands, kls = slow_kl(used)
-    expected = min(slow_best(cands, kls) * h.width, t.absmax)
-    assert doc["tensors"]["bn_out"]["threshold"] == pytest.approx(expected, rel=1e-12)
+    # one tensor against an independent reference: TensorRT's search (the slow loop of test_kl) on an exact
+    # 2048-bin histogram of |x| over [0, max|x|] built from the tensor itself, exact zeros left out.
+    # quantviz resamples its streaming histogram to that grid, so it must land within one bin of the
+    # reference's choice, or on a candidate whose reference divergence is within 10 % of the minimum.
+    values = np.abs(case["expected"]["bn_out"].astype(np.float64)).ravel()
+    top = float(values.max())
+    exact, _ = np.histogram(values[values != 0], bins=2048, range=(0.0, top))
+    cands, kls = slow_kl([int(v) for v in exact])
+    width = top / 2048
+    reference = slow_best(cands, kls) * width
+    got = doc["tensors"]["bn_out"]["threshold"]
+    i = int(round(got / width))
+    kl_at_got = kls[cands.index(i)] if i in cands else float("inf")
+    assert abs(got - reference) <= width * (1 + 1e-9) or kl_at_got <= min(kls) * 1.1, (got, reference, width)
+    assert stats.tensors["bn_out"].absmax == pytest.approx(top, rel=1e-6)
 
 
 def test_calibrate_kl_center(case: dict) -> None:

@@ -57,7 +57,7 @@ def test_upload_model_and_npz_collect_then_bad_model(page: Page, app_url: str, t
     assert not error_texts(page)
     assert metric(page, "Tensors") == str(expected_tensors)
     assert metric(page, "Samples") == str(expected_samples)
-    expect(page.get_by_text("data: ", exact=False).filter(has_text=DATA.name)).to_be_visible()
+    expect(page.get_by_text("Current model:", exact=False).filter(has_text=DATA.name)).to_be_visible()
     screenshot(page, "upload_01_collected")
 
     # a file that is not ONNX, named .onnx so the uploader accepts it
