@@ -35,8 +35,11 @@ test-fast: install
 bench: install
 	$(PY) bench/bench_collect.py sample_models/digits_resnet.onnx sample_models/digits32_calib.npz
 
+# ruff over every Python folder; mypy strict on the engine (mypy.ini), default checks on the app.
 lint: install
-	$(PY) -m ruff check quantviz tests app.py pages bench
+	$(PY) -m ruff check quantviz ui pages tests bench app.py
+	$(PY) -m mypy quantviz
+	$(PY) -m mypy ui pages app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

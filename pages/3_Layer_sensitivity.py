@@ -38,8 +38,7 @@ AUTO_RUN_TENSORS = 100  # small models are analysed on arrival; larger ones wait
 DEFAULT_SAMPLES = 256
 SHOWN_LAYERS = (20, 40, 80, 160)  # bars per chart on big models; the table and the report keep them all
 
-w = state.work()
-assert w is not None  # need_stats() returned: there is a current model
+w = state.current_work()
 controls = state.session().controls
 
 # --- which samples ---------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ float_layers = {
 listed = order + [n for n in float_layers if n not in layers]
 
 # a clicked bar opens its layer (only when the click is new: the selection outlives reruns)
-points = (event or {}).get("selection", {}).get("points", []) if event else []
+points = event.get("selection", {}).get("points", []) if event else []
 if points:
     p = points[0]
     picked = p.get("customdata")
@@ -220,11 +219,11 @@ target = (entry.extra.get("scale_from") if entry is not None else None) or out
 if le is None:
     st.caption(f"{layer} is kept in float: it has no int8 figures. Untick the box below to quantize it again.")
 else:
-    m = st.columns(4)
-    m[0].metric("cosine isolated", f"{le.isolated.cosine:.6f}")
-    m[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
-    m[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
-    m[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
+    cols = st.columns(4)
+    cols[0].metric("cosine isolated", f"{le.isolated.cosine:.6f}")
+    cols[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
+    cols[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
+    cols[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
 if target != out:
     st.caption(
         f"Output **{out}** is fused with its activation and quantized with the scale of **{target}** "
@@ -254,7 +253,7 @@ if le is not None and t_stats is not None and not t_stats.empty:
     c1.selectbox(
         f"Method for {target}",
         method_names,
-        format_func=lambda k: METHOD_LABELS.get(k, k) + (" (default)" if k == review.default_method else ""),
+        format_func=lambda k: str(METHOD_LABELS.get(k, k)) + (" (default)" if k == review.default_method else ""),
         key=state.controlled(f"sens_method::{target}", current.method or review.default_method),
         on_change=_set_method,
     )
@@ -320,10 +319,10 @@ if le is not None:
             st.error(str(exc))
     fig = state.stored(rkey)
     if fig is not None:
-        m = st.columns(3)
-        m[0].metric("cosine isolated now", f"{fig.cosine:.6f}", f"{fig.cosine - le.isolated.cosine:+.2e} vs the analysis")
-        m[1].metric("SNR isolated now", f"{fig.snr_db:.2f} dB", f"{fig.snr_db - le.isolated.snr_db:+.2f} dB")
-        m[2].metric("MSE isolated now", f"{fig.mse:.3e}")
+        now = st.columns(3)
+        now[0].metric("cosine isolated now", f"{fig.cosine:.6f}", f"{fig.cosine - le.isolated.cosine:+.2e} vs the analysis")
+        now[1].metric("SNR isolated now", f"{fig.snr_db:.2f} dB", f"{fig.snr_db - le.isolated.snr_db:+.2f} dB")
+        now[2].metric("MSE isolated now", f"{fig.mse:.3e}")
 
 # --- best method per layer ----------------------------------------------------------------------------
 st.subheader("Best method per layer")

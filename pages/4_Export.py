@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, replace
 
 import pandas as pd
@@ -78,7 +79,7 @@ for name, fmt in FORMATS.items():
     try:
         # written once per table and options, not on every rerun (the QDQ model runs onnxruntime's quantizer)
         export_key = state.derived_key("export", (name, fmt_options.reduce_range, fmt_options.trt_header, model is not None))
-        data = state.cached(export_key, lambda n=name, o=fmt_options: export_bytes(table, n, o))
+        data = state.cached(export_key, functools.partial(export_bytes, table, name, fmt_options))
     except QuantvizError as exc:
         right.error(str(exc))
         continue
@@ -132,7 +133,7 @@ else:
     chosen_rows = st.dataframe(
         pd.DataFrame(rows), hide_index=True, key="choices_table", on_select="rerun", selection_mode="multi-row"
     )  # fmt: skip
-    picked = [rows[i]["tensor or weight"] for i in chosen_rows.selection.rows if i < len(rows)]
+    picked = [str(rows[i]["tensor or weight"]) for i in chosen_rows.selection.rows if i < len(rows)]
     r1, r2 = st.columns(2)
     if r1.button(f"Remove the {len(picked)} selected", key="choices_remove", disabled=not picked):
         state.set_review(review.without(picked, weights=picked))

@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def progress_bar(label: str) -> Callable[[int, int], None] | None:
+def progress_bar(label: str) -> Callable[[int, int], object] | None:
     """A one-line progress bar on stderr when it is a terminal; nothing otherwise."""
     if not sys.stderr.isatty():
         return None

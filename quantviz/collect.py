@@ -27,7 +27,7 @@ from quantviz.stats import CalibrationStats, TensorAccumulator
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (samples done, samples in all)
+Progress = Callable[[int, int], object]  # (samples done, samples in all)
 Cancel = Callable[[], bool]  # True: stop as soon as the current batch is done
 
 # Activations one onnxruntime run may return (every fetched tensor) before a batch is split into
@@ -145,9 +145,9 @@ def collect(
     # Results built while the accumulators are let go: the peak holds one set of histograms, not two.
     stats = {n: accs.pop(n).result() for n in list(accs)}
     infos = {t.name: t for t in model.tensors if t.name in stats}
-    for n, s in stats.items():
+    for tname, s in stats.items():
         if s.nonfinite:
-            log.warning("Tensor %s had %d NaN and %d Inf values (kept out of its range).", n, s.nan_count, s.posinf_count + s.neginf_count)
+            log.warning("Tensor %s had %d NaN and %d Inf values (kept out of its range).", tname, s.nan_count, s.posinf_count + s.neginf_count)
     return CalibrationStats(
         model_name=model.name,
         model_sha256=model.sha256,

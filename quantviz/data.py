@@ -9,12 +9,14 @@ given shape or dtype.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +29,7 @@ SYNTHETIC_PREFIX = "synthetic:"
 SYNTHETIC_SEED = 0
 MAX_SYNTHETIC = 100_000
 
-Batch = dict[str, npt.NDArray]
+Batch = dict[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class CalibrationSource:
     synthetic: bool
     fetch: Callable[[int, int], Batch] = field(repr=False, compare=False)
     layout: Mapping[str, str] = field(default_factory=dict, compare=False)
-    constants: Mapping[str, npt.NDArray] = field(default_factory=dict, repr=False, compare=False)
+    constants: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def one_sample_per_run(self) -> bool:
@@ -231,9 +233,8 @@ def _load_npz(raw: bytes | Path, origin: str) -> dict[str, np.ndarray]:
 
 def _load_npy(raw: bytes | Path, origin: str) -> np.ndarray:
     try:
-        if isinstance(raw, bytes):
-            return np.load(io.BytesIO(raw), allow_pickle=False)
-        return np.load(raw, allow_pickle=False, mmap_mode="r")
+        arr: np.ndarray = np.load(io.BytesIO(raw), allow_pickle=False) if isinstance(raw, bytes) else np.load(raw, allow_pickle=False, mmap_mode="r")
+        return arr
     except ValueError as exc:
         raise _numpy_error(exc, origin, ".npy") from exc
     except (OSError, EOFError) as exc:
@@ -263,8 +264,8 @@ def _decode_image(data: bytes, name: str, spec: InputSpec, pre: ImagePreprocess)
     else:
         raise QuantvizError(f"Input '{spec.name}' has shape {spec.shape_text()}, not an image batch (4 dimensions).")
     try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("L" if pre.color == "gray" else "RGB").resize((w, h), Image.Resampling.BILINEAR)
+        opened = Image.open(io.BytesIO(data))
+        img = opened.convert("L" if pre.color == "gray" else "RGB").resize((w, h), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError) as exc:
         raise QuantvizError(f"'{name}' is not a readable image.") from exc
     x = np.asarray(img, dtype=np.float32)
@@ -310,7 +311,7 @@ def _zip_entries(raw: bytes | Path, origin: str) -> list[tuple[str, Callable[[],
         raise QuantvizError(f"{origin} is not a readable .zip file.") from exc
     names = sorted(n for n in zf.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
     # Member names are only used as keys to read from the archive, never as paths on disk.
-    return [(n, (lambda n=n: zf.read(n))) for n in names]
+    return [(n, functools.partial(zf.read, n)) for n in names]
 
 
 def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
@@ -365,10 +366,11 @@ def open_source(
             raise QuantvizError(f"'{source}' is not synthetic:N with N a whole number.") from exc
         return synthetic_source(n, inputs)
     if isinstance(source, bytes | bytearray | memoryview):
-        raw: bytes | Path = bytes(source)
+        content = bytes(source)
+        raw: bytes | Path = content
         label = name or "the uploaded file"
         suffix = Path(name or "").suffix.lower()
-        data_id = hashlib.sha256(raw).hexdigest()
+        data_id = hashlib.sha256(content).hexdigest()
         origin = f"'{label}'"
     else:
         path = Path(source)

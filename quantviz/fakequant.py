@@ -9,6 +9,7 @@ Scales are float32 values, as every engine stores them.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,17 +49,17 @@ def power_of_two_scale(scale: float) -> float:
     return float(2.0 ** math.ceil(math.log2(scale)))
 
 
-def quantize(x: npt.ArrayLike, scale: float | npt.NDArray, zero_point: int | npt.NDArray = 0, qmin: int = -INT8_MAX, qmax: int = INT8_MAX) -> npt.NDArray[np.int32]:
+def quantize(x: npt.ArrayLike, scale: float | npt.NDArray[Any], zero_point: int | npt.NDArray[Any] = 0, qmin: int = -INT8_MAX, qmax: int = INT8_MAX) -> npt.NDArray[np.int32]:
     """q = clip(round_half_even(x / s) + zp, qmin, qmax)."""
     q = np.round(np.asarray(x, dtype=np.float64) / scale) + zero_point
     return np.clip(q, qmin, qmax).astype(np.int32)
 
 
-def dequantize(q: npt.ArrayLike, scale: float | npt.NDArray, zero_point: int | npt.NDArray = 0) -> npt.NDArray[np.float64]:
+def dequantize(q: npt.ArrayLike, scale: float | npt.NDArray[Any], zero_point: int | npt.NDArray[Any] = 0) -> npt.NDArray[np.float64]:
     return (np.asarray(q, dtype=np.float64) - zero_point) * scale
 
 
-def fake_quantize(x: npt.ArrayLike, scale: float | npt.NDArray, zero_point: int | npt.NDArray = 0, qmin: int = -INT8_MAX, qmax: int = INT8_MAX) -> npt.NDArray[np.float64]:
+def fake_quantize(x: npt.ArrayLike, scale: float | npt.NDArray[Any], zero_point: int | npt.NDArray[Any] = 0, qmin: int = -INT8_MAX, qmax: int = INT8_MAX) -> npt.NDArray[np.float64]:
     return dequantize(quantize(x, scale, zero_point, qmin, qmax), scale, zero_point)
 
 
@@ -184,5 +185,6 @@ def requantize(
         left = np.maximum(MULTIPLIER_BITS - k, 0)
         right = np.maximum(k - MULTIPLIER_BITS, 0)
         shifted = np.clip(a << left, INT32_MIN, INT32_MAX)  # TFLite saturates the left shift (M >= 1)
-        r = _rounding_divide_by_pot(_srdhm(shifted, m0), right)
-    return np.clip(r + zero_point, max(qmin, INT32_MIN), min(qmax, INT32_MAX)).astype(np.int32)  # saturates to int32
+        r = _rounding_divide_by_pot(_srdhm(shifted.astype(np.int64), m0), right)
+    out: npt.NDArray[np.int32] = np.clip(r + zero_point, max(qmin, INT32_MIN), min(qmax, INT32_MAX)).astype(np.int32)
+    return out  # saturated to int32

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,7 +82,7 @@ def node_key(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
 
 
-def constant_values(graph: onnx.GraphProto) -> dict[str, npt.NDArray]:
+def constant_values(graph: onnx.GraphProto) -> dict[str, npt.NDArray[Any]]:
     """Initializers and Constant-node outputs (exporters such as Paddle2ONNX store weights so)."""
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
@@ -124,8 +125,8 @@ def _unique(name: str, taken: set[str]) -> str:
 class _Plan:
     conv_index: int
     bn_index: int
-    weight: npt.NDArray
-    bias: npt.NDArray
+    weight: npt.NDArray[Any]
+    bias: npt.NDArray[Any]
     gemm_beta_reset: bool
 
 
@@ -134,7 +135,7 @@ def _why_not(
     producer: onnx.NodeProto | None,
     consumers: Counter[str],
     graph_outputs: set[str],
-    consts: dict[str, npt.NDArray],
+    consts: dict[str, npt.NDArray[Any]],
 ) -> str | None:
     """Why this BatchNormalization cannot be folded (None: it can)."""
     x = bn.input[0]
@@ -165,7 +166,7 @@ def _why_not(
     return None
 
 
-def _folded_params(bn: onnx.NodeProto, producer: onnx.NodeProto, consts: dict[str, npt.NDArray]) -> tuple[npt.NDArray, npt.NDArray]:
+def _folded_params(bn: onnx.NodeProto, producer: onnx.NodeProto, consts: dict[str, npt.NDArray[Any]]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """w' = w * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), in float64, cast back."""
     gamma, beta, mean, var = (consts[n].astype(np.float64).reshape(-1) for n in bn.input[1:5])
     eps = float(_attr(bn, "epsilon", BN_DEFAULT_EPSILON))  # type: ignore[arg-type]

@@ -127,7 +127,8 @@ def bin_indices(values: npt.NDArray[np.floating], exponent: int, bins: int, sign
         idx += bins // 2
     else:
         idx = (np.abs(values) * scale).astype(np.int64)  # truncation == floor for |x| >= 0
-    return idx
+    out: npt.NDArray[np.int64] = idx
+    return out
 
 
 def coarsen(counts: npt.NDArray[np.int64], shift: int, signed: bool) -> npt.NDArray[np.int64]:

@@ -53,7 +53,8 @@ def _sums(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating]) -> tuple[npt
     d = x - y
 
     def dot(p: npt.NDArray[np.floating], q: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-        return np.einsum("ij,ij->i", p, q, dtype=np.float64)
+        out: npt.NDArray[np.float64] = np.einsum("ij,ij->i", p, q, dtype=np.float64)
+        return out
 
     return dot(x, x), dot(y, y), dot(x, y), dot(d, d)
 

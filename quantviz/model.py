@@ -24,7 +24,7 @@ from quantviz.errors import QuantvizError
 
 log = logging.getLogger(__name__)
 
-FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
+FLOAT_TYPES: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
 ONNX_TO_NUMPY = {
     TensorProto.FLOAT: np.float32,
     TensorProto.FLOAT16: np.float16,

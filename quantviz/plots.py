@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from quantviz.calib import METHOD_LABELS, Threshold
+from quantviz.calib.log2 import Log2Comparison
 from quantviz.stats import TensorStats
 
 METHOD_COLORS = {
@@ -50,8 +52,8 @@ def histogram_figure(
     xmin, xmax = float(hist.edges[lo]), float(hist.edges[hi])
     # Shapes and annotations are built as plain dicts and set once: plotly's add_vline/add_vrect
     # validate the whole layout on every call (about 20 ms each), too slow for a rerun budget.
-    shapes: list[dict] = []
-    notes: list[dict] = []
+    shapes: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
     for i, (key, th) in enumerate(thresholds.items()):
         color = METHOD_COLORS.get(key, METHOD_COLORS.get(th.method, "#000000"))
         label = METHOD_LABELS.get(key, key)
@@ -136,7 +138,7 @@ def weight_channels_figure(name: str, absmax: np.ndarray, scales: np.ndarray, ti
     return fig
 
 
-def log2_figure(cmp) -> go.Figure:  # cmp: quantviz.calib.log2.Log2Comparison
+def log2_figure(cmp: Log2Comparison) -> go.Figure:
     """Mean squared error per |x| bin of linear int8 and of log2 quantization, on a log y axis."""
     fig = go.Figure()
     for y, name, color in ((cmp.linear_error, f"linear (MSE {cmp.linear_mse:.2e})", "#1f77b4"), (cmp.log2_error, f"log2 (MSE {cmp.log2_mse:.2e})", "#e377c2")):

@@ -18,6 +18,7 @@ import csv
 import html
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -154,10 +155,11 @@ def snr_figure(report: LayerReport) -> go.Figure:
     """SNR (dB) of each layer output in graph order: the accumulated curve shows error building up."""
     names = [le.layer for le in report.layers]
     fig = go.Figure()
-    for label, color, get in (
+    getters: tuple[tuple[str, str, Callable[[LayerError], float]], ...] = (
         ("isolated", ISOLATED_COLOR, lambda le: le.isolated.snr_db),
         ("accumulated", ACCUMULATED_COLOR, lambda le: le.accumulated.snr_db),
-    ):
+    )
+    for label, color, get in getters:
         fig.add_trace(
             go.Scatter(
                 x=list(range(len(names))),

@@ -276,7 +276,7 @@ def save_review(stats: CalibrationStats, review: Review, target: str | Path | Bi
     with np.load(io.BytesIO(buf.getvalue()), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     arrays["review"] = np.array(json.dumps(review_to_dict(review)))
-    np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(target, **arrays)
 
 
 def review_bytes(stats: CalibrationStats, review: Review) -> bytes:

@@ -42,6 +42,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +63,7 @@ from quantviz.table import CalibrationTable
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (samples done, samples in all)
+Progress = Callable[[int, int], object]  # (samples done, samples in all)
 Cancel = Callable[[], bool]
 
 ISOLATED_SUFFIX = "::qv_isolated"
@@ -405,7 +406,7 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
         raise QuantvizError(f"onnxruntime cannot run the quantized model: {first}") from exc
 
 
-def _run(sess: ort.InferenceSession, names: list[str], batch: dict[str, npt.NDArray], done: int) -> dict[str, npt.NDArray]:
+def _run(sess: ort.InferenceSession, names: list[str], batch: dict[str, npt.NDArray[Any]], done: int) -> dict[str, npt.NDArray[Any]]:
     feed = {i.name: batch[i.name] for i in sess.get_inputs()}
     try:
         values = sess.run(names, feed)
@@ -428,7 +429,7 @@ def _check_labels(labels: npt.ArrayLike | None, total: int) -> npt.NDArray[np.in
     return arr[:total].astype(np.int64)
 
 
-def _is_classifier(value: npt.NDArray) -> bool:
+def _is_classifier(value: npt.NDArray[Any]) -> bool:
     return value.ndim == 2 and value.shape[1] > 1
 
 
@@ -441,7 +442,7 @@ class _OutputAccumulator:
         self.correct_quant = 0
         self.n = 0
 
-    def update(self, ref: npt.NDArray, test: npt.NDArray, labels: npt.NDArray | None) -> None:
+    def update(self, ref: npt.NDArray[Any], test: npt.NDArray[Any], labels: npt.NDArray[Any] | None) -> None:
         self.errors.update(ref, test)
         self.classifier = self.classifier and _is_classifier(ref)
         if not self.classifier:
@@ -584,7 +585,7 @@ def layer_error(
 DEFAULT_LABEL_KEY = "label"
 
 
-def read_labels(spec: str | Path) -> npt.NDArray:
+def read_labels(spec: str | Path) -> npt.NDArray[Any]:
     """Labels from "FILE.npz:key", "FILE.npz" (key "label") or "FILE.npy": one class index per sample."""
     text = str(spec)
     path, key = Path(text), None
@@ -595,19 +596,21 @@ def read_labels(spec: str | Path) -> npt.NDArray:
         raise QuantvizError(f"The labels file '{path}' does not exist.")
     try:
         if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
+            labels: npt.NDArray[Any] = np.load(path, allow_pickle=False)
+            return labels
         with np.load(path, allow_pickle=False) as z:
             name = key or DEFAULT_LABEL_KEY
             if name not in z.files:
                 raise QuantvizError(f"'{path.name}' has no array '{name}' (it has: {', '.join(z.files)}); give FILE.npz:KEY.")
-            return z[name]
+            picked: npt.NDArray[Any] = z[name]
+            return picked
     except (ValueError, OSError, EOFError) as exc:
         if isinstance(exc, QuantvizError):
             raise
         raise QuantvizError(f"'{path.name}' is not a readable .npz/.npy file of labels ({exc}).") from exc
 
 
-def default_labels(data: str | Path | bytes) -> npt.NDArray | None:
+def default_labels(data: str | Path | bytes) -> npt.NDArray[Any] | None:
     """The "label" array of a data .npz (a path, or an upload's bytes) when it has one
     (digits_eval.npz does), else None."""
     if isinstance(data, bytes):

@@ -99,7 +99,7 @@ def scales_from_absmax(absmax: npt.NDArray[np.float64], qmax: int = INT8_MAX) ->
     return np.where(scales > 0, scales, fill).astype(np.float32)
 
 
-def weight_quant(name: str, w: npt.NDArray, node: onnx.NodeProto, per_channel: bool = True) -> WeightQuant:
+def weight_quant(name: str, w: npt.NDArray[Any], node: onnx.NodeProto, per_channel: bool = True) -> WeightQuant:
     """Abs-max scales of one weight array used by node (Conv / Gemm / MatMul)."""
     w = np.asarray(w)
     axis = output_axis(node.op_type, node, w.ndim)

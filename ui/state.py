@@ -204,6 +204,14 @@ def work() -> ModelWork | None:
     return session().work()
 
 
+def current_work() -> ModelWork:
+    """The current model's work, for pages past need_stats() (which stops the page when there is no model)."""
+    w = session().work()
+    if w is None:
+        raise RuntimeError("No current model: call need_stats() first.")
+    return w
+
+
 # --- messages that survive a rerun -----------------------------------------------------------------
 
 
@@ -323,7 +331,7 @@ def _review_words(r: Review) -> str:
 
 
 def collected(
-    model: LoadedModel, source: CalibrationSource, config: CollectConfig, progress: Callable[[int, int], None] | None = None
+    model: LoadedModel, source: CalibrationSource, config: CollectConfig, progress: Callable[[int, int], object] | None = None
 ) -> StatsKey:
     """Run (or reuse) a collection, make its model current and return the statistics' key."""
     key = StatsKey(model.sha256, source.data_id, (config.samples, config.bins, config.batch_size, config.ema_constant))
@@ -425,7 +433,7 @@ def store(key: DerivedKey, value: T) -> T:
 def cached(key: DerivedKey, make: Callable[[], T]) -> T:
     """A derived result kept in this session's store: reruns rebuild nothing."""
     value = stored(key)
-    return value if value is not None else store(key, make())  # type: ignore[no-any-return]
+    return value if value is not None else store(key, make())
 
 
 def table_for(method: str, config: MethodConfig | None = None) -> CalibrationTable:

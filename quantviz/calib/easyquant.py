@@ -94,7 +94,7 @@ OUTPUT_CHANNEL_AXIS = 1
 SUBGRAPH_OPS = ("If", "Loop", "Scan")
 
 FloatArray = npt.NDArray[np.floating]
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], object]
 
 
 @dataclass(frozen=True)
@@ -338,11 +338,11 @@ def eq_search(
     results: dict[str, EQLayerResult] = {}
     for group in groups:
         for layer in group:
-            start = initial[layer.name]
+            first = initial[layer.name]
             results[layer.name] = EQLayerResult(
                 layer=layer,
-                initial_input_scale=float(start.input_scale),
-                initial_weight_scales=np.asarray(start.weight_scales, dtype=np.float32).reshape(-1),
+                initial_input_scale=float(first.input_scale),
+                initial_weight_scales=np.asarray(first.weight_scales, dtype=np.float32).reshape(-1),
                 initial_cosine=initial_cos[layer.name],
                 input_scale=s_in[layer.input],
                 weight_scales=s_w[layer.name],
@@ -372,7 +372,8 @@ def fake_quantize_fast(x: npt.ArrayLike, scale: float | npt.ArrayLike) -> npt.ND
     np.rint(q, out=q)
     np.clip(q, -INT8_MAX, INT8_MAX, out=q)
     q *= s
-    return q.astype(np.float32)
+    out: npt.NDArray[np.float32] = q.astype(np.float32)
+    return out
 
 
 def _cosine(dot: npt.NDArray[np.float64], aa: npt.NDArray[np.float64], bb: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -393,7 +394,8 @@ def _nc_view(o: np.ndarray) -> np.ndarray:
 
 def _sums(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.float64]:
     """sum over the last axis of a * b per (sample, channel), accumulated in float64."""
-    return np.einsum("ncd,ncd->nc", a, b, dtype=np.float64)
+    out: npt.NDArray[np.float64] = np.einsum("ncd,ncd->nc", a, b, dtype=np.float64)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -633,7 +635,7 @@ class ModelEvaluator:
 
     def _weight_input(self, node: onnx.NodeProto) -> str | None:
         if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in self._weights:
-            return node.input[1]
+            return str(node.input[1])
         return None
 
     def _quantized_weight(self, name: str) -> np.ndarray:
@@ -891,7 +893,7 @@ def eq_table(
         replace(base, tensors=tensors),
         model,
         per_channel,
-        weight_overrides={r.layer.weight: r.weight_scales for r in result.layers.values()},
+        weight_overrides={r.layer.weight: r.weight_scales.tolist() for r in result.layers.values()},
         weight_method="eq",
     )
     settings = {

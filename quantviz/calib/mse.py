@@ -89,7 +89,8 @@ def _clip_errors(counts: FloatArray, lo_pos: FloatArray, hi_pos: FloatArray) -> 
     q0, q1, q2 = p0[stop], p1[stop], p2[stop]
     near = lo_pos - jl
     lower = q2 - 2 * lo_pos * q1 + lo_pos * lo_pos * q0 + q0 / 12 + padded[stop] * (jl >= 0) * near * near * near / 3
-    return np.maximum(upper, 0.0) + np.maximum(lower, 0.0)
+    out: npt.NDArray[np.float64] = np.maximum(upper, 0.0) + np.maximum(lower, 0.0)
+    return out
 
 
 def _phi_sums(counts: FloatArray, offset: float, ratio: FloatArray, qmin: FloatArray, qmax: FloatArray) -> FloatArray:

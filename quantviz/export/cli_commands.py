@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 from quantviz.errors import QuantvizError
 from quantviz.export import qv_json
@@ -83,7 +84,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def add_table_commands(
-    sub: argparse._SubParsersAction, commands: MutableMapping[str, Callable[[argparse.Namespace], int]]
+    sub: argparse._SubParsersAction[Any], commands: MutableMapping[str, Callable[[argparse.Namespace], int]]
 ) -> None:
     """Add export / import / diff to the `python -m quantviz` sub-command parser."""
     names = ", ".join(FORMATS)

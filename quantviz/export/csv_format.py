@@ -144,7 +144,10 @@ def loads_csv(data: str | bytes) -> CalibrationTable:
             note=cell("note"),
             float_kept=_flag(cell("float"), line),
             shared_with=_names(cell("shared_with"), line),
-            **values,
+            min=values["min"],
+            max=values["max"],
+            threshold=values["threshold"],
+            scale=values["scale"],
         )
     return imported_table(tensors, "csv", {})
 

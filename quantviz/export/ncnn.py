@@ -125,7 +125,8 @@ def _output_channels(w: Mapping[str, Any], model: LoadedModel | None) -> int | N
         return None
     op = w.get("op_type")
     if op == "Gemm":
-        node = {node_key(n): n for n in model.proto.graph.node}.get(w.get("node")) if model is not None else None
+        key = w.get("node")
+        node = {node_key(n): n for n in model.proto.graph.node}.get(key) if model is not None and isinstance(key, str) else None
         return int(shape[output_axis("Gemm", node, len(shape))]) if node is not None else None
     if op in ("Conv", "MatMul"):
         return int(shape[0 if op == "Conv" else -1])

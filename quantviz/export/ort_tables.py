@@ -220,7 +220,7 @@ def loads_ort_table(data: bytes | str, kind: str) -> CalibrationTable:
         if isinstance(data, str):
             raise QuantvizError("calibration.flatbuffers is binary: pass its bytes, not text.")
         return loads_ort_flatbuffers(data)
-    return LOADERS[kind](data)
+    return loads_ort_json(data) if kind == "json" else loads_ort_cache(data)
 
 
 def read_ort_table(path: str | Path, kind: str) -> CalibrationTable:

@@ -53,7 +53,7 @@ def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None, reduce_r
         )
     qdq = importlib.import_module("quantviz.qdq")
     proto = qdq.build_qdq_model(model, table, reduce_range=reduce_range)
-    return proto.SerializeToString()
+    return bytes(proto.SerializeToString())
 
 
 def write_qdq_model(table: CalibrationTable, path: str | Path, model: LoadedModel | None) -> None:
@@ -109,8 +109,8 @@ def _activation_name(graph: onnx.GraphProto, q: onnx.NodeProto, graph_outputs: s
     when the pair ends in a graph output that output's name is the tensor's."""
     for n in graph.node:
         if n.op_type == "DequantizeLinear" and n.input and n.input[0] == q.output[0] and n.output[0] in graph_outputs:
-            return n.output[0]
-    return q.input[0]
+            return str(n.output[0])
+    return str(q.input[0])
 
 
 def loads_qdq(data: bytes, name: str = "") -> CalibrationTable:

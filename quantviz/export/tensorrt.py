@@ -62,7 +62,7 @@ def scale_hex(scale: float) -> str:
 
 def hex_scale(text: str) -> float:
     """Inverse of scale_hex (shorter hex is zero-padded on the left, as TensorRT drops leading zeros)."""
-    return struct.unpack(">f", bytes.fromhex(text.zfill(8)))[0]
+    return float(struct.unpack(">f", bytes.fromhex(text.zfill(8)))[0])
 
 
 def dumps_trt(table: CalibrationTable, header: str = DEFAULT_TRT_HEADER) -> str:

@@ -1,0 +1,99 @@
+"""Habits the suite enforces: ruff over every Python folder, mypy (strict on the engine), and layering.
+
+The linters run as the user would run them (`make lint`); a failure shows the tool's own output.
+The layering rule: quantviz/calib/ holds pure functions of statistics, so it never imports the table,
+the QDQ model builder or the collector (those import calib, not the other way round).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PYTHON_FOLDERS = ["quantviz", "ui", "pages", "tests", "bench", "app.py"]
+CALIB = ROOT / "quantviz" / "calib"
+CALIB_MUST_NOT_IMPORT = ("quantviz.table", "quantviz.qdq", "quantviz.collect")
+# EasyQuant still lives in calib/ and drives the model (table, QDQ runs, batches); it is due to move to
+# its own package (issue 9, item 5). Listed by name so that no other calib module may do the same, and
+# checked below so that the entry goes away with the move.
+CALIB_PENDING_MOVE = {"easyquant.py"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_ruff_passes_over_every_python_folder() -> None:
+    r = _run("ruff", "check", *PYTHON_FOLDERS)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_strict_on_the_engine() -> None:
+    r = _run("mypy", "quantviz")  # mypy.ini turns strict on for quantviz.*
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success" in r.stdout
+
+
+def test_mypy_on_the_app() -> None:
+    r = _run("mypy", "ui", "pages", "app.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success" in r.stdout
+
+
+def test_mypy_config_is_strict_on_the_engine() -> None:
+    text = (ROOT / "mypy.ini").read_text(encoding="utf-8")
+    section = text.split("[mypy-quantviz.*]", 1)[1].split("[", 1)[0]
+    assert "strict = True" in section
+    assert "ignore_errors" not in text  # no module is excused wholesale
+
+
+def _imports(path_text: str, package: str) -> list[str]:
+    """Absolute names of the modules a file imports (relative imports resolved against `package`)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path_text)):
+        if isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            names.append(mod)
+            names.extend(f"{mod}.{a.name}" for a in node.names)
+    return names
+
+
+def _forbidden(names: list[str]) -> list[str]:
+    return sorted({f for n in names for f in CALIB_MUST_NOT_IMPORT if n == f or n.startswith(f + ".")})
+
+
+def test_calib_imports_neither_table_nor_qdq_nor_collect() -> None:
+    files = sorted(CALIB.glob("*.py"))
+    assert len(files) >= 5
+    offenders = {
+        p.name: bad for p in files if (bad := _forbidden(_imports(p.read_text(encoding="utf-8"), "quantviz.calib")))
+    }
+    assert {k: v for k, v in offenders.items() if k not in CALIB_PENDING_MOVE} == {}
+    # the pending entry is still needed (remove it from CALIB_PENDING_MOVE once EasyQuant has moved)
+    assert set(offenders) >= {n for n in CALIB_PENDING_MOVE if (CALIB / n).exists()}
+
+
+@pytest.mark.parametrize(
+    ("src", "expected"),
+    [
+        ("from quantviz.table import CalibrationTable\n", ["quantviz.table"]),
+        ("import quantviz.qdq as q\n", ["quantviz.qdq"]),
+        ("from ..collect import collect_stats\n", ["quantviz.collect"]),
+        ("from quantviz import table\n", ["quantviz.table"]),
+        ("def f():\n    from quantviz.collect import x\n", ["quantviz.collect"]),
+        ("from quantviz.calib.kl import kl_threshold\nfrom . import mse\n", []),
+    ],
+)
+def test_the_layering_check_sees_imports(src: str, expected: list[str]) -> None:
+    assert _forbidden(_imports(src, "quantviz.calib")) == expected
