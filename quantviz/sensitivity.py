@@ -31,6 +31,7 @@ quantize_static call) about 1-3 s; 540 samples in about 40 s. One QDQ model per 
 quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in under 1 s.
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
 copies of each layer output); metrics are reduced to sums (quantviz.metrics) before the next batch.
+The models are planned in quantviz.sensitivity_plan; this module runs them.
 layer_error() recomputes one layer's isolated error with a pruned isolated model (only the float
 nodes that layer needs), for the app when a threshold is overridden.
 """
@@ -48,7 +49,6 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from onnx import helper
 
 from quantviz.calib import MethodConfig
 from quantviz.collect import effective_batch_size
@@ -57,7 +57,8 @@ from quantviz.data import CalibrationSource
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
-from quantviz.qdq import PreparedModel, QdqBuild, build
+from quantviz.qdq import QdqBuild
+from quantviz.sensitivity_plan import plan
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
 
@@ -66,27 +67,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], object]  # (samples done, samples in all)
 Cancel = Callable[[], bool]
 
-ISOLATED_SUFFIX = "::qv_isolated"
-ISOLATED_PREFIX = "qv_isolated::"
-OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # onnxruntime's name for a graph output feeding its Q
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 MODEL_OUTPUT_ROW = "(model output)"
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One analysed layer: node name and op, its float output tensor, and where each version lives.
-
-    accumulated_tensor: the dequantized output in the QDQ model; isolated_tensor: the dequantized
-    output of the layer's isolated copy in the isolated model.
-    """
-
-    name: str
-    op_type: str
-    output_tensor: str
-    accumulated_tensor: str
-    isolated_tensor: str
-    quantized_inputs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -140,251 +121,6 @@ class LayerReport:
             return c if not math.isnan(c) else math.inf
 
         return sorted(self.layers, key=key)
-
-
-@dataclass(frozen=True)
-class AnalysisPlan:
-    """The two models an analysis runs, built once per (model, table)."""
-
-    qdq: QdqBuild
-    layers: tuple[LayerSpec, ...]
-    isolated: onnx.ModelProto
-    accumulated: onnx.ModelProto
-    model_outputs: tuple[str, ...]
-
-
-# ---------------------------------------------------------------------------------------------
-# Building the isolated and accumulated models from the QDQ model
-
-
-def _index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
-    producer: dict[str, onnx.NodeProto] = {}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for o in node.output:
-            if o:
-                producer[o] = node
-        for i in node.input:
-            if i:
-                consumers.setdefault(i, []).append(node)
-    return producer, consumers
-
-
-def _float_name(name: str, float_tensors: set[str]) -> str:
-    """The float-model name of a QDQ-model tensor (onnxruntime renames graph outputs it quantizes)."""
-    if name not in float_tensors and name.endswith(OUTPUT_SUFFIX) and name[: -len(OUTPUT_SUFFIX)] in float_tensors:
-        return name[: -len(OUTPUT_SUFFIX)]
-    return name
-
-
-def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
-    """The quantized layers: QDQ-model nodes (not Q/DQ) whose first output goes through a Q/DQ pair."""
-    graph = qdq.proto.graph
-    producer, consumers = _index(graph)
-    float_graph = qdq.prepared.proto.graph
-    float_tensors = {o for n in float_graph.node for o in n.output if o} | {i.name for i in float_graph.input}
-    float_ops = {n.name: n.op_type for n in float_graph.node}
-    inits = {i.name for i in graph.initializer}
-    layers: list[LayerSpec] = []
-    for node in graph.node:
-        if node.op_type in QDQ_OPS or node.name not in float_ops or not node.output or not node.output[0]:
-            continue
-        q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
-        if q is None:
-            continue
-        dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None)
-        if dq is None:
-            continue
-        quantized_inputs = []
-        for i in node.input:
-            p = producer.get(i)
-            if p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in inits:
-                quantized_inputs.append(
-                    _float_name(producer[p.input[0]].input[0], float_tensors) if p.input[0] in producer else i
-                )
-        out = _float_name(node.output[0], float_tensors)
-        layers.append(LayerSpec(node.name, node.op_type, out, dq.output[0], out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
-    return layers
-
-
-def _copy_node(node: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str], name: str) -> onnx.NodeProto:
-    new = onnx.NodeProto()
-    new.CopyFrom(node)
-    del new.input[:]
-    new.input.extend(inputs)
-    del new.output[:]
-    new.output.extend(outputs)
-    new.name = name
-    return new
-
-
-def _isolated_copy(
-    spec: LayerSpec,
-    qdq_graph: onnx.GraphProto,
-    producer: dict[str, onnx.NodeProto],
-    consumers: dict[str, list[onnx.NodeProto]],
-    qdq_inits: dict[str, onnx.TensorProto],
-    float_tensors: set[str],
-    float_inits: dict[str, onnx.TensorProto],
-) -> tuple[list[onnx.NodeProto], set[str]]:
-    """The nodes of one layer's isolated copy and the QDQ-model initializers they use (to be prefixed)."""
-    node = next(n for n in qdq_graph.node if n.name == spec.name)
-    tag = ISOLATED_SUFFIX + "/" + spec.name
-    nodes: list[onnx.NodeProto] = []
-    used: set[str] = set()
-
-    def init_ref(name: str) -> str:
-        if not name:
-            return name
-        if name in qdq_inits:
-            f = float_inits.get(name)
-            if f is not None and f == qdq_inits[name]:
-                return name
-            used.add(name)
-            return ISOLATED_PREFIX + name
-        return name
-
-    inputs: list[str] = []
-    for k, i in enumerate(node.input):
-        p = producer.get(i) if i else None
-        if p is None or p.op_type != "DequantizeLinear":
-            inputs.append(init_ref(i) if i in qdq_inits else _float_name(i, float_tensors))
-            continue
-        src = p.input[0]
-        new_out = f"{i}{tag}/{k}"
-        if src in qdq_inits:  # a quantized weight or bias: the same DequantizeLinear on the same int8/int32 data
-            nodes.append(_copy_node(p, [init_ref(x) for x in p.input], [new_out], f"{p.name}{tag}/{k}"))
-        else:
-            q = producer.get(src)
-            if q is None or q.op_type != "QuantizeLinear":
-                raise QuantvizError(f"Unexpected QDQ structure at the input '{i}' of layer '{spec.name}'.")
-            x = _float_name(q.input[0], float_tensors)
-            q_out = f"{src}{tag}/{k}"
-            nodes.append(_copy_node(q, [x, *[init_ref(v) for v in q.input[1:]]], [q_out], f"{q.name}{tag}/{k}"))
-            nodes.append(_copy_node(p, [q_out, *[init_ref(v) for v in p.input[1:]]], [new_out], f"{p.name}{tag}/{k}"))
-        inputs.append(new_out)
-    raw = node.output[0] + tag + "/raw"
-    outputs = [raw] + [f"{o}{tag}/out{j}" if o else "" for j, o in enumerate(node.output[1:], 1)]
-    nodes.append(_copy_node(node, inputs, outputs, spec.name + tag))
-    q = next(c for c in consumers[node.output[0]] if c.op_type == "QuantizeLinear")
-    dq = next(c for c in consumers[q.output[0]] if c.op_type == "DequantizeLinear")
-    nodes.append(_copy_node(q, [raw, *[init_ref(v) for v in q.input[1:]]], [raw + "/q"], q.name + tag))
-    nodes.append(_copy_node(dq, [raw + "/q", *[init_ref(v) for v in dq.input[1:]]], [spec.isolated_tensor], dq.name + tag))
-    return nodes, used
-
-
-def _prune(graph: onnx.GraphProto, keep_outputs: Iterable[str]) -> None:
-    """Drop nodes and initializers that none of keep_outputs depends on."""
-    producer = {o: n for n in graph.node for o in n.output if o}
-    needed: set[str] = set()
-    stack = list(keep_outputs)
-    live_nodes: set[int] = set()
-    while stack:
-        t = stack.pop()
-        if t in needed:
-            continue
-        needed.add(t)
-        n = producer.get(t)
-        if n is not None and id(n) not in live_nodes:
-            live_nodes.add(id(n))
-            stack.extend(i for i in n.input if i)
-    kept = [n for n in graph.node if id(n) in live_nodes]
-    del graph.node[:]
-    graph.node.extend(kept)
-    inits = [i for i in graph.initializer if i.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-
-
-def _value_info(name: str, elem: int) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem, None)
-
-
-def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = False) -> onnx.ModelProto:
-    """The float model plus each layer's isolated quantized copy; outputs: float and isolated layer
-    outputs, then the model's own outputs."""
-    prepared: PreparedModel = qdq.prepared
-    out = onnx.ModelProto()
-    out.CopyFrom(prepared.proto)
-    del out.opset_import[:]
-    out.opset_import.extend(qdq.proto.opset_import)  # the quantizer may have raised the opset
-    out.ir_version = max(out.ir_version, qdq.proto.ir_version)
-    g = out.graph
-    qgraph = qdq.proto.graph
-    producer, consumers = _index(qgraph)
-    qdq_inits = {i.name: i for i in qgraph.initializer}
-    float_inits = {i.name: i for i in g.initializer}
-    float_tensors = {o for n in g.node for o in n.output if o} | {i.name for i in g.input}
-    used: set[str] = set()
-    for spec in layers:
-        nodes, u = _isolated_copy(spec, qgraph, producer, consumers, qdq_inits, float_tensors, float_inits)
-        g.node.extend(nodes)
-        used |= u
-    for name in sorted(used):
-        t = onnx.TensorProto()
-        t.CopyFrom(qdq_inits[name])
-        t.name = ISOLATED_PREFIX + name
-        g.initializer.append(t)
-    model_outputs = [o.name for o in prepared.proto.graph.output]
-    elem = prepared.float_types
-    del g.output[:]
-    names: list[str] = []
-    for spec in layers:
-        for n in (spec.output_tensor, spec.isolated_tensor):
-            if n not in names:
-                names.append(n)
-    names += [o for o in model_outputs if o not in names]
-    for n in names:
-        g.output.append(_value_info(n, elem.get(_float_of(n), onnx.TensorProto.FLOAT)))
-    if prune:
-        _prune(g, names)
-    return out
-
-
-def _float_of(name: str) -> str:
-    """The float tensor an isolated output stands for."""
-    return name[: -len(ISOLATED_SUFFIX)] if name.endswith(ISOLATED_SUFFIX) else name
-
-
-def accumulated_model(qdq: QdqBuild, layers: Sequence[LayerSpec]) -> onnx.ModelProto:
-    """The QDQ model with each layer's dequantized output exposed, then the model outputs."""
-    out = onnx.ModelProto()
-    out.CopyFrom(qdq.proto)
-    g = out.graph
-    model_outputs = [o.name for o in g.output]
-    elem = qdq.prepared.float_types
-    del g.output[:]
-    names: list[str] = []
-    for spec in layers:
-        if spec.accumulated_tensor not in names:
-            names.append(spec.accumulated_tensor)
-    names += [o for o in model_outputs if o not in names]
-    for n in names:
-        g.output.append(_value_info(n, elem.get(n, onnx.TensorProto.FLOAT)))
-    return out
-
-
-def plan(
-    model: LoadedModel,
-    table: CalibrationTable,
-    *,
-    per_channel: bool = True,
-    float_nodes: Iterable[str] = frozenset(),
-    only_layers: Iterable[str] | None = None,
-) -> AnalysisPlan:
-    """Build the QDQ model once and derive the isolated and accumulated models from it."""
-    qdq = build(model, table, per_channel=per_channel, float_nodes=float_nodes)
-    layers = find_layers(qdq)
-    if only_layers is not None:
-        wanted = set(only_layers)
-        layers = [s for s in layers if s.name in wanted]
-    return AnalysisPlan(
-        qdq=qdq,
-        layers=tuple(layers),
-        isolated=isolated_model(qdq, layers, prune=only_layers is not None),
-        accumulated=accumulated_model(qdq, layers),
-        model_outputs=tuple(o.name for o in qdq.prepared.proto.graph.output),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
