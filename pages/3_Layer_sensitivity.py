@@ -13,12 +13,12 @@ import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq
-from quantviz.data import open_source
+from quantviz.data import default_labels, open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
 from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensors
-from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, default_labels, layer_error
+from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, layer_error
 from ui import state
 from ui.errors import callback
 

@@ -222,9 +222,10 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from quantviz.data import default_labels, read_labels
     from quantviz.export.qv_json import read_json
     from quantviz.report import write_csv, write_html
-    from quantviz.sensitivity import analyze, default_labels, read_labels
+    from quantviz.sensitivity import analyze
 
     _check_output(args.output)
     suffix = Path(args.output).suffix.lower()

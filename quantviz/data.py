@@ -400,3 +400,55 @@ def open_source(
     raise QuantvizError(
         f"{origin} is not a calibration set quantviz reads: give an .npz, an .npy, a .zip or folder of images, or synthetic:N."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels (the accuracy of an analysis)
+
+
+DEFAULT_LABEL_KEY = "label"
+
+
+def read_labels(spec: str | Path) -> npt.NDArray[Any]:
+    """Labels from "FILE.npz:key", "FILE.npz" (key "label") or "FILE.npy": one class index per sample."""
+    text = str(spec)
+    path, key = Path(text), None
+    if not path.exists() and ":" in text:
+        head, _, tail = text.rpartition(":")
+        path, key = Path(head), tail
+    if not path.exists():
+        raise QuantvizError(f"The labels file '{path}' does not exist.")
+    try:
+        if path.suffix.lower() == ".npy":
+            labels: npt.NDArray[Any] = np.load(path, allow_pickle=False)
+            return labels
+        with np.load(path, allow_pickle=False) as z:
+            name = key or DEFAULT_LABEL_KEY
+            if name not in z.files:
+                raise QuantvizError(f"'{path.name}' has no array '{name}' (it has: {', '.join(z.files)}); give FILE.npz:KEY.")
+            picked: npt.NDArray[Any] = z[name]
+            return picked
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, QuantvizError):
+            raise
+        raise QuantvizError(f"'{path.name}' is not a readable .npz/.npy file of labels ({exc}).") from exc
+
+
+def default_labels(data: str | Path | bytes) -> npt.NDArray[Any] | None:
+    """The "label" array of a data .npz (a path, or an upload's bytes) when it has one
+    (digits_eval.npz does), else None."""
+    if isinstance(data, bytes):
+        raw: io.BytesIO | Path = io.BytesIO(data)
+    else:
+        path = Path(str(data))
+        if path.suffix.lower() != ".npz" or not path.is_file():
+            return None
+        raw = path
+    try:
+        z = np.load(raw, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy holds one array, no labels beside it
+        return None
+    with z:
+        return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None

@@ -427,7 +427,7 @@ def test_best_method_table_puts_each_pick_on_its_tensor() -> None:
 def test_default_labels_from_a_path_or_an_upload(tmp_path: Path) -> None:
     import io
 
-    from quantviz.sensitivity import default_labels
+    from quantviz.data import default_labels
 
     buf = io.BytesIO()
     np.savez(buf, input=np.zeros((3, 2), np.float32), label=np.array([2, 0, 1]))

@@ -530,9 +530,8 @@ def sample_key_of(model: LoadedModel) -> str | None:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _labelled_sample(sample_key: str, inputs: tuple[Any, ...]) -> tuple[CalibrationSource, Any]:
-    from quantviz.data import open_source
+    from quantviz.data import default_labels, open_source
     from quantviz.samples import SAMPLES
-    from quantviz.sensitivity import default_labels
 
     path = SAMPLES[sample_key].eval
     return open_source(path, inputs), default_labels(path)
