@@ -24,6 +24,7 @@ import onnx
 from onnx import helper
 
 from quantviz.fold import FoldReport, constant_values, fold_batchnorm, node_key
+from quantviz.graph import consumers as graph_consumers
 
 FUSABLE_PRODUCERS = ("Conv", "Gemm")
 RELU_LIKE = ("Relu", "Clip")
@@ -132,11 +133,7 @@ def analyse(proto: onnx.ModelProto) -> FusionInfo:
     folded, report = fold_batchnorm(proto)
     graph = folded.graph
     consts = constant_values(graph)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            if i:
-                consumers.setdefault(i, []).append(n)
+    consumers = graph_consumers(graph.node)
     uses = Counter({k: len(v) for k, v in consumers.items()})
     graph_outputs = {o.name for o in graph.output}
 

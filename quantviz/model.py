@@ -21,6 +21,8 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from quantviz.errors import QuantvizError
+from quantviz.graph import consumers as graph_consumers
+from quantviz.runtime import new_session, session_options
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +258,7 @@ def _ort_reason(text: str) -> str:
 
 def _check_runnable(proto: onnx.ModelProto) -> None:
     try:
-        ort.InferenceSession(proto.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+        new_session(proto)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         text = str(exc)
         first = _ort_reason(text) if text.strip() else type(exc).__name__
@@ -297,10 +299,7 @@ def _calibratable_tensors(proto: onnx.ModelProto, initializers: frozenset[str]) 
     types: dict[str, onnx.TypeProto] = {}
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
         types[vi.name] = vi.type
-    consumers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node.name)
+    consumers = {t: [n.name for n in users] for t, users in graph_consumers(graph.node).items()}
     graph_outputs = {o.name for o in graph.output}
     constants = _constant_outputs(graph, initializers)
     out: list[TensorInfo] = []
@@ -328,12 +327,6 @@ def _calibratable_tensors(proto: onnx.ModelProto, initializers: frozenset[str]) 
     return tuple(out)
 
 
-def _session_options() -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return so
-
-
 def session_with_outputs(model: LoadedModel, names: Sequence[str] | None = None) -> ort.InferenceSession:
     """An onnxruntime session whose outputs are the given tensors (default: every calibratable one).
 
@@ -356,7 +349,7 @@ def session_with_outputs(model: LoadedModel, names: Sequence[str] | None = None)
     if not proto.graph.output:
         # A session needs at least one output: keep the model's own.
         proto.graph.output.extend(model.proto.graph.output)
-    options = _session_options()
+    options = session_options()
     # Every tensor is an output: onnxruntime's memory pattern then plans (and keeps) one large block
     # beside the outputs, about a batch of activations more at peak (measured on digits_resnet: 314 ->
     # 211 MB at batch 8). Without it the kernels and the results are the same, bit for bit.
@@ -364,9 +357,9 @@ def session_with_outputs(model: LoadedModel, names: Sequence[str] | None = None)
     # Between runs the caller works in numpy on the returned tensors; onnxruntime's idle workers
     # would spin on the same cores meanwhile (collection CPU time 1.84 -> 1.18 s, 64 samples).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return new_session(proto, options)
 
 
 def plain_session(model: LoadedModel) -> ort.InferenceSession:
     """The model as it is (its own outputs), for float inference."""
-    return ort.InferenceSession(model.proto.SerializeToString(), _session_options(), providers=["CPUExecutionProvider"])
+    return new_session(model.proto)

@@ -57,6 +57,7 @@ from quantviz.errors import CancelledError, QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.qdq import QdqBuild
+from quantviz.runtime import first_line, new_session, session_options
 from quantviz.sensitivity_plan import plan
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
@@ -127,18 +128,16 @@ class LayerReport:
 
 
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = session_options()
     # Basic optimizations only: Q and DQ nodes then run as the ONNX spec defines them. At the extended
     # level onnxruntime 1.31's QDQ fusions rewrite the isolated model wrongly (on digits_cnn the first
     # Conv's isolated copy came out 2.45 away from float where the same Q/DQ computed by hand is 0.56
     # away), so isolated and accumulated would disagree at the first layer.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     try:
-        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return new_session(proto, so)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantvizError(f"onnxruntime cannot run the quantized model: {first}") from exc
+        raise QuantvizError(f"onnxruntime cannot run the quantized model: {first_line(exc)}") from exc
 
 
 def _run(sess: ort.InferenceSession, names: list[str], batch: dict[str, npt.NDArray[Any]], done: int) -> dict[str, npt.NDArray[Any]]:
@@ -146,8 +145,7 @@ def _run(sess: ort.InferenceSession, names: list[str], batch: dict[str, npt.NDAr
     try:
         values = sess.run(names, feed)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QuantvizError(f"onnxruntime could not run the model on the batch starting at sample {done}: {first}") from exc
+        raise QuantvizError(f"onnxruntime could not run the model on the batch starting at sample {done}: {first_line(exc)}") from exc
     return dict(zip(names, values, strict=True))
 
 

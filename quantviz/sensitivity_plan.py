@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from quantviz.errors import QuantvizError
+from quantviz.graph import consumers, producers
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, QdqBuild, build
 from quantviz.table import CalibrationTable
@@ -57,16 +58,7 @@ class AnalysisPlan:
 
 
 def _index(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
-    producer: dict[str, onnx.NodeProto] = {}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for o in node.output:
-            if o:
-                producer[o] = node
-        for i in node.input:
-            if i:
-                consumers.setdefault(i, []).append(node)
-    return producer, consumers
+    return producers(graph.node), consumers(graph.node)
 
 
 def _float_name(name: str, float_tensors: set[str]) -> str:

@@ -73,8 +73,10 @@ from quantviz.data import CalibrationSource
 from quantviz.errors import QuantvizError
 from quantviz.fold import constant_values
 from quantviz.fusion import analyse
+from quantviz.graph import producers
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, prepare_float_model
+from quantviz.runtime import new_session
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable, calibrate_model, is_finite_entry
 from quantviz.weights import WEIGHT_OPS, WeightQuant, weight_scales
@@ -467,10 +469,8 @@ class _SingleModel:
         )
         model = helper.make_model(graph, opset_imports=list(src.opset_import), ir_version=src.ir_version)
         model.functions.extend(src.functions)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
         try:
-            return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return new_session(model)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             names = ", ".join(n.name for n in self._nodes)
             raise QuantvizError(
@@ -572,7 +572,7 @@ class ModelEvaluator:
     @staticmethod
     def _needed_nodes(nodes: list[onnx.NodeProto], targets: set[str]) -> list[onnx.NodeProto]:
         """The nodes that lead to the searched layers' inputs, in graph order."""
-        producer = {o: n for n in nodes for o in n.output if o}
+        producer = producers(nodes)
         needed: set[str] = set()
         stack = [t for t in targets if t in producer]
         while stack:

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from quantviz.errors import QuantvizError
 from quantviz.export.common import imported_table, read_bytes, symmetric_entry, threshold_from_scale
 from quantviz.fold import constant_values
+from quantviz.graph import consumers as graph_consumers
 from quantviz.model import LoadedModel
 from quantviz.table import CalibrationTable, TensorEntry
 
@@ -120,10 +121,7 @@ def loads_qdq(data: bytes, name: str = "") -> CalibrationTable:
         raise QuantvizError("The file is not an ONNX model (it cannot be parsed as one).") from None
     graph = proto.graph
     values = constant_values(graph)
-    consumers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node.name)
+    consumers = {t: [n.name for n in users] for t, users in graph_consumers(graph.node).items()}
     graph_outputs = {o.name for o in graph.output}
     tensors: dict[str, TensorEntry] = {}
     weights: dict[str, dict[str, Any]] = {}
