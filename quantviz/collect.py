@@ -15,20 +15,17 @@ the smaller runs).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 
 from quantviz.config import CollectConfig
-from quantviz.data import BATCHED, CalibrationSource
-from quantviz.errors import CancelledError, QuantvizError
+from quantviz.data import BATCHED, CalibrationSource, Cancel, Progress, batch_loop
+from quantviz.errors import QuantvizError
 from quantviz.model import LoadedModel, batch_dim, session_with_outputs
 from quantviz.stats import CalibrationStats, TensorAccumulator
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], object]  # (samples done, samples in all)
-Cancel = Callable[[], bool]  # True: stop as soon as the current batch is done
 
 # Activations one onnxruntime run may return (every fetched tensor) before a batch is split into
 # several runs. Measured at batch 8, 64 samples: digits_resnet (12.4 MB a sample) runs 4 + 4, peak
@@ -104,13 +101,8 @@ def collect(
     splittable = fixed_batch_size(model, source) is None and not source.one_sample_per_run
     unbatched = {k for k, v in source.layout.items() if v != BATCHED}  # never sliced
     run = 1 if splittable else batch_size  # samples per onnxruntime run; set from the first run
-    done = 0
-    if progress:
-        progress(0, total)
-    for batch in source.batches(batch_size, total):
-        if cancel is not None and cancel():
-            raise CancelledError(f"Collection cancelled after {done} of {total} samples.")
-        n = source.samples_in(batch)
+    ran = 0
+    for done, batch, n in batch_loop(source, batch_size, total, "Collection", progress, cancel):
         start = 0
         while start < n:
             stop = min(n, start + run)
@@ -134,10 +126,8 @@ def collect(
                 run = -(-batch_size // -(-batch_size // most))  # batches in equal runs: 8 -> 4 + 4, not 5 + 3
             del outputs
             start = stop
-        done += n
-        if progress:
-            progress(done, total)
-    if done == 0:
+        ran = done + n
+    if ran == 0:
         raise QuantvizError(
             f"No sample ran through the model ({total} samples were asked for, batch size {batch_size}): statistics of nothing "
             "cannot calibrate; check the data and --samples."
@@ -154,7 +144,7 @@ def collect(
         data_description=source.description,
         data_id=source.data_id,
         synthetic=source.synthetic,
-        samples=done,
+        samples=ran,
         config=config,
         tensors=stats,
         infos=infos,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantviz.errors import QuantvizError
+from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import InputSpec, batch_dim
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -344,6 +344,37 @@ def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
         return out
 
     return CalibrationSource(f"synthetic:{n} (random normal data, not real)", f"synthetic:{n}", n, True, fetch, layout)
+
+
+Progress = Callable[[int, int], object]  # (samples done, samples in all)
+Cancel = Callable[[], bool]  # True: stop as soon as the current batch is done
+
+
+def batch_loop(
+    source: CalibrationSource,
+    batch_size: int,
+    total: int,
+    what: str,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> Iterator[tuple[int, Batch, int]]:
+    """The one loop over batches that reports progress and can be cancelled (collection, analysis).
+
+    Yields (samples before this batch, the batch, samples in it). progress(0, total) first, then
+    progress(done, total) after each batch; before each batch, cancel() True raises CancelledError
+    ("<what> cancelled after D of T samples.").
+    """
+    done = 0
+    if progress:
+        progress(0, total)
+    for batch in source.batches(batch_size, total):
+        if cancel is not None and cancel():
+            raise CancelledError(f"{what} cancelled after {done} of {total} samples.")
+        n = source.samples_in(batch)
+        yield done, batch, n
+        done += n
+        if progress:
+            progress(done, total)
 
 
 def open_source(

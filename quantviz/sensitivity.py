@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,8 +52,8 @@ import onnxruntime as ort
 from quantviz.calib import MethodConfig
 from quantviz.collect import effective_batch_size
 from quantviz.config import DEFAULT_BATCH_SIZE
-from quantviz.data import CalibrationSource
-from quantviz.errors import CancelledError, QuantvizError
+from quantviz.data import CalibrationSource, Cancel, Progress, batch_loop
+from quantviz.errors import QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.qdq import QdqBuild
@@ -64,8 +64,6 @@ from quantviz.table import CalibrationTable
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], object]  # (samples done, samples in all)
-Cancel = Callable[[], bool]
 
 MODEL_OUTPUT_ROW = "(model output)"
 
@@ -237,13 +235,8 @@ def analyze(
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
     out_acc = {o: _OutputAccumulator() for o in p.model_outputs}
     bs = effective_batch_size(model, batch_size, source)
-    done = 0
-    if progress:
-        progress(0, total)
-    for batch in source.batches(bs, total):
-        if cancel is not None and cancel():
-            raise CancelledError(f"Analysis cancelled after {done} of {total} samples.")
-        n = source.samples_in(batch)
+    ran = 0
+    for done, batch, n in batch_loop(source, bs, total, "Analysis", progress, cancel):
         f = _run(iso_sess, iso_names, batch, done)
         q = _run(acc_sess, acc_names, batch, done)
         for s in p.layers:
@@ -254,10 +247,8 @@ def analyze(
         for o, a in out_acc.items():
             a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
         del f, q
-        done += n
-        if progress:
-            progress(done, total)
-    if done == 0:
+        ran = done + n
+    if ran == 0:
         raise QuantvizError("The data holds no samples to analyse.")
     layers = tuple(
         LayerError(s.name, s.op_type, s.output_tensor, iso_acc[s.name].result(), acc_acc[s.name].result()) for s in p.layers
@@ -266,7 +257,7 @@ def analyze(
     return LayerReport(
         model_name=model.name,
         model_sha256=model.sha256,
-        samples=done,
+        samples=ran,
         batch_size=bs,
         data_description=source.description,
         synthetic=source.synthetic,
@@ -305,13 +296,9 @@ def layer_error(
     names = [spec.output_tensor, spec.isolated_tensor]
     total = source.num_samples if samples is None else min(samples, source.num_samples)
     acc = ErrorAccumulator()
-    done = 0
-    for batch in source.batches(effective_batch_size(model, batch_size, source), total):
-        if cancel is not None and cancel():
-            raise CancelledError(f"Analysis cancelled after {done} of {total} samples.")
+    for done, batch, _ in batch_loop(source, effective_batch_size(model, batch_size, source), total, "Analysis", cancel=cancel):
         f = _run(sess, names, batch, done)
         acc.update(f[spec.output_tensor], f[spec.isolated_tensor])
-        done += source.samples_in(batch)
     return acc.result()
 
 
