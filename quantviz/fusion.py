@@ -131,6 +131,11 @@ def analyse(proto: onnx.ModelProto) -> FusionInfo:
     folding removes only the pre-BN Conv outputs, listed in FusionInfo.fold).
     """
     folded, report = fold_batchnorm(proto)
+    return analyse_folded(folded, report)
+
+
+def analyse_folded(folded: onnx.ModelProto, report: FoldReport) -> FusionInfo:
+    """analyse() of a model already folded (report: what fold_batchnorm folded)."""
     graph = folded.graph
     consts = constant_values(graph)
     consumers = graph_consumers(graph.node)

@@ -12,7 +12,9 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -23,6 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 from quantviz.errors import QuantvizError
 from quantviz.graph import consumers as graph_consumers
 from quantviz.runtime import new_session, session_options
+
+if TYPE_CHECKING:
+    from quantviz.folded import FoldedModel
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,13 @@ class LoadedModel:
     outputs: tuple[str, ...]
     initializers: frozenset[str] = field(default_factory=frozenset)
     external_files: tuple[str, ...] = ()  # external data files the weights were read from
+
+    @cached_property
+    def folded(self) -> FoldedModel:
+        """The BatchNorm-folded form, its fusion groups and weight scales (quantviz.folded), built once."""
+        from quantviz.folded import fold_model  # fold and fusion read models; they load none
+
+        return fold_model(self.proto)
 
     def tensor(self, name: str) -> TensorInfo:
         for t in self.tensors:

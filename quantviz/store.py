@@ -44,7 +44,9 @@ def deep_size(value: object) -> int:
         if isinstance(v, list | tuple | set | frozenset):
             return total + sum(size(x, depth + 1) for x in v)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return total + sum(size(getattr(v, f.name), depth + 1) for f in dataclasses.fields(v))
+            names = {f.name for f in dataclasses.fields(v)}
+            cached = [x for k, x in getattr(v, "__dict__", {}).items() if k not in names]  # cached_property values
+            return total + sum(size(getattr(v, n), depth + 1) for n in names) + sum(size(x, depth + 1) for x in cached)
         attrs = getattr(v, "__dict__", None)
         if isinstance(attrs, dict):
             return total + size(attrs, depth + 1)

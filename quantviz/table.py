@@ -18,12 +18,12 @@ import numpy as np
 
 from quantviz.calib import MethodConfig, Threshold, method
 from quantviz.errors import QuantvizError
-from quantviz.fold import fold_batchnorm, node_key
-from quantviz.fusion import analyse, requant_points
+from quantviz.fold import node_key
+from quantviz.fusion import requant_points
 from quantviz.model import LoadedModel
 from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
-from quantviz.weights import WeightQuant, weight_scales
+from quantviz.weights import WeightQuant
 
 log = logging.getLogger(__name__)
 CALIBRATE_THREADS = 4  # at most; os.cpu_count() decides below
@@ -136,7 +136,7 @@ def check_table_against_model(table: CalibrationTable, model: LoadedModel) -> No
     tensors = [n for n in [*table.tensors, *table.skipped] if n not in known]
     weights = [n for n in table.weights if n not in model.initializers]
     if weights:  # weights of folded layers may be new initializers of the folded model
-        folded, _ = fold_batchnorm(model.proto)
+        folded = model.folded.proto
         names = {i.name for i in folded.graph.initializer} | {n.output[0] for n in folded.graph.node if n.op_type == "Constant" and n.output}
         weights = [n for n in weights if n not in names]
     nodes = {node_key(n) for n in model.proto.graph.node}
@@ -194,8 +194,7 @@ def apply_model(
     5. settings["requant_points"]: Add/Concat inputs and whether their scales differ.
     """
     check_table_against_model(table, model)
-    folded, report = fold_batchnorm(model.proto)
-    info = analyse(model.proto)
+    folded, report, info = model.folded.proto, model.folded.fold, model.folded.fusion
     tensors = dict(table.tensors)
     for p in report.folded:
         if p.removed_tensor in tensors:
@@ -223,7 +222,7 @@ def apply_model(
         tensors[g.post_activation] = replace(post, shared_with=tuple(dict.fromkeys((*post.shared_with, g.pre_activation))))
     usable = {n: e for n, e in tensors.items() if not e.float_kept and is_finite_entry(e)}
     scales = {n: e.scale for n, e in usable.items()}
-    weights = weight_scales(folded, per_channel)
+    weights = dict(model.folded.weights(per_channel))  # a copy: overrides replace entries below
     replaced: dict[str, WeightQuant] = {}
     ignored: dict[str, str] = {}
     for wname, values in (weight_overrides or {}).items():

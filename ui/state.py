@@ -30,7 +30,6 @@ from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import CalibrationSource
 from quantviz.errors import QuantvizError
-from quantviz.fold import fold_batchnorm
 from quantviz.model import LoadedModel, load_model
 from quantviz.review import Review, build_table
 from quantviz.samples import DEFAULT_SAMPLE
@@ -38,7 +37,7 @@ from quantviz.stats import CalibrationStats
 from quantviz.store import ByteLRU
 from quantviz.summary import overview
 from quantviz.table import CalibrationTable, apply_model, calibrate
-from quantviz.weights import WeightQuant, weight_scales
+from quantviz.weights import WeightQuant
 from ui.config import LOCAL_ADDRESSES, app_config
 from ui.errors import callback
 
@@ -492,7 +491,7 @@ def method_rows(tensor: str) -> Any:
 def weights_of(model: LoadedModel, per_channel: bool) -> dict[str, WeightQuant]:
     """Per-channel (or per-tensor) weight scales of the folded model, keyed by initializer."""
     key = DerivedKey("weights", StatsKey(model.sha256, "", ()), None, per_channel)
-    return cached(key, lambda: weight_scales(fold_batchnorm(model.proto)[0], per_channel))
+    return cached(key, lambda: model.folded.weights(per_channel))
 
 
 def tensor_picker(names: list[str], label_of: Callable[[str], str], widget_key: str, label: str = "Tensor (type to search)") -> str:
