@@ -215,7 +215,7 @@ layer = st.selectbox(
 le = layers.get(layer)
 out = le.output_tensor if le is not None else float_layers[layer]
 entry = table.tensors.get(out)
-target = (entry.extra.get("scale_from") if entry is not None else None) or out
+target = (entry.scale_from if entry is not None else None) or out
 if le is None:
     st.caption(f"{layer} is kept in float: it has no int8 figures. Untick the box below to quantize it again.")
 else:

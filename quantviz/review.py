@@ -112,7 +112,7 @@ def _calibratable(stats: CalibrationStats, name: str) -> str | None:
 
 def fused_tensors(table: CalibrationTable) -> frozenset[str]:
     """Tensors quantized with another tensor's scale (a Conv output fused with its activation)."""
-    return frozenset(n for n, e in table.tensors.items() if e.extra.get("scale_from"))
+    return frozenset(n for n, e in table.tensors.items() if e.scale_from)
 
 
 def apply_method_picks(

@@ -29,9 +29,21 @@ log = logging.getLogger(__name__)
 CALIBRATE_THREADS = 4  # at most; os.cpu_count() decides below
 
 
+# Facts TensorEntry keeps in typed fields that the JSON file writes under "extra" (FORMATS.md), in this order.
+TYPED_EXTRA = ("observed_min", "observed_max", "scale_from", "folded_into")
+
+
 @dataclass(frozen=True)
 class TensorEntry:
-    """One row of the table (the JSON keys method/min/max/threshold/scale are a contract)."""
+    """One row of the table (the JSON keys method/min/max/threshold/scale are a contract).
+
+    observed_min/observed_max: the range the statistics saw (before any method clipped it);
+    scale_from: the tensor whose scale this one takes (a Conv output fused with its ReLU-like
+    activation); folded_into: for the Conv output of a folded BatchNormalization, the tensor that
+    replaces it. On disk these four sit in "extra" as before; an `extra` given with any of them (a
+    file read, an older caller) has them moved into the fields. What remains in `extra` is
+    method-specific (EQ's "eq", best method's "best", "unshared": the fused tensor's own range).
+    """
 
     method: str
     min: float
@@ -44,6 +56,32 @@ class TensorEntry:
     float_kept: bool = False
     shared_with: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    observed_min: float | None = None
+    observed_max: float | None = None
+    scale_from: str | None = None
+    folded_into: str | None = None
+
+    def __post_init__(self) -> None:
+        lifted = {k: self.extra[k] for k in TYPED_EXTRA if k in self.extra}
+        if not lifted:
+            return
+        object.__setattr__(self, "extra", {k: v for k, v in self.extra.items() if k not in TYPED_EXTRA})
+        for key, value in lifted.items():
+            if getattr(self, key) is not None:
+                continue
+            if key.startswith("observed_"):
+                try:
+                    value = float(value)  # the JSON writer keeps infinities as "inf" / "-inf"
+                except (TypeError, ValueError):
+                    raise QuantvizError(f"extra.{key} must be a number, not {value!r}.") from None
+            elif not isinstance(value, str):
+                raise QuantvizError(f"extra.{key} must be a tensor name, not {value!r}.")
+            object.__setattr__(self, key, value)
+
+    def extra_fields(self) -> dict[str, Any]:
+        """What a file keeps under "extra": the typed facts that are set, then the rest of `extra`."""
+        typed = {k: getattr(self, k) for k in TYPED_EXTRA if getattr(self, k) is not None}
+        return {**typed, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -74,7 +112,8 @@ def entry_from(result: Threshold, stats_min: float, stats_max: float) -> TensorE
         threshold=float(result.threshold),
         scale=float(result.scale),
         zero_point=int(result.zero_point),
-        extra={"observed_min": float(stats_min), "observed_max": float(stats_max)},
+        observed_min=float(stats_min),
+        observed_max=float(stats_max),
     )
 
 
@@ -180,9 +219,9 @@ def apply_model(
     """Fusion-aware scales, weight scales and requantization multipliers for a table of this model.
 
     1. BatchNormalization is folded into its Conv (quantviz.fold); the pre-BN tensors stay in the table
-       (the plots show them) with extra["folded_into"] naming the tensor that replaces them.
+       (the plots show them) with TensorEntry.folded_into naming the tensor that replaces them.
     2. Conv/Gemm -> Relu/ReLU-like Clip (quantviz.fusion): the Conv output takes the post-activation
-       entry's range and scale; TensorEntry.shared_with links both ways; extra["scale_from"] names
+       entry's range and scale; TensorEntry.shared_with links both ways; TensorEntry.scale_from names
        the source and extra["unshared"] keeps the tensor's own range. Call again after changing a
        post-activation entry to re-share (a change to the pre-activation entry is overridden).
     3. weights: per-channel (or per-tensor) abs-max scales of the folded weights (quantviz.weights).
@@ -199,7 +238,7 @@ def apply_model(
     for p in report.folded:
         if p.removed_tensor in tensors:
             e = tensors[p.removed_tensor]
-            tensors[p.removed_tensor] = replace(e, extra={**e.extra, "folded_into": p.output})
+            tensors[p.removed_tensor] = replace(e, folded_into=p.output)
     for g in info.groups:
         pre, post = tensors.get(g.pre_activation), tensors.get(g.post_activation)
         if pre is None or post is None or pre.float_kept or post.float_kept:
@@ -217,7 +256,8 @@ def apply_model(
             scale=post.scale,
             zero_point=post.zero_point,
             shared_with=tuple(dict.fromkeys((*pre.shared_with, g.post_activation))),
-            extra={**pre.extra, "scale_from": g.post_activation, "unshared": own},
+            scale_from=g.post_activation,
+            extra={**pre.extra, "unshared": own},
         )
         tensors[g.post_activation] = replace(post, shared_with=tuple(dict.fromkeys((*post.shared_with, g.pre_activation))))
     usable = {n: e for n, e in tensors.items() if not e.float_kept and is_finite_entry(e)}

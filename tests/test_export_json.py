@@ -91,7 +91,39 @@ def test_numpy_and_non_finite_values_in_nested_fields_are_written() -> None:
     )
     back = loads(dumps(src))
     assert back.weights["w"]["scales"] == [0.5, 0.25]
-    assert back.tensors["a"].extra == {"observed_min": "-inf", "n": 3}
+    assert back.tensors["a"].extra == {"n": 3} and back.tensors["a"].observed_min == float("-inf")
+    assert json.loads(dumps(back))["tensors"]["a"]["extra"] == {"observed_min": "-inf", "n": 3}  # on disk as before
+
+
+def test_typed_extra_fields_keep_the_file_format() -> None:
+    # observed range, shared scale source and folding are TensorEntry fields; the file keeps them under "extra"
+    unshared = {"method": "kl", "min": -1.0, "max": 4.0, "threshold": 4.0, "scale": 4 / 127, "zero_point": 0}
+    typed = TensorEntry(
+        "kl", -2, 2, 2, 2 / 127, 0, observed_min=-5.0, observed_max=3.0, scale_from="y", extra={"unshared": unshared}
+    )
+    as_extra = TensorEntry(
+        "kl", -2, 2, 2, 2 / 127, 0,
+        extra={"observed_min": -5.0, "observed_max": 3.0, "scale_from": "y", "unshared": unshared},
+    )  # fmt: skip
+    folded = TensorEntry("minmax", -1, 1, 1, 1 / 127, 0, folded_into="bn_out")
+    assert as_extra == typed
+    text = dumps(table({"c": typed, "conv_out": folded}))
+    doc = json.loads(text)
+    assert list(doc["tensors"]["c"]["extra"]) == ["observed_min", "observed_max", "scale_from", "unshared"]
+    assert doc["tensors"]["c"]["extra"]["scale_from"] == "y" and doc["tensors"]["conv_out"]["extra"] == {"folded_into": "bn_out"}
+    back = loads(text)
+    assert back.tensors["c"] == typed and back.tensors["conv_out"].folded_into == "bn_out"
+    assert dumps(back) == text
+
+
+def test_a_bad_typed_extra_value_is_one_sentence() -> None:
+    doc = {
+        "format": "quantviz-calibration",
+        "version": 1,
+        "tensors": {"a": {"method": "kl", "min": -1, "max": 1, "threshold": 1, "scale": 0.1, "extra": {"observed_min": "x"}}},
+    }
+    with pytest.raises(QuantvizError, match="observed_min must be a number"):
+        loads(json.dumps(doc))
 
 
 GOOD = {

@@ -130,7 +130,7 @@ def test_table_shares_scales_both_ways() -> None:
     c, y = table.tensors["c"], table.tensors["y"]
     assert (c.threshold, c.scale, c.min, c.max, c.zero_point) == (y.threshold, y.scale, y.min, y.max, y.zero_point)
     assert c.shared_with == ("y",) and y.shared_with == ("c",)
-    assert c.extra["scale_from"] == "y"
+    assert c.scale_from == "y"
     # The conv output's own range is kept for the UI: abs-max of c, larger than the ReLU's (negatives).
     assert c.extra["unshared"]["threshold"] == pytest.approx(stats.tensors["c"].absmax)
     assert c.extra["unshared"]["threshold"] > y.threshold
@@ -146,7 +146,7 @@ def test_table_records_requant_points_and_folded_tensors() -> None:
     assert add["node"] == "add" and add["input_scales"] == [table.tensors["relu_out"].scale, table.tensors["bn_out"].scale]
     assert add["differ"] is (table.tensors["relu_out"].scale != table.tensors["bn_out"].scale)
     assert cat["inputs"] == ["relu_out", "add_out"]
-    assert table.tensors["conv_out"].extra["folded_into"] == "bn_out"
+    assert table.tensors["conv_out"].folded_into == "bn_out"
     assert table.settings["folded_batchnorm"][0]["batchnorm"] == "bn"
 
 

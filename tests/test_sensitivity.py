@@ -407,7 +407,7 @@ def test_best_method_table_puts_each_pick_on_its_tensor() -> None:
     )
     assert seen[-1] == (96, 96)  # 3 methods x 32 samples
     assert table.settings["method"] == "best" and table.settings["best"]["candidates"] == ["kl", "minmax", "mse"]
-    fused = {n for n, e in table.tensors.items() if e.extra.get("scale_from")}
+    fused = {n for n, e in table.tensors.items() if e.scale_from}
     assert fused
     applied = 0
     for p in picks.values():

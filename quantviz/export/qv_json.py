@@ -60,8 +60,8 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
             d["float"] = True
         if e.shared_with:
             d["shared_with"] = list(e.shared_with)
-        if e.extra:
-            d["extra"] = _plain(e.extra)
+        if e.extra_fields():
+            d["extra"] = _plain(e.extra_fields())
         tensors[name] = d
     out: dict[str, Any] = {
         "format": TABLE_FORMAT,

@@ -118,7 +118,7 @@ def test_html_report_of_the_current_table():
     table = build_table(stats, review_of(at))
     for name, (t, _, _) in report.thresholds.items():
         e = table.tensors[name]
-        assert t == e.threshold or e.extra.get("scale_from") or name.endswith("BatchNormalization_output_0"), name
+        assert t == e.threshold or e.scale_from or name.endswith("BatchNormalization_output_0"), name
     # a new typed threshold makes that report stale: it is no longer offered
     set_review_of(at, review_of(at).with_choice("/Relu_output_0", override=1.0))
     at.run()
