@@ -49,14 +49,13 @@ except QuantvizError as exc:
     st.error(str(exc))
     options = ExportOptions(model=model)
 
-NEEDS_MODEL = {"qdq"}
 HEAVY = {"qdq"}  # built on request: a rerun must stay fast
 
 st.subheader("Calibration table")
 for name, fmt in FORMATS.items():
     left, right = st.columns([3, 2])
     left.markdown(f"**{name}** · {fmt.description}")
-    if name in NEEDS_MODEL and model is None:
+    if model is None and fmt.needs_model(table):
         right.caption("needs the model")
         continue
     fmt_options = options

@@ -110,3 +110,30 @@ def test_unknown_format_name() -> None:
 def test_missing_output_folder(tmp_path) -> None:
     with pytest.raises(QuantvizError, match="does not exist"):
         write_table(table(), "csv", tmp_path / "no" / "t.csv")
+
+
+def test_each_format_declares_whether_it_needs_the_model() -> None:
+    by_tensor = CalibrationTable("m", "", {}, {"x": TensorEntry("kl", -1, 1, 1, 1 / 127, 0)})
+    by_layer = CalibrationTable("m", "", {"ncnn_keys": "layer"}, {"conv_param_0": TensorEntry("ncnn", -1, 1, 1, 1 / 127, 0)})
+    needs = {name: (f.needs_model(by_tensor), f.needs_model(by_layer)) for name, f in FORMATS.items()}
+    assert needs.pop("qdq") == (True, True)  # the quantized model is built from the float one
+    assert needs.pop("ncnn") == (True, False)  # tensor names become ncnn layer names through the model
+    assert set(needs.values()) == {(False, False)}
+    assert all(f.detect for f in FORMATS.values())  # every format can be recognised
+
+
+def test_cli_export_refuses_a_model_format_without_the_model(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from quantviz.export.qv_json import write_json
+    from tests.conftest import ROOT
+
+    src = tmp_path / "t.json"
+    write_json(CalibrationTable("m", "", {}, {"x": TensorEntry("kl", -1, 1, 1, 1 / 127, 0)}), src)
+    for fmt in ("qdq", "ncnn"):
+        r = subprocess.run(
+            [sys.executable, "-m", "quantviz", "export", str(src), "--format", fmt, "-o", str(tmp_path)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2 and f"--format {fmt} needs the model" in r.stderr, r.stderr

@@ -20,7 +20,7 @@ from typing import Any
 from quantviz.errors import QuantvizError
 from quantviz.export import qv_json
 from quantviz.export.diff import diff_tables, format_diff, summary, write_diff_csv
-from quantviz.export.registry import FORMATS, ExportOptions, read_table, write_table
+from quantviz.export.registry import FORMATS, ExportOptions, read_table, table_format, write_table
 from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
 from quantviz.model import LoadedModel
 
@@ -46,11 +46,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"warning: the table was computed on a different model ({table.model_name or 'unknown'}) than {model.name}.",
             file=sys.stderr,
         )
-    if (
-        args.format in ("ncnn", "qdq")
-        and model is None
-        and not (args.format == "ncnn" and table.settings.get("ncnn_keys") == "layer")
-    ):
+    if model is None and table_format(args.format).needs_model(table):
         raise QuantvizError(f"--format {args.format} needs the model: add --model MODEL.onnx.")
     if args.reduce_range and args.format != "qdq":
         raise QuantvizError("--reduce-range applies to --format qdq only (7-bit weights in the QDQ model).")

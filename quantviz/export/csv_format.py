@@ -17,6 +17,7 @@ from pathlib import Path
 
 from quantviz.errors import QuantvizError
 from quantviz.export.common import decode_text, imported_table, read_bytes
+from quantviz.export.format import Sniff, TableFormat, text_writer
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "CSV table"
@@ -154,3 +155,25 @@ def loads_csv(data: str | bytes) -> CalibrationTable:
 
 def read_csv(path: str | Path) -> CalibrationTable:
     return loads_csv(read_bytes(path))
+
+
+def _has_csv_header(s: Sniff) -> bool:
+    try:
+        header = next(csv.reader(io.StringIO(s.first)))
+    except (csv.Error, StopIteration):
+        return False
+    names = {h.strip() for h in header}
+    return "name" in names and "threshold" in names
+
+
+FORMATS = (
+    TableFormat(
+        "csv",
+        text_writer(dumps_csv),
+        lambda data, _o: loads_csv(data),
+        "calibration_table.csv",
+        "CSV: one row per tensor, for spreadsheets",
+        mime="text/csv",
+        detect=((3, _has_csv_header), (5, lambda s: not s.binary and s.filename.endswith(".csv"))),
+    ),
+)

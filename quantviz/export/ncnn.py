@@ -38,6 +38,7 @@ from quantviz.export.common import (
     split_lines,
     symmetric_entry,
 )
+from quantviz.export.format import TableFormat, ncnn_lines
 from quantviz.fold import node_key
 from quantviz.model import LoadedModel
 from quantviz.table import CalibrationTable, TensorEntry
@@ -283,3 +284,16 @@ def loads_ncnn(data: str | bytes, model: LoadedModel | None = None) -> Calibrati
 
 def read_ncnn_table(path: str | Path, model: LoadedModel | None = None) -> CalibrationTable:
     return loads_ncnn(read_bytes(path), model)
+
+
+FORMATS = (
+    TableFormat(
+        "ncnn",
+        lambda table, o: dumps_ncnn(table, o.model).encode("utf-8"),
+        lambda data, o: loads_ncnn(data, o.model),
+        "model.table",
+        "ncnn int8 table (ncnn2table / ncnn2int8): scale 127/T per layer input, per-channel weight lines",
+        detect=((6, ncnn_lines),),
+        needs_model=lambda table: table.settings.get("ncnn_keys") != "layer",  # tensor names -> ncnn layer names
+    ),
+)

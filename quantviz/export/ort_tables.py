@@ -42,6 +42,7 @@ from quantviz.export.common import (
     split_lines,
     symmetric_entry,
 )
+from quantviz.export.format import Sniff, TableFormat, name_value_lines, ncnn_lines
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "onnxruntime calibration table"
@@ -231,3 +232,44 @@ def read_ort_directory(directory: str | Path) -> Mapping[str, CalibrationTable]:
     """Every calibration.* file present in a directory, kind -> table."""
     d = Path(directory)
     return {kind: read_ort_table(d / name, kind) for kind, name in FILE_NAMES.items() if (d / name).is_file()}
+
+
+def _flatbuffers_parse(s: Sniff) -> bool:
+    if not s.binary:
+        return False
+    try:
+        loads_ort_flatbuffers(s.data)
+    except QuantvizError:
+        return False
+    return True
+
+
+FORMATS = (
+    TableFormat(
+        "ort-json",
+        lambda table, _o: ort_table_bytes(table, "json"),
+        lambda data, _o: loads_ort_json(data),
+        "calibration.json",
+        "onnxruntime calibration.json (TensorRT execution provider), written by onnxruntime's own writer",
+        mime="application/json",
+        detect=((2, lambda s: s.looks_json),),  # after quantviz's own JSON (same tier, listed first)
+    ),
+    TableFormat(
+        "ort-flatbuffers",
+        lambda table, _o: ort_table_bytes(table, "flatbuffers"),
+        lambda data, _o: loads_ort_flatbuffers(data),
+        "calibration.flatbuffers",
+        "onnxruntime calibration.flatbuffers (TensorRT execution provider)",
+        binary=True,
+        mime="application/octet-stream",
+        detect=((1, lambda s: s.binary and s.filename.endswith((".flatbuffers", ".fb"))), (2, _flatbuffers_parse)),
+    ),
+    TableFormat(
+        "ort-cache",
+        lambda table, _o: ort_table_bytes(table, "cache"),
+        lambda data, _o: loads_ort_cache(data),
+        "calibration.cache",
+        "onnxruntime calibration.cache: '<name> <dynamic range>' lines",
+        detect=((6, lambda s: name_value_lines(s) and not ncnn_lines(s)),),
+    ),
+)

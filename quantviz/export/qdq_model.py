@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from quantviz.errors import QuantvizError
 from quantviz.export.common import imported_table, read_bytes, symmetric_entry, threshold_from_scale
+from quantviz.export.format import Sniff, TableFormat
 from quantviz.fold import constant_values
 from quantviz.graph import consumers as graph_consumers
 from quantviz.model import LoadedModel
@@ -153,3 +154,28 @@ def loads_qdq(data: bytes, name: str = "") -> CalibrationTable:
 
 def read_qdq_model(path: str | Path) -> CalibrationTable:
     return loads_qdq(read_bytes(path), Path(path).name)
+
+
+def _qdq_parse(s: Sniff) -> bool:
+    if not s.binary:
+        return False
+    try:
+        loads_qdq(s.data)
+    except QuantvizError:
+        return False
+    return True
+
+
+FORMATS = (
+    TableFormat(
+        "qdq",
+        lambda table, o: qdq_model_bytes(table, o.model, o.reduce_range),
+        lambda data, _o: loads_qdq(data),
+        "model_qdq.onnx",
+        "quantized ONNX model with QuantizeLinear/DequantizeLinear carrying the table's scales",
+        binary=True,
+        mime="application/octet-stream",
+        detect=((1, lambda s: s.binary and s.filename.endswith(".onnx")), (3, _qdq_parse)),
+        needs_model=lambda _table: True,
+    ),
+)

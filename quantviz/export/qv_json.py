@@ -14,6 +14,8 @@ from typing import Any
 
 from quantviz.config import TABLE_FORMAT, TABLE_VERSION
 from quantviz.errors import QuantvizError
+from quantviz.export.common import decode_text
+from quantviz.export.format import Sniff, TableFormat, text_writer
 from quantviz.table import CalibrationTable, TensorEntry
 
 _REQUIRED = ("method", "min", "max", "threshold", "scale")
@@ -171,3 +173,20 @@ def read_json(path: str | Path) -> CalibrationTable:
     if not p.exists():
         raise QuantvizError(f"The table '{p}' does not exist.")
     return loads(p.read_text(encoding="utf-8"))
+
+
+def _is_quantviz_json(s: Sniff) -> bool:
+    return s.looks_json and isinstance(s.json_doc, dict) and s.json_doc.get("format") == TABLE_FORMAT
+
+
+FORMATS = (
+    TableFormat(
+        "json",
+        text_writer(dumps),
+        lambda data, _o: loads(decode_text(data, "quantviz JSON table")),
+        "calibration_table.json",
+        "quantviz JSON: lossless (methods, thresholds, scales, weight scales, notes, settings, model hash)",
+        mime="application/json",
+        detect=((2, _is_quantviz_json),),
+    ),
+)

@@ -32,6 +32,7 @@ from quantviz.export.common import (
     symmetric_entry,
     threshold_from_scale,
 )
+from quantviz.export.format import TableFormat
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "TensorRT calibration cache"
@@ -115,3 +116,22 @@ def loads_trt(data: str | bytes) -> CalibrationTable:
 
 def read_trt_cache(path: str | Path) -> CalibrationTable:
     return loads_trt(read_bytes(path))
+
+
+TRT_LINE = re.compile(r".*: [0-9A-Fa-f]{1,8}")
+
+
+FORMATS = (
+    TableFormat(
+        "trt",
+        lambda table, o: dumps_trt(table, o.trt_header or DEFAULT_TRT_HEADER).encode("utf-8"),
+        lambda data, _o: loads_trt(data),
+        "calibration.cache",
+        "TensorRT calibration cache: header TRT-<version>-<algorithm>, hex float32 scale T/127 per tensor",
+        detect=(
+            (1, lambda s: HEADER_PATTERN.fullmatch(s.first) is not None),
+            # a malformed or missing header: the TensorRT reader then says what is wrong
+            (4, lambda s: s.first.startswith("TRT-") or TRT_LINE.fullmatch(s.first) is not None),
+        ),
+    ),
+)
