@@ -21,6 +21,7 @@ from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import LoadedModel, load_model
 from quantviz.preflight import INFO, WARNING, blocking, preflight
+from quantviz.safeio import check_output
 from quantviz.sensitivity import BEST_CANDIDATES, BEST_SAMPLES
 from quantviz.stats import CalibrationStats, load_stats, save_stats
 from quantviz.table import CalibrationTable, calibrate, calibrate_model
@@ -132,10 +133,9 @@ def _collect_from_args(args: argparse.Namespace, model_path: str) -> Calibration
 
 
 def _check_output(path: str) -> None:
-    """Refuse an output path whose folder is missing before any work is done (not after a long collection)."""
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise QuantvizError(f"The folder of the output file '{path}' does not exist; create it or choose another path with -o.")
+    """Refuse an output path that cannot be written before any work is done (not after a long
+    collection): a folder, a missing folder, a folder where no file can be created (quantviz.safeio)."""
+    check_output(path, "output file (-o)")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

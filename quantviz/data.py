@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,9 @@ import numpy as np
 import numpy.typing as npt
 
 from quantviz.errors import QuantvizError
+from quantviz.limits import DATA_ARRAY_BYTES, DATA_TOTAL_BYTES, FOLDER_ENTRIES_MAX, IMAGE_BYTES, LimitError, size_text
 from quantviz.model import InputSpec, batch_dim
+from quantviz.safeio import read_member, read_npy, read_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SYNTHETIC_PREFIX = "synthetic:"
@@ -208,36 +212,14 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _numpy_error(exc: ValueError, origin: str, kind: str) -> QuantvizError:
-    """numpy's ValueError from np.load(allow_pickle=False) as a sentence (object arrays vs not numpy at all)."""
-    text = str(exc)
-    if "Object arrays" in text or "Python objects" in text:
-        return QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.")
-    if "pickled data" in text:  # numpy's answer for any file that is neither .npy nor .npz
-        return QuantvizError(f"{origin} is not a readable {kind} file (it is not in numpy's format).")
-    return QuantvizError(f"{origin} is not a readable {kind} file ({text}).")
-
-
 def _load_npz(raw: bytes | Path, origin: str) -> dict[str, np.ndarray]:
-    try:
-        src = io.BytesIO(raw) if isinstance(raw, bytes) else raw
-        with np.load(src, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as exc:
-        raise _numpy_error(exc, origin, ".npz") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise QuantvizError(f"{origin} is not a readable .npz file (it may be truncated or another file type).") from exc
+    """Every array, each member's declared size checked before it is allocated (quantviz.safeio)."""
+    return read_npz(raw, origin, array_bytes=DATA_ARRAY_BYTES, total_bytes=DATA_TOTAL_BYTES)
 
 
 def _load_npy(raw: bytes | Path, origin: str) -> np.ndarray:
-    try:
-        if isinstance(raw, bytes):
-            return np.load(io.BytesIO(raw), allow_pickle=False)
-        return np.load(raw, allow_pickle=False, mmap_mode="r")
-    except ValueError as exc:
-        raise _numpy_error(exc, origin, ".npy") from exc
-    except (OSError, EOFError) as exc:
-        raise QuantvizError(f"{origin} is not a readable .npy file (it may be truncated or another file type).") from exc
+    """A path is memory-mapped after its header is checked; an upload's bytes are read within limits."""
+    return read_npy(raw, origin, array_bytes=DATA_ARRAY_BYTES, mmap=isinstance(raw, Path))
 
 
 def _image_input(inputs: Sequence[InputSpec]) -> InputSpec:
@@ -299,18 +281,31 @@ def _image_source(
 
 
 def _folder_entries(folder: Path) -> list[tuple[str, Callable[[], bytes]]]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files under a folder; a walk that meets more than FOLDER_ENTRIES_MAX entries (--data /)
+    is refused instead of scanning a whole file system. Symbolic links to folders are not followed."""
+    found: list[Path] = []
+    seen = 0
+    for root, dirs, names in os.walk(folder, onerror=None):
+        seen += len(dirs) + len(names)
+        if seen > FOLDER_ENTRIES_MAX:
+            raise LimitError(
+                f"The folder '{folder}' holds more than {FOLDER_ENTRIES_MAX} files and folders: give the folder of the calibration images itself."
+            )
+        dirs.sort()
+        found.extend(Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in found if p.is_file())
     return [(str(p.relative_to(folder)), p.read_bytes) for p in files]
 
 
 def _zip_entries(raw: bytes | Path, origin: str) -> list[tuple[str, Callable[[], bytes]]]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes) else raw)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise QuantvizError(f"{origin} is not a readable .zip file.") from exc
     names = sorted(n for n in zf.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
-    # Member names are only used as keys to read from the archive, never as paths on disk.
-    return [(n, (lambda n=n: zf.read(n))) for n in names]
+    # Member names are only used as keys to read from the archive, never as paths on disk; each image
+    # is decompressed up to IMAGE_BYTES only (a zip bomb stops there).
+    return [(n, (lambda n=n: read_member(zf, n, origin, IMAGE_BYTES))) for n in names]
 
 
 def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
@@ -331,6 +326,12 @@ def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
                 f"Input '{spec.name}' has dynamic dimensions {spec.shape_text()}; synthetic data needs fixed ones: give real data."
             )
         shapes[spec.name] = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+        per_sample = math.prod(shapes[spec.name]) * max(np.dtype(spec.dtype).itemsize, 8)  # drawn as float64
+        if per_sample > DATA_ARRAY_BYTES:
+            raise LimitError(
+                f"Input '{spec.name}' declares {spec.shape_text()}: one synthetic sample would take {size_text(per_sample)}, "
+                f"beyond quantviz's limit of {size_text(DATA_ARRAY_BYTES)} per array."
+            )
 
     def fetch(start: int, stop: int) -> Batch:
         # One seed per (input, sample): every input gets its own noise, and sample i is the same

@@ -22,8 +22,9 @@ Collect with more bins where resolution matters. Exact zeros are counted like an
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,15 +96,42 @@ def exponent_for(absmax: float, bins: int, min_exponent: int = MIN_EXPONENT) -> 
     return max(e, min_exponent)
 
 
-@functools.lru_cache(maxsize=1024)
+# The shared edge arrays kept, by bytes: hostile files with many exponents and large bin counts must not
+# make the cache grow without bound (1024 arrays of 2**18 + 1 edges would be 2 GB).
+EDGES_CACHE_BYTES = 64 << 20
+_edges_cache: OrderedDict[tuple[int, int, bool], npt.NDArray[np.float64]] = OrderedDict()
+_edges_bytes = 0
+_edges_lock = threading.Lock()
+
+
 def edges_for(exponent: int, bins: int, signed: bool) -> npt.NDArray[np.float64]:
     """Bin edges k * 2**exponent. One shared READ-ONLY array per (exponent, bins, kind): a collection
     of hundreds of tensors holds a few dozen edge arrays instead of two per tensor (14 MB for 432
-    tensors at 2048 bins). Copy before editing (nothing in quantviz edits edges)."""
+    tensors at 2048 bins). Copy before editing (nothing in quantviz edits edges). The cache holds at
+    most EDGES_CACHE_BYTES (least recently used arrays go first)."""
+    global _edges_bytes
+    key = (int(exponent), int(bins), bool(signed))
+    with _edges_lock:
+        hit = _edges_cache.get(key)
+        if hit is not None:
+            _edges_cache.move_to_end(key)
+            return hit
     start = -(bins // 2) if signed else 0
     edges = np.ldexp(np.arange(start, start + bins + 1, dtype=np.float64), exponent)
     edges.flags.writeable = False
+    with _edges_lock:
+        if key not in _edges_cache and edges.nbytes <= EDGES_CACHE_BYTES:
+            _edges_cache[key] = edges
+            _edges_bytes += edges.nbytes
+            while _edges_bytes > EDGES_CACHE_BYTES:
+                _, old = _edges_cache.popitem(last=False)
+                _edges_bytes -= old.nbytes
     return edges
+
+
+def edges_cache_bytes() -> int:
+    """Bytes the shared edge arrays hold now."""
+    return _edges_bytes
 
 
 def exponent_of(hist: Histogram) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from quantviz.safeio import write_text
 from quantviz.sensitivity import MODEL_OUTPUT_ROW, LayerError, LayerReport
 
 CSV_COLUMNS = (
@@ -97,7 +98,7 @@ def to_csv(report: LayerReport) -> str:
 
 
 def write_csv(report: LayerReport, path: str | Path) -> None:
-    Path(path).write_text(to_csv(report), encoding="utf-8")
+    write_text(path, to_csv(report), "report file")
 
 
 def _cosine_axis_floor(values: list[float]) -> float:
@@ -282,4 +283,4 @@ def to_html(report: LayerReport, title: str | None = None) -> str:
 
 
 def write_html(report: LayerReport, path: str | Path, title: str | None = None) -> None:
-    Path(path).write_text(to_html(report, title), encoding="utf-8")
+    write_text(path, to_html(report, title), "report file")

@@ -54,9 +54,11 @@ from quantviz.collect import effective_batch_size
 from quantviz.config import DEFAULT_BATCH_SIZE
 from quantviz.data import CalibrationSource
 from quantviz.errors import CancelledError, QuantvizError
+from quantviz.limits import DATA_ARRAY_BYTES, DATA_TOTAL_BYTES
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, QdqBuild, build
+from quantviz.safeio import read_npy, read_npz
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
 
@@ -593,40 +595,31 @@ def read_labels(spec: str | Path) -> npt.NDArray:
         path, key = Path(head), tail
     if not path.exists():
         raise QuantvizError(f"The labels file '{path}' does not exist.")
-    try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as z:
-            name = key or DEFAULT_LABEL_KEY
-            if name not in z.files:
-                raise QuantvizError(f"'{path.name}' has no array '{name}' (it has: {', '.join(z.files)}); give FILE.npz:KEY.")
-            return z[name]
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, QuantvizError):
-            raise
-        raise QuantvizError(f"'{path.name}' is not a readable .npz/.npy file of labels ({exc}).") from exc
+    what = f"The labels file '{path.name}'"
+    if path.suffix.lower() == ".npy":
+        return read_npy(path, what, array_bytes=DATA_ARRAY_BYTES)
+    name = key or DEFAULT_LABEL_KEY
+    arrays = read_npz(path, what, array_bytes=DATA_ARRAY_BYTES, total_bytes=DATA_TOTAL_BYTES, only=lambda k: k == name)
+    if name not in arrays:
+        raise QuantvizError(f"'{path.name}' has no array '{name}'; give FILE.npz:KEY with KEY one of its arrays.")
+    return arrays[name]
 
 
 def default_labels(data: str | Path | bytes) -> npt.NDArray | None:
     """The "label" array of a data .npz (a path, or an upload's bytes) when it has one
     (digits_eval.npz does), else None."""
-    if isinstance(data, bytes):
-        import io
-
-        raw: io.BytesIO | Path = io.BytesIO(data)
-    else:
+    if not isinstance(data, bytes):
         path = Path(str(data))
         if path.suffix.lower() != ".npz" or not path.is_file():
             return None
-        raw = path
     try:
-        z = np.load(raw, allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None
-    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy holds one array, no labels beside it
-        return None
-    with z:
-        return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None
+        arrays = read_npz(
+            data, "the calibration data", array_bytes=DATA_ARRAY_BYTES, total_bytes=DATA_TOTAL_BYTES,
+            only=lambda k: k == DEFAULT_LABEL_KEY,
+        )  # fmt: skip
+    except QuantvizError:
+        return None  # not an .npz (a .npy upload), or unreadable: the data reader says why
+    return arrays.get(DEFAULT_LABEL_KEY)
 
 
 # ---------------------------------------------------------------------------------------------

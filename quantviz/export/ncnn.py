@@ -40,6 +40,7 @@ from quantviz.export.common import (
 )
 from quantviz.fold import node_key
 from quantviz.model import LoadedModel
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 from quantviz.weights import output_axis
 
@@ -199,7 +200,7 @@ def dumps_ncnn(table: CalibrationTable, layers: Mapping[str, str] | LoadedModel 
 
 
 def write_ncnn_table(table: CalibrationTable, path: str | Path, layers: Mapping[str, str] | LoadedModel | None = None) -> None:
-    Path(path).write_bytes(dumps_ncnn(table, layers).encode("utf-8"))
+    write_bytes(path, dumps_ncnn(table, layers).encode("utf-8"))
 
 
 def _values(tokens: list[str], number: int) -> list[float]:

@@ -25,6 +25,7 @@ from quantviz.errors import QuantvizError
 from quantviz.export.common import imported_table, read_bytes, symmetric_entry, threshold_from_scale
 from quantviz.fold import constant_values
 from quantviz.model import LoadedModel
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 
 METHOD = "qdq"
@@ -57,7 +58,7 @@ def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None, reduce_r
 
 
 def write_qdq_model(table: CalibrationTable, path: str | Path, model: LoadedModel | None) -> None:
-    Path(path).write_bytes(qdq_model_bytes(table, model))
+    write_bytes(path, qdq_model_bytes(table, model))
 
 
 def _const(values: dict[str, np.ndarray], name: str, node: onnx.NodeProto, what: str) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,6 +21,8 @@ from quantviz.errors import QuantvizError
 from quantviz.export import csv_format, ncnn, ort_tables, qdq_model, qv_json, tensorrt
 from quantviz.export.common import decode_text, read_bytes, split_lines
 from quantviz.model import LoadedModel
+from quantviz.safeio import check_output, load_json, write_bytes
+from quantviz.schema import check_table
 from quantviz.table import CalibrationTable
 
 
@@ -132,7 +133,10 @@ def table_format(name: str) -> TableFormat:
 
 
 def export_bytes(table: CalibrationTable, fmt: str, options: ExportOptions | None = None) -> bytes:
-    return table_format(fmt).writer(table, options or ExportOptions())
+    """The table in a format; checked first (quantviz.schema), so what is exported reads back."""
+    f = table_format(fmt)
+    check_table(table, "The table to export")
+    return f.writer(table, options or ExportOptions())
 
 
 def write_table(table: CalibrationTable, fmt: str, path: str | Path, options: ExportOptions | None = None) -> Path:
@@ -141,11 +145,8 @@ def write_table(table: CalibrationTable, fmt: str, path: str | Path, options: Ex
     out = Path(path)
     if out.is_dir():
         out = out / f.default_name
-    if not out.parent.is_dir():
-        raise QuantvizError(f"The folder '{out.parent}' does not exist: create it or choose another output path.")
-    data = f.writer(table, options or ExportOptions())
-    out.write_bytes(data)
-    return out
+    check_output(out, "output file (-o)")
+    return write_bytes(out, export_bytes(table, fmt, options), "output file (-o)")
 
 
 def _with_model(table: CalibrationTable, model: LoadedModel | None) -> CalibrationTable:
@@ -233,12 +234,7 @@ def detect_format(data: bytes | str | Path, filename: str | None = None) -> str:
     if tensorrt.HEADER_PATTERN.fullmatch(first):
         return "trt"
     if first.startswith(("{", "[")):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise QuantvizError(
-                f"{label} looks like JSON but is not valid (line {exc.lineno}, column {exc.colno}: {exc.msg})."
-            ) from None
+        doc = load_json(text, label[:1].upper() + label[1:])
         return "json" if isinstance(doc, dict) and doc.get("format") == TABLE_FORMAT else "ort-json"
     try:
         header = next(csv.reader(io.StringIO(first)))

@@ -32,6 +32,7 @@ from quantviz.export.common import (
     symmetric_entry,
     threshold_from_scale,
 )
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "TensorRT calibration cache"
@@ -73,7 +74,7 @@ def dumps_trt(table: CalibrationTable, header: str = DEFAULT_TRT_HEADER) -> str:
 
 
 def write_trt_cache(table: CalibrationTable, path: str | Path, header: str = DEFAULT_TRT_HEADER) -> None:
-    Path(path).write_bytes(dumps_trt(table, header).encode("utf-8"))
+    write_bytes(path, dumps_trt(table, header).encode("utf-8"))
 
 
 def loads_trt(data: str | bytes) -> CalibrationTable:
