@@ -316,7 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except QuantvizError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # a name from a hostile file may hold characters the terminal cannot encode (lone surrogates)
+        text = f"error: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
+        print(text, file=sys.stderr)
         return EXIT_BAD_INPUT
     except CancelledError as exc:
         print(f"error: {exc}", file=sys.stderr)

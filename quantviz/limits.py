@@ -44,7 +44,8 @@ NPZ_MEMBERS = 10_000
 HIST_BINS_MAX = 1 << 16
 FINE_BINS_MAX = 1 << 18
 # Candidates one calibration search may evaluate (MSE thresholds, EQ scales, percentile steps).
-SEARCH_CANDIDATES_MAX = 1 << 18
+SEARCH_CANDIDATES_MAX = 1 << 14
+EQ_ROUNDS_MAX = 100
 # Tensors one model, statistics file, review or table may hold.
 TENSORS_MAX = 200_000
 

@@ -117,6 +117,9 @@ def read_npy(source: Source, what: str, *, array_bytes: int, mmap: bool = False)
                 shape, fortran, dtype = _read_header(f, what)
                 _check_size(shape, dtype, array_bytes, what)
                 if mmap:
+                    need = f.tell() + _declared_bytes(shape, dtype)
+                    if p.stat().st_size < need:
+                        raise QuantvizError(f"{what} is damaged: it holds fewer bytes than its header declares (truncated file).")
                     return np.load(p, allow_pickle=False, mmap_mode="r")
                 return _read_body(f, shape, fortran, dtype, what)
         except OSError as exc:
@@ -322,7 +325,7 @@ def _check_writable_folder(folder: Path, what: str, path: str | Path) -> None:
 def write_bytes(path: str | Path, data: bytes, what: str = "output file") -> Path:
     """Write data at exactly this path (never a changed name), through a temporary file and a rename."""
     p = Path(path)
-    check_output(p, what)
+    check_output(path, what)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:40]}.", suffix=".tmp", dir=p.parent)

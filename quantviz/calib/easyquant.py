@@ -73,6 +73,7 @@ from quantviz.data import CalibrationSource
 from quantviz.errors import QuantvizError
 from quantviz.fold import constant_values
 from quantviz.fusion import analyse
+from quantviz.limits import EQ_ROUNDS_MAX, SEARCH_CANDIDATES_MAX, check_at_most
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, prepare_float_model
 from quantviz.stats import CalibrationStats
@@ -127,6 +128,8 @@ class EQConfig:
         ):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
                 raise QuantvizError(f"EQ's {name} must be a whole number of at least {least}, not {value}.")
+        check_at_most(self.n, SEARCH_CANDIDATES_MAX, "EQ's number of candidates n is {value}, beyond quantviz's limit of {limit} per search.")
+        check_at_most(self.rounds, EQ_ROUNDS_MAX, "EQ's number of rounds is {value}, beyond quantviz's limit of {limit}.")
         if self.mode not in EQ_MODES:
             raise QuantvizError(f"EQ's mode must be one of {', '.join(EQ_MODES)}, not '{self.mode}'.")
 

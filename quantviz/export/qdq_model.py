@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ def _activation(scale: np.ndarray, zp: np.ndarray, name: str) -> TensorEntry:
             f"The QuantizeLinear of activation '{name}' has {scale.size} scales; quantviz reads one scale per activation."
         )
     s = float(scale.reshape(-1)[0])
+    if not (math.isfinite(s) and s > 0):
+        raise QuantvizError(f"The QuantizeLinear of activation '{name}' has the scale {s!r}, not a positive finite number.")
     z = int(zp.reshape(-1)[0])
     qmin, qmax = INT_RANGES.get(zp.dtype, (-128, 127))
     if z == 0 and qmin < 0:

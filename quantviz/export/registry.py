@@ -143,6 +143,8 @@ def write_table(table: CalibrationTable, fmt: str, path: str | Path, options: Ex
     """Write the table in a format; a directory as path gets the format's default file name. Returns the path."""
     f = table_format(fmt)
     out = Path(path)
+    if str(path).endswith("/") and not out.is_dir():
+        raise QuantvizError(f"The output folder '{path}' does not exist: create it or give a file name.")
     if out.is_dir():
         out = out / f.default_name
     check_output(out, "output file (-o)")
