@@ -46,6 +46,8 @@ def build(folder: Path) -> Valid:
     proto = graphs.conv_bn_relu(seed=9)
     model_path = folder / "m.onnx"
     onnx.save_model(proto, str(model_path))
+    # a model whose input declares 4e12 values per sample (synthetic data must refuse it)
+    onnx.save_model(graphs.identity_graph(["N", 100000, 100000, 100]), str(folder / "huge_input.onnx"))
     x = np.random.default_rng(9).standard_normal((6, 3, 8, 8)).astype(np.float32)
     data = folder / "d.npz"
     np.savez(data, x=x)

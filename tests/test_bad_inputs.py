@@ -503,6 +503,7 @@ DATA = [
     ("synthetic-text", None, "", "collect {model} --data synthetic:abc -o {out}.npz", "synthetic"),
     ("synthetic-huge-count", None, "", "collect {model} --data synthetic:99999999999 -o {out}.npz", "synthetic"),
     ("folder-without-images", None, "", "collect {model} --data {dir} -o {out}.npz", "no images"),
+    ("synthetic-huge-dimensions", None, "", "collect {valid}/huge_input.onnx --data synthetic:4 -o {out}.npz", "limit"),
     ("analyze-bad-data", _data_npz(x=np.zeros((4, 3, 9, 9), np.float32)), "d.npz", "analyze {model} --data {bad} --table {table} -o {out}.csv", "expects shape"),
     ("labels-pickled", _data_npz(label=np.array([{"a": 1}], dtype=object)), "l.npz", "analyze {model} --data {data} --table {table} --labels {bad} -o {out}.csv", "pickle"),
     ("labels-missing-key", _data_npz(other=np.zeros(6)), "l.npz", "analyze {model} --data {data} --table {table} --labels {bad} -o {out}.csv", "no array"),
@@ -587,7 +588,7 @@ def _argv(case: Bad, v: bf.Valid, work: Path) -> list[str]:
     bad = work / case.name if case.name else work / "unused"
     if case.make is not None:
         bad.write_bytes(case.make(v))
-    fields = {"bad": bad, "model": v.model, "data": v.data, "stats": v.stats, "table": v.table, "out": work / "out", "dir": work}
+    fields = {"bad": bad, "model": v.model, "data": v.data, "stats": v.stats, "table": v.table, "out": work / "out", "dir": work, "valid": v.dir}
     return case.argv.format(**fields).split()
 
 
