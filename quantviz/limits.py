@@ -43,7 +43,9 @@ NPZ_MEMBERS = 10_000
 # Histograms: bins of the |x| and signed histograms, and of the fine |x| one KL re-bins.
 HIST_BINS_MAX = 1 << 16
 FINE_BINS_MAX = 1 << 18
-# Candidates one calibration search may evaluate (MSE thresholds, EQ scales, percentile steps).
+# Candidates one EQ search may evaluate per layer (--eq-n), and its rounds. MSE, KL and percentile
+# search over histogram bins, bounded by HIST_BINS_MAX and by the schema's check that a tensor's range
+# lies inside its histograms (what a tampered file broke: see quantviz.schema).
 SEARCH_CANDIDATES_MAX = 1 << 14
 EQ_ROUNDS_MAX = 100
 # Tensors one model, statistics file, review or table may hold.
