@@ -104,8 +104,9 @@ def reference_table(args, source, stats, results) -> None:
     misses = []
     for n in names:
         h, top = refs[n]
-        before += kl_reference.agrees(threshold_before(stats.tensors[n]), h, top)[0]
-        ok, d = kl_reference.agrees(results[n].threshold, h, top)
+        curve = kl_reference.reference_curve(h)
+        before += kl_reference.agrees(threshold_before(stats.tensors[n]), h, top, curve=curve)[0]
+        ok, d = kl_reference.agrees(results[n].threshold, h, top, curve=curve)
         after += ok
         if not ok:
             misses.append((n, d))

@@ -111,11 +111,14 @@ def two_minima(cand: np.ndarray, kl: np.ndarray, width: float) -> list[tuple[flo
     return [(float(cand[j] * width), float(k[j])) for j in idx]
 
 
-def agrees(threshold: float, h: np.ndarray, top: float, rel: float = 0.05, kl_slack: float = 0.10) -> tuple[bool, dict]:
+def agrees(
+    threshold: float, h: np.ndarray, top: float, rel: float = 0.05, kl_slack: float = 0.10, curve: tuple | None = None
+) -> tuple[bool, dict]:
     """Whether a threshold found elsewhere matches the reference: within `rel` of its threshold, or on
-    a candidate whose reference KL is within `kl_slack` of the minimum. The details say why."""
+    a candidate whose reference KL is within `kl_slack` of the minimum. The details say why. `curve`:
+    reference_curve(h) when already computed."""
     width = top / len(h)
-    cand, kl = reference_curve(h)
+    cand, kl = curve if curve is not None else reference_curve(h)
     best = best_candidate(cand, kl)
     t_ref = best * width
     i = int(np.clip(round(threshold / width), 1, len(h)))

@@ -93,14 +93,20 @@ def kl_histogram(stats: TensorStats, bins: int = KL_BINS) -> Histogram:
 
     Counts are fractional where a source bin straddles a target edge (mass split evenly, at most one
     source bin misplaced per edge: quantviz.histogram.resample)."""
-    source = stats.fine_hist if stats.fine_hist is not None else stats.abs_hist
-    counts = source.counts.copy()
-    counts[0] -= min(stats.zero_count, int(counts[0]))
+    source = search_source(stats)
     top = stats.absmax if stats.count else 0.0
     if not top > 0:
         top = float(source.edges[-1])
-    rebinned = resample(Histogram(counts, source.edges), bins, top)
+    rebinned = resample(source, bins, top)
     return Histogram(rebinned, np.linspace(0.0, top, bins + 1))  # type: ignore[arg-type]
+
+
+def search_source(stats: TensorStats) -> Histogram:
+    """The finest |x| histogram the statistics hold, exact zeros removed from its bin 0 (a copy)."""
+    source = stats.fine_hist if stats.fine_hist is not None else stats.abs_hist
+    counts = source.counts.copy()
+    counts[0] -= min(stats.zero_count, int(counts[0]))
+    return Histogram(counts, source.edges)
 
 
 def threshold_kl(stats: TensorStats, config: MethodConfig) -> Threshold:
