@@ -24,6 +24,7 @@ which costs O(128) per candidate instead of O(i): about 1 ms for 2048 bins.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -65,18 +66,24 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
     cum_nz = np.concatenate(([0.0], np.cumsum(h > 0, dtype=np.float64)))
     cum_hlogh = np.concatenate(([0.0], np.cumsum(_xlogx(h))))
     bounds = _group_bounds(max(n, _SHARED_ROWS), target)[first - 1 : n]
-    edges = cum[bounds]  # one gather per prefix sum, then differences
-    mass = edges[:, 1:] - edges[:, :-1]
-    edges = cum_nz[bounds]
-    nonzero = edges[:, 1:] - edges[:, :-1]
-    pos = mass > 0  # then nonzero >= 1 too
-    ratio = np.divide(mass, nonzero, out=np.ones_like(mass), where=pos)
-    plogq = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))  # empty groups: 0 * log 1
+    m = cand.size
+    edges, mass, ratio = _scratch(m, target)
+    np.take(cum, bounds, out=edges)  # one gather per prefix sum, then differences
+    np.subtract(edges[:, 1:], edges[:, :-1], out=mass)
+    np.take(cum_nz, bounds, out=edges)
+    np.subtract(edges[:, 1:], edges[:, :-1], out=ratio)  # non-zero bins per group
+    q_last = mass[:, -1] / np.maximum(ratio[:, -1], 1.0)
+    np.maximum(ratio, 1.0, out=ratio)
+    np.divide(mass, ratio, out=ratio)
+    # an empty group has mass 0 and ratio 0: floored to TINY, its term is 0 * log(TINY) = 0; any
+    # group with mass has ratio >= mass / n, far above TINY
+    np.maximum(ratio, _TINY, out=ratio)
+    plogq = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))
     last = h[cand - 1]
     outliers = total - cum[cand]
     p_last = last + outliers
     plogp = cum_hlogh[cand - 1] + _xlogx(p_last)
-    q_last = np.where(last > 0, mass[:, -1] / np.maximum(nonzero[:, -1], 1), 0.0)
+    q_last = np.where(last > 0, q_last, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         plogq = plogq + np.where(outliers > 0, outliers * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
         kl = (plogp - plogq) / total + np.log(cum[cand] / total)
@@ -85,6 +92,18 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
 
 
 _SHARED_ROWS = 2048  # the default bin count: one bounds table serves every histogram up to it
+_TINY = 1e-300
+_SCRATCH = threading.local()
+
+
+def _scratch(rows: int, target: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """This thread's (rows, target + 1) and two (rows, target) buffers, reused from tensor to tensor:
+    fresh 2 MB temporaries for every tensor cost more (new memory mapped and zeroed) than the search."""
+    have = getattr(_SCRATCH, "bufs", None)
+    if have is None or have[0].shape[0] < rows or have[0].shape[1] != target + 1:
+        have = (np.empty((rows, target + 1)), np.empty((rows, target)), np.empty((rows, target)))
+        _SCRATCH.bufs = have
+    return have[0][:rows], have[1][:rows], have[2][:rows]
 
 
 def kl_histogram(stats: TensorStats, bins: int = KL_BINS) -> Histogram:
