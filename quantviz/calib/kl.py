@@ -67,18 +67,24 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
     cum_hlogh = np.concatenate(([0.0], np.cumsum(_xlogx(h))))
     bounds = _group_bounds(max(n, _SHARED_ROWS), target)[first - 1 : n]
     m = cand.size
-    edges, mass, ratio = _scratch(m, target)
-    np.take(cum, bounds, out=edges)  # one gather per prefix sum, then differences
-    np.subtract(edges[:, 1:], edges[:, :-1], out=mass)
-    np.take(cum_nz, bounds, out=edges)
-    np.subtract(edges[:, 1:], edges[:, :-1], out=ratio)  # non-zero bins per group
-    q_last = mass[:, -1] / np.maximum(ratio[:, -1], 1.0)
-    np.maximum(ratio, 1.0, out=ratio)
-    np.divide(mass, ratio, out=ratio)
-    # an empty group has mass 0 and ratio 0: floored to TINY, its term is 0 * log(TINY) = 0; any
-    # group with mass has ratio >= mass / n, far above TINY
-    np.maximum(ratio, _TINY, out=ratio)
-    plogq = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))
+    plogq = np.empty(m)
+    q_last = np.empty(m)
+    for lo in range(0, m, _BLOCK):  # blocks of candidates: the buffers stay in the CPU's caches
+        hi = min(m, lo + _BLOCK)
+        rows = bounds[lo:hi]
+        edges, mass, ratio = _scratch(hi - lo, target)
+        np.take(cum, rows, out=edges)  # one gather per prefix sum, then differences
+        np.subtract(edges[:, 1:], edges[:, :-1], out=mass)
+        np.take(cum_nz, rows, out=edges)
+        np.subtract(edges[:, 1:], edges[:, :-1], out=ratio)  # non-zero bins per group
+        q_last[lo:hi] = mass[:, -1] / np.maximum(ratio[:, -1], 1.0)
+        # An empty group has mass 0 and no non-zero bin: TINY added to both makes its ratio 1 and its
+        # term TINY * log(1) = 0; every other mass (>= the smallest count, far above TINY) and count
+        # (>= 1) is left unchanged by adding TINY in floating point.
+        mass += _TINY
+        ratio += _TINY
+        np.divide(mass, ratio, out=ratio)
+        plogq[lo:hi] = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))
     last = h[cand - 1]
     outliers = total - cum[cand]
     p_last = last + outliers
@@ -93,6 +99,7 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
 
 _SHARED_ROWS = 2048  # the default bin count: one bounds table serves every histogram up to it
 _TINY = 1e-300
+_BLOCK = 256  # candidates a block: three (256 x 129) float64 buffers, about 0.8 MB
 _SCRATCH = threading.local()
 
 
