@@ -70,7 +70,8 @@ c2.number_input("or type it", min_value=0.0, key="kl_typed", on_change=_from_typ
 chosen = float(st.session_state["kl_typed"])
 
 log_y = st.toggle("Log y-axis", key="kl_log_y", help="The minimum of a flat curve shows on a log scale.")
-fig = kl_curves_figure([kl, ncnn], log_y=log_y)
+# ncnn's search has no curve for a constant tensor (its value is kept): then TensorRT's alone
+fig = kl_curves_figure([kl, ncnn] if ncnn.curve is not None else [kl], log_y=log_y)
 fig.add_vline(x=chosen, line_color="#17becf", line_dash="dot", annotation_text=f"trying {chosen:.4g}")
 st.plotly_chart(fig, key="kl_chart")
 st.caption(
