@@ -4,7 +4,7 @@ trained on scikit-learn's digits, made by sample_models/make_samples.py).
 
 Criterion (issue 11): at least 95 % of the activation tensors get a threshold within 5 % of the
 reference's, or one whose reference KL is within 10 % of the reference minimum. The search of the
-reference runs one candidate at a time (about 40 s for 432 tensors): marked slow.
+reference runs one candidate at a time (40 to 60 s for 432 tensors on 2 shared cores): marked slow.
 """
 
 from __future__ import annotations
