@@ -117,6 +117,33 @@ def test_blocking_preflight_stops_collect_from_the_cli(tmp_path: Path, capsys: p
     assert not (tmp_path / "s.npz").exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "{m}", "--data", "{d}", "--method", "kl", "-o", "{o}"],
+        ["calibrate", "--stats", "{t}/none.npz", "--model", "{m}", "--method", "kl", "-o", "{o}"],
+        ["analyze", "{m}", "--data", "{d}", "--table", "{t}/table.json", "-o", "{o}.csv"],
+        ["export", "{t}/table.json", "--model", "{m}", "--format", "qdq", "-o", "{o}"],
+        ["import", "{t}/table.json", "--model", "{m}", "-o", "{o}"],
+    ],
+    ids=["calibrate", "calibrate-stats", "analyze", "export", "import"],
+)
+def test_every_cli_command_names_an_already_quantized_model(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quantviz.cli import main
+
+    path = already_quantized(tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 8), np.float32))
+    (tmp_path / "table.json").write_text('{"format": "quantviz-calibration-table", "version": 1, "tensors": {}}')
+    out = tmp_path / "out.bin"
+    args = [a.format(m=path, d=tmp_path / "d.npz", t=tmp_path, o=out) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already quantized" in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("out.bin*"))
+
+
 def test_zero_samples_never_succeed(tmp_path: Path) -> None:
     case = CASES["batch_minus1"](tmp_path)
     model = load_model(case.path)
