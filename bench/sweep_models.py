@@ -180,12 +180,23 @@ def _yolov8(thr: float) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, 
     return decode
 
 
-def _yolox(thr: float) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    def decode(o: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # [anchors, 4 + obj + classes] (grid-relative boxes)
+def _yolox(thr: float, size: int, strides: tuple[int, ...] = (8, 16, 32)) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """YOLOX's raw head [anchors, 4 + obj + classes]: centres (xy + grid) * stride, sizes exp(wh) * stride."""
+    grids, steps = [], []
+    for s in strides:
+        n = size // s
+        yy, xx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        grids.append(np.stack([xx, yy], -1).reshape(-1, 2))
+        steps.append(np.full((n * n, 1), s))
+    grid, stride = np.concatenate(grids).astype(np.float32), np.concatenate(steps).astype(np.float32)
+
+    def decode(o: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         score = o[:, 4] * o[:, 5:].max(1)
         c = o[:, 5:].argmax(1)
         keep = score >= thr
-        xywh = o[keep, :4]
+        xy = (o[:, :2] + grid) * stride
+        wh = np.exp(np.clip(o[:, 2:4], -20, 20)) * stride
+        xywh = np.concatenate([xy, wh], 1)[keep]
         return np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1), score[keep], c[keep]
 
     return decode
@@ -236,9 +247,9 @@ MODELS = [
     SweepModel("nudenet-320n", "object detector (YOLOv8n)", "nudenet/unz/nudenet/320n.onnx",
                lambda n, s: {"images": _nchw(_pil_images(n, 320, 320, s))}, _recall(_yolov8(0.05)), 98.0),
     SweepModel("ddddocr-det", "captcha detector (YOLOX, opset 11)", "ddddocr/unz/ddddocr/common_det.onnx",
-               lambda n, s: {"images": _nchw(_pil_images(n, 416, 416, s), scale=1.0)}, _recall(_yolox(0.1)), 98.0),
+               lambda n, s: {"images": _nchw(_pil_images(n, 416, 416, s), scale=1.0)}, _recall(_yolox(0.1, 416)), 98.0),
     SweepModel("ddddocr-ocr", "captcha recogniser (opset 12)", "ddddocr/unz/ddddocr/common.onnx",
-               lambda n, s: {"input1": _nchw(_text_lines(n, 64, 160, s)[..., :1], mean=0.5, std=0.5)}, None, 99.0),
+               lambda n, s: {"input1": _nchw(_text_lines(n, 64, 160, s)[..., :1], mean=0.5, std=0.5)}, _top1, 99.0),
     SweepModel("ddddocr-old", "captcha recogniser, already int8", "ddddocr/unz/ddddocr/common_old.onnx",
                lambda n, s: {"input1": _nchw(_text_lines(n, 64, 160, s)[..., :1], mean=0.5, std=0.5)}, None, 99.0),
     SweepModel("magika", "file-type classifier (int32 bytes)", "magika/unz/magika/models/standard_v3_3/model.onnx",

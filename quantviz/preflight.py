@@ -213,7 +213,7 @@ def preflight(model: LoadedModel) -> tuple[PreflightItem, ...]:
     subgraph_nodes = [n for n in proto.graph.node if n.op_type in SUBGRAPH_OPS]
     if subgraph_nodes:
         names = [f"{n.name or n.output[0]} ({n.op_type})" for n in subgraph_nodes]
-        inner = len({o for n in subgraph_nodes for i in _all_nodes(_subgraph_holder(n)) for o in i.output if o})
+        inner = len({o for n in subgraph_nodes for i in _all_nodes(_subgraph_holder(n)) if i.op_type != "Constant" for o in i.output if o})
         items.append(PreflightItem(
             WARNING, "subgraph",
             f"{len(subgraph_nodes)} node{'s' if len(subgraph_nodes) > 1 else ''} with subgraphs ({', '.join(names[:NAMES_SHOWN])}): "
