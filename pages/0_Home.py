@@ -15,6 +15,7 @@ from quantviz.config import UPLOAD_LIMIT_MB, CollectConfig
 from quantviz.data import CalibrationSource, ImagePreprocess, open_source
 from quantviz.errors import QuantvizError
 from quantviz.model import LoadedModel
+from quantviz.preflight import BLOCKING, INFO, WARNING, blocking, preflight
 from quantviz.review import for_statistics, load_review
 from quantviz.samples import SAMPLES, Sample
 from quantviz.stats import CalibrationStats
@@ -219,7 +220,19 @@ try:
             f"**{model.name}** · {len(model.tensors)} float tensors · inputs: "
             + ", ".join(f"{i.name} {i.shape_text()} {i.dtype}" for i in model.inputs)
         )
-        source = _choose_data(model, sample)
+        findings = preflight(model)
+        stop = blocking(findings)
+        for item in findings:
+            if item.severity == BLOCKING:
+                st.error(item.text)
+            elif item.severity == WARNING:
+                st.warning(item.text)
+        infos = [i.text for i in findings if i.severity == INFO]
+        if infos:
+            with st.expander(f"Model pre-flight ({len(infos)} notes)"):
+                st.markdown("\n".join(f"- {t}" for t in infos))
+        # a blocking finding (an already quantized model) stops here: no data is asked, Run stays off
+        source = None if stop is not None else _choose_data(model, sample)
 except QuantvizError as exc:
     st.error(str(exc))
 

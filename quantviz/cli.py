@@ -164,6 +164,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise QuantvizError("--method best needs MODEL and --data: it runs the model once per candidate method to compare layers.")
     if args.method == "eq" and not (model_path and args.data):
         raise QuantvizError("--method eq needs MODEL and --data: EQ runs the model on the calibration samples to search its scales.")
+    if args.stats and model_path:
+        load_checked(model_path)  # a blocking finding (an already quantized model) is said before any file is read
     if args.stats:
         stats = load_stats(Path(args.stats)) if Path(args.stats).exists() else _missing(args.stats)
     elif model_path and args.data:

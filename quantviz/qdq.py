@@ -31,7 +31,8 @@ Choices, each so that the scale on every quantized tensor is the table's:
   (``QDQDisableWeightAdjustForInt32Bias``): the table's weight scales are kept as they are.
 - A node is kept in float when the caller says so (float_nodes), when its output tensor is marked
   float in the table (TensorEntry.float_kept, like a '#' line in an ncnn table), or when one of its
-  float activation inputs or outputs has no usable table entry (missing, NaN/Inf). A float node's
+  float activation inputs or outputs has no usable table entry (missing, NaN/Inf, or all zero: threshold
+  0, quantviz.table). A float node's
   output is still quantized with its table scale where an int8 consumer reads it, as an engine must.
 
 reduce_range (off by default): 7-bit weights (-63..63; each weight scale multiplied by 127/63, as
@@ -221,7 +222,8 @@ def prepare_float_model(model: LoadedModel) -> PreparedModel:
 
 
 def _entry_ok(entry: TensorEntry | None) -> bool:
-    return entry is not None and is_finite_entry(entry) and entry.scale > 0
+    """A usable activation scale: finite, positive, and not an all-zero tensor (kept in float: quantviz.table)."""
+    return entry is not None and is_finite_entry(entry) and entry.scale > 0 and not entry.all_zero
 
 
 def _kept_float(
@@ -243,7 +245,12 @@ def _kept_float(
             continue
         lacking = [t for t in ins + outs if not _entry_ok(table.tensors.get(t))]
         if lacking:
-            kept[node.name] = f"tensor '{lacking[0]}' has no usable scale in the table"
+            zero = table.tensors.get(lacking[0])
+            kept[node.name] = (
+                f"tensor '{lacking[0]}' is all zero in the calibration data (kept in float)"
+                if zero is not None and zero.all_zero
+                else f"tensor '{lacking[0]}' has no usable scale in the table"
+            )
     return kept
 
 

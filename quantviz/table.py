@@ -2,6 +2,17 @@
 
 calibrate() applies one method to every tensor of a statistics set; the app mixes methods and
 overrides per tensor with with_choice(). Writers and readers live in quantviz/export/.
+
+All-zero tensors (threshold 0): a tensor whose range is [0, 0] in the calibration data (a zero
+state, a padding branch, a ReLU that never fires) has no int8 scale: T / 127 = 0 divides by zero, and
+the placeholder scale 1.0 the methods return (quantviz.fakequant.ZERO_TENSOR_SCALE) read back from a
+TensorRT cache as T = 127. Every entry with threshold 0 is therefore kept in float, whoever made it
+(a method, an override, a reader of any format): TensorEntry sets float_kept and the note
+ZERO_TENSOR_NOTE itself. Each format then says "float" its own way: the quantviz JSON and CSV write
+the float flag with threshold 0, the TensorRT cache and onnxruntime's tables leave the tensor out
+(those engines keep a tensor without a range in float), the ncnn table writes it commented out as
+"#layer 0", and the QDQ model has no Q/DQ pair on it (quantviz.qdq keeps the nodes that read or
+write it in float). Reading any of them back gives threshold 0 kept in float, or no entry.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from quantviz.stats import CalibrationStats
 from quantviz.weights import WeightQuant, weight_scales
 
 log = logging.getLogger(__name__)
+ZERO_TENSOR_NOTE = "all zero in the calibration data: kept in float (a threshold of 0 has no int8 scale)"
 CALIBRATE_THREADS = 4  # at most; os.cpu_count() decides below
 
 
@@ -44,6 +56,17 @@ class TensorEntry:
     float_kept: bool = False
     shared_with: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.threshold == 0:  # all zero: kept in float in every format (module docstring)
+            object.__setattr__(self, "float_kept", True)
+            if not self.note:
+                object.__setattr__(self, "note", ZERO_TENSOR_NOTE)
+
+    @property
+    def all_zero(self) -> bool:
+        """Threshold 0: the tensor was all zero (module docstring); it is kept in float."""
+        return self.threshold == 0
 
 
 @dataclass(frozen=True)
