@@ -20,6 +20,7 @@ import numpy as np
 from quantviz.calib import METHODS, MethodConfig, Threshold, method
 from quantviz.calib.result import make_threshold
 from quantviz.errors import QuantvizError
+from quantviz.profiles import DEFAULT_PROFILE, PROFILES
 from quantviz.stats import CalibrationStats, load_stats, save_stats
 from quantviz.table import CalibrationTable, calibrate, entry_from
 
@@ -36,6 +37,8 @@ class Choice:
     override: float | None = None
     float_kept: bool = False
     note: str = ""
+    # quantize this tensor although the engine profile keeps it in float (quantviz.profiles)
+    quantized: bool = False
 
     @property
     def is_default(self) -> bool:
@@ -50,6 +53,10 @@ class Review:
     # weight initializer -> scales chosen instead of abs-max (EQ's search adopted in the app);
     # quantviz.table.apply_model puts them in the table's weights and requantization
     weight_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # the engine profile the tables follow (quantviz.profiles: "ort", "trt", "ncnn")
+    profile: str = DEFAULT_PROFILE
+    # let the method clip tensors that feed graph outputs (quantviz.outputs; default: MinMax there)
+    clip_outputs: bool = False
 
     def choice(self, name: str) -> Choice:
         return self.choices.get(name, Choice())
@@ -78,6 +85,8 @@ class Review:
             self.config,
             tuple(sorted(self.choices.items())),
             tuple(sorted(self.weight_scales.items())),
+            self.profile,
+            self.clip_outputs,
         )
 
     def without(self, names: Iterable[str], *, weights: Iterable[str] = ()) -> Review:
@@ -219,8 +228,15 @@ def build_table(stats: CalibrationStats, review: Review, base: CalibrationTable 
         entry = tensors[name]
         if c.override is not None or c.method is not None:
             entry = entry_from(chosen_threshold(stats, review, name), t.min, t.max)
-        tensors[name] = replace(entry, note=c.note, float_kept=c.float_kept)
-    settings = {**base.settings, "method": review.default_method, "per_tensor_choices": len(review.choices)}
+        extra = {**entry.extra, "profile_override": True} if c.quantized else entry.extra
+        tensors[name] = replace(entry, note=c.note, float_kept=c.float_kept, extra=extra)
+    settings = {
+        **base.settings,
+        "method": review.default_method,
+        "per_tensor_choices": len(review.choices),
+        "profile": review.profile,
+        "clip_outputs": review.clip_outputs,
+    }
     return replace(base, tensors=tensors, settings=settings)
 
 
@@ -232,6 +248,8 @@ def review_to_dict(review: Review) -> dict[str, Any]:
         "config": asdict(review.config),
         "choices": {n: asdict(c) for n, c in review.choices.items()},
         "weight_scales": {n: list(v) for n, v in review.weight_scales.items()},
+        "profile": review.profile,
+        "clip_outputs": review.clip_outputs,
     }
 
 
@@ -252,6 +270,7 @@ def review_from_dict(doc: Any) -> Review:
                 override=None if c.get("override") is None else float(c["override"]),
                 float_kept=bool(c.get("float_kept", False)),
                 note=str(c.get("note", "")),
+                quantized=bool(c.get("quantized", False)),
             )
             if choice.method is not None and choice.method not in METHODS:
                 raise QuantvizError(f"The review chooses method '{choice.method}' for '{name}', which quantviz does not know.")
@@ -262,11 +281,15 @@ def review_from_dict(doc: Any) -> Review:
             if not v or not all(math.isfinite(x) and x > 0 for x in v):
                 raise QuantvizError(f"The review's weight scales for '{name}' must be positive numbers.")
             weights[str(name)] = v
+        prof = str(doc.get("profile", DEFAULT_PROFILE))
+        if prof not in PROFILES:
+            raise QuantvizError(f"The review's engine profile '{prof}' is not one quantviz knows ({', '.join(PROFILES)}).")
+        clip_outputs = bool(doc.get("clip_outputs", False))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, QuantvizError):
             raise
         raise QuantvizError(f"This review file is damaged (field {exc}).") from exc
-    return Review(default, config, choices, weights)
+    return Review(default, config, choices, weights, prof, clip_outputs)
 
 
 def save_review(stats: CalibrationStats, review: Review, target: str | Path | BinaryIO) -> None:

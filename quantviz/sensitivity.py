@@ -56,6 +56,7 @@ from quantviz.data import CalibrationSource
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
+from quantviz.outputs import OutputFigures, OutputJudge, output_kind
 from quantviz.qdq import PreparedModel, QdqBuild, build
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
@@ -106,6 +107,8 @@ class OutputError:
     top1_agreement: float | None = None
     accuracy_float: float | None = None
     accuracy_quantized: float | None = None
+    # max / mean abs error, saturated share, decision agreement or cosine across samples (quantviz.outputs)
+    detail: OutputFigures | None = None
 
 
 @dataclass(frozen=True)
@@ -433,7 +436,11 @@ def _is_classifier(value: npt.NDArray) -> bool:
 
 
 class _OutputAccumulator:
-    def __init__(self) -> None:
+    def __init__(self, proto: onnx.ModelProto | None = None, name: str = "", clip_range: tuple[float, float] | None = None) -> None:
+        self.proto = proto
+        self.name = name
+        self.clip_range = clip_range
+        self.judge: OutputJudge | None = None
         self.errors = ErrorAccumulator()
         self.classifier = True
         self.agree = 0
@@ -443,6 +450,11 @@ class _OutputAccumulator:
 
     def update(self, ref: npt.NDArray, test: npt.NDArray, labels: npt.NDArray | None) -> None:
         self.errors.update(ref, test)
+        if self.proto is not None:
+            if self.judge is None:
+                kind, op, axis = output_kind(self.proto, self.name, ref)
+                self.judge = OutputJudge(kind, op, axis, self.clip_range)
+            self.judge.update(ref, test)
         self.classifier = self.classifier and _is_classifier(ref)
         if not self.classifier:
             return
@@ -456,15 +468,26 @@ class _OutputAccumulator:
 
     def result(self, name: str, labelled: bool) -> OutputError:
         figures = self.errors.result()
+        detail = self.judge.result() if self.judge is not None else None
         if not self.classifier or self.n == 0:
-            return OutputError(name, figures)
+            return OutputError(name, figures, detail=detail)
         return OutputError(
             name,
             figures,
             top1_agreement=self.agree / self.n,
             accuracy_float=self.correct_float / self.n if labelled else None,
             accuracy_quantized=self.correct_quant / self.n if labelled else None,
+            detail=detail,
         )
+
+
+def _clip_range(qdq: QdqBuild, table: CalibrationTable, name: str) -> tuple[float, float] | None:
+    """The [min, max] an output tensor is quantized to (None: it stays float)."""
+    if name not in qdq.scales or name not in table.tensors:
+        return None
+    s, z = qdq.scales[name]
+    lo, hi = (-128, 127) if qdq.symmetric else (0, 255)
+    return (s * (lo - z), s * (hi - z))
 
 
 def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float, float, int]]:
@@ -501,7 +524,7 @@ def analyze(
     acc_names = [o.name for o in acc_sess.get_outputs()]
     iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
-    out_acc = {o: _OutputAccumulator() for o in p.model_outputs}
+    out_acc = {o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs}
     bs = effective_batch_size(model, batch_size, source)
     done = 0
     if progress:
@@ -690,6 +713,8 @@ def best_method_picks(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> tuple[dict[str, MethodPick], int]:
     """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
@@ -710,7 +735,7 @@ def best_method_picks(
             if progress is not None:
                 progress(i * total + done, len(methods) * total)
 
-        table = calibrate_model(model, stats, m, config, per_channel=per_channel)
+        table = calibrate_model(model, stats, m, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
         reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel)
     return compare_methods(reports), reports[methods[0]].samples
 
@@ -725,6 +750,8 @@ def best_method_table(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> tuple[CalibrationTable, dict[str, MethodPick]]:
     """The table with, on each layer's output tensor, the method whose isolated error is lowest.
 
@@ -733,18 +760,19 @@ def best_method_table(
     so their own pick is not applied) and its table built. Each entry picked carries extra["best"]
     with every method's cosine.
     """
+    from quantviz.profiles import DEFAULT_PROFILE
     from quantviz.review import Review, apply_method_picks, build_table, fused_tensors
     from quantviz.table import apply_model, calibrate_model
 
     methods = list(dict.fromkeys(methods))
     config = config or MethodConfig()
     picks, samples_run = best_method_picks(
-        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress
-    )
-    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel))
-    applied = apply_method_picks(
-        Review(default_method=methods[0], config=config), {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused
-    )
+        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress,
+        profile=profile, clip_outputs=clip_outputs,
+    )  # fmt: skip
+    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel, profile=profile))
+    start = Review(default_method=methods[0], config=config, profile=profile or DEFAULT_PROFILE, clip_outputs=clip_outputs)
+    applied = apply_method_picks(start, {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused)
     table = build_table(stats, applied.review)
     by_tensor = {p.output_tensor: p for p in picks.values()}
     tensors = {

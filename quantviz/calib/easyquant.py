@@ -791,6 +791,8 @@ def calibrate_eq(
     *,
     method_config: MethodConfig | None = None,
     per_channel: bool = True,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> CalibrationTable:
     """EasyQuant calibration table: EQ input scales on the layers it searched, KL elsewhere.
 
@@ -810,7 +812,7 @@ def calibrate_eq(
         raise QuantvizError("EQ searches free scales, not powers of two; calibrate without --power-of-two to use it.")
     if source.num_samples < 1:
         raise QuantvizError("EQ needs at least one calibration sample; the data holds none.")
-    base = calibrate_model(model, stats, "kl", method_config, per_channel=per_channel)
+    base = calibrate_model(model, stats, "kl", method_config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
     prepared = prepare_float_model(model)
     scales = _usable_scales(base)
     weights = weight_scales(prepared.proto, per_channel)
