@@ -195,7 +195,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
     """EasyQuant (quantviz.calib.easyquant): KL start, then the per-layer scale search on the data."""
-    config = EQConfig(alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode)
+    config = EQConfig(
+        alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode,
+        exhaustive=args.eq_exhaustive,
+    )  # fmt: skip
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     return calibrate_eq(
@@ -315,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eq-n", type=int, default=EQConfig.n, help=f"candidates per search (default {EQConfig.n})")
     e.add_argument("--eq-rounds", type=int, default=EQConfig.rounds, help=f"rounds of weight then input search (default {EQConfig.rounds})")
     e.add_argument("--eq-samples", type=int, default=EQConfig.max_samples, help=f"samples the search uses (default {EQConfig.max_samples})")
+    e.add_argument("--eq-exhaustive", action="store_true", help="try every candidate (the paper's search) instead of coarse to fine")
     e.add_argument("--eq-mode", choices=EQ_MODES, default=EQConfig.mode, help="inputs from the quantized upstream (accumulated, default) or float (isolated)")
     b = p.add_argument_group("best (the best method per layer; needs MODEL and --data)")
     b.add_argument(

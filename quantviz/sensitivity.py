@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from onnx import helper
 from quantviz.calib import MethodConfig
 from quantviz.collect import effective_batch_size
 from quantviz.config import DEFAULT_BATCH_SIZE
-from quantviz.data import CalibrationSource
+from quantviz.data import Batch, CalibrationSource
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
@@ -494,6 +494,20 @@ def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float
     return {n: (table.tensors[n].threshold, s, z) for n, (s, z) in qdq.scales.items() if n in table.tensors}
 
 
+# The layer outputs one analysed batch holds (float, isolated and accumulated copies of every layer's
+# output) stay under this many bytes, whatever the number of layers: the batch shrinks on wide models
+# (one sample a batch at the least). Peak memory is then about this figure plus onnxruntime's working
+# buffers of one batch and the models themselves.
+ANALYZE_BATCH_BYTES = 256 * 2**20
+
+
+def budget_batch_size(per_sample_bytes: int, requested: int, budget: int | None = None) -> int:
+    """The largest batch (at most `requested`, at least 1) whose exposed layer outputs, per_sample_bytes
+    a sample, fit `budget` bytes (ANALYZE_BATCH_BYTES by default)."""
+    limit = ANALYZE_BATCH_BYTES if budget is None else budget
+    return max(1, min(requested, limit // max(per_sample_bytes, 1)))
+
+
 def analyze(
     model: LoadedModel,
     table: CalibrationTable,
@@ -526,15 +540,29 @@ def analyze(
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
     out_acc = {o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs}
     bs = effective_batch_size(model, batch_size, source)
+    free = bs > 1 and effective_batch_size(model, 1, source) == 1
     done = 0
     if progress:
         progress(0, total)
-    for batch in source.batches(bs, total):
+
+    def batches() -> Iterator[Batch]:
+        # a free batch size: the first sample runs alone, its outputs' bytes set the size of the rest
+        # (budget_batch_size), so one batch's layer outputs stay under ANALYZE_BATCH_BYTES
+        if not free:
+            yield from source.batches(bs, total)
+            return
+        yield from source.batches(1, min(1, total))
+        yield from source.batches(size, total, first=1)
+
+    size = bs
+    for batch in batches():
         if cancel is not None and cancel():
             raise CancelledError(f"Analysis cancelled after {done} of {total} samples.")
         n = source.samples_in(batch)
         f = _run(iso_sess, iso_names, batch, done)
         q = _run(acc_sess, acc_names, batch, done)
+        if free and done == 0:
+            size = budget_batch_size(sum(np.asarray(v).nbytes for v in (*f.values(), *q.values())) // max(n, 1), bs)
         for s in p.layers:
             ref = f[s.output_tensor]
             iso_acc[s.name].update(ref, f[s.isolated_tensor])
@@ -556,7 +584,7 @@ def analyze(
         model_name=model.name,
         model_sha256=model.sha256,
         samples=done,
-        batch_size=bs,
+        batch_size=size,
         data_description=source.description,
         synthetic=source.synthetic,
         per_channel=per_channel,
