@@ -185,3 +185,36 @@ def test_cli_profile_and_clip_outputs(tmp_path: Path, capsys: pytest.CaptureFixt
     assert doc["settings"]["profile"] == "trt"
     assert doc["tensors"]["logit"]["float"] and "TensorRT" in doc["tensors"]["logit"]["extra"]["profile_float"]
     assert main(["calibrate", str(path), "--data", str(tmp_path / "d.npz"), "--method", "kl", "--profile", "tpu", "-o", str(out)]) == 2
+
+
+def test_decomposed_softmax_and_sigmoid_insides_are_float() -> None:
+    """x -> Exp -> ReduceSum -> Div (softmax) and x -> Neg -> Exp -> Add 1 -> Reciprocal (sigmoid), each
+    followed by a MatMul: the insides stay float, the results are quantized where the MatMul reads them."""
+    nodes = [
+        helper.make_node("Exp", ["x"], ["e"], name="exp"),
+        helper.make_node("ReduceSum", ["e", "ax"], ["s"], name="sum", keepdims=1),
+        helper.make_node("Div", ["e", "s"], ["p"], name="div"),
+        helper.make_node("MatMul", ["p", "w"], ["y"], name="mm1"),
+        helper.make_node("Neg", ["x"], ["nx"], name="neg"),
+        helper.make_node("Exp", ["nx"], ["en"], name="exp2"),
+        helper.make_node("Add", ["en", "one"], ["d"], name="add1"),
+        helper.make_node("Reciprocal", ["d"], ["sg"], name="rec"),
+        helper.make_node("MatMul", ["sg", "w"], ["z"], name="mm2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "decomposed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]), helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+        [
+            numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+            numpy_helper.from_array(np.array([-1], np.int64), "ax"),
+            numpy_helper.from_array(np.array(1, np.float32), "one"),
+        ],
+    )
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    p = placement(proto, "ort")
+    assert "Softmax" in p.float_tensors["e"] and "Softmax" in p.float_tensors["s"]
+    assert all("Sigmoid" in p.float_tensors[t] for t in ("nx", "en", "d"))
+    assert "add1" in p.float_nodes  # Add is in onnxruntime's list, but not inside a Sigmoid
+    assert {"p", "sg", "y", "z"} <= p.quantized

@@ -35,3 +35,27 @@ def test_profile_choice_lists_float_tensors_and_allows_override() -> None:
     assert not at.exception
     assert review_of(at).choice(target).quantized
     assert work_of(at) is not None
+
+
+def test_bias_overflow_is_shown_on_export(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    from tests.test_bias_overflow import _model
+
+    path, data, _, _ = _model(tmp_path)
+    buf = io.BytesIO()
+    np.savez(buf, **data)
+    from ui.state import DATA_SOURCES
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.radio(key="model_source").set_value("Upload a model").run()
+    at.file_uploader(key="model_upload").upload("bias.onnx", path.read_bytes(), "application/octet-stream").run()
+    at.radio(key="data_source").set_value(DATA_SOURCES[1]).run()
+    at.file_uploader(key="data_upload").upload("d.npz", buf.getvalue(), "application/octet-stream").run()
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page("pages/4_Export.py").run()
+    assert not at.exception
+    assert any("The int32 bias 'b' of layer 'fc' overflows" in w.value for w in at.warning)
