@@ -218,3 +218,17 @@ def test_decomposed_softmax_and_sigmoid_insides_are_float() -> None:
     assert all("Sigmoid" in p.float_tensors[t] for t in ("nx", "en", "d"))
     assert "add1" in p.float_nodes  # Add is in onnxruntime's list, but not inside a Sigmoid
     assert {"p", "sg", "y", "z"} <= p.quantized
+
+
+def test_int8_layers_with_float_outputs_are_analysed(tmp_path: Path) -> None:
+    """ncnn quantizes Conv and Gemm inputs and weights but writes their outputs in float: they are still
+    layers of the analysis, and the first one's isolated and accumulated errors agree (both read the
+    float input quantized once)."""
+    case = batch_case("N")(tmp_path)
+    model, source, stats = _stats(case.path, case.data, tmp_path)
+    report = analyze(model, calibrate_model(model, stats, "kl", profile="ncnn"), source)
+    by = {le.layer: le for le in report.layers}
+    assert by["conv"].op_type == "Conv" and by["fc"].op_type == "Gemm"
+    assert by["conv"].isolated.cosine == pytest.approx(by["conv"].accumulated.cosine, abs=1e-12)
+    assert by["fc"].accumulated.cosine == pytest.approx(report.outputs[0].figures.cosine, abs=1e-12)  # fc writes y
+    assert by["conv"].isolated.cosine < 1.0
