@@ -20,6 +20,7 @@ from quantviz.review import for_statistics, load_review
 from quantviz.samples import SAMPLES, Sample
 from quantviz.stats import CalibrationStats
 from ui import state
+from ui.profile_panel import engine_profile_expander
 from ui.state import DATA_SOURCES, MODEL_SOURCES
 
 st.set_page_config(page_title="quantviz", page_icon=":material/insights:", layout="wide")
@@ -270,4 +271,9 @@ current = state.current_stats()
 if current is not None:
     st.subheader("Summary")
     _summary(current)
-
+    cur_model, _ = state.model_and_source()
+    if cur_model is not None:
+        try:
+            engine_profile_expander(state.current_table(), "home")
+        except QuantvizError as exc:
+            st.error(str(exc))

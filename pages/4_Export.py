@@ -36,6 +36,13 @@ label = METHOD_LABELS.get(review.default_method, review.default_method)
 c[1].metric("Default method", label.split(" (")[0], help=label)
 c[2].metric("Per-tensor choices", len(review.choices))
 c[3].metric("Kept in float", len(kept_float))
+profile_kept = sum(1 for e in table.tensors.values() if e.extra.get("profile_float"))
+if profile_kept:
+    st.caption(f"{profile_kept} of them by the engine profile '{table.settings.get('profile')}' (see Engine profile on Home).")
+for v in dict(table.settings.get("bias_overflow") or {}).values():
+    st.warning(v["text"])
+for text in dict(table.settings.get("output_clip_warnings") or {}).values():
+    st.warning(text)
 if model is None:
     st.info("The model is not loaded on this server (statistics opened from a file): formats that need it (ncnn layer names, QDQ model) are off. Load the model on Home to enable them.")
 

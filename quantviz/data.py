@@ -89,11 +89,12 @@ class CalibrationSource:
     def run_size(self, batch_size: int) -> int:
         return 1 if self.one_sample_per_run else batch_size
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, limit: int | None = None, first: int = 0) -> Iterator[Batch]:
+        """Batches of the samples first..limit (all by default)."""
         n = self.num_samples if limit is None else min(limit, self.num_samples)
         step = self.run_size(batch_size)
         per_sample = [k for k, v in self.layout.items() if v == PER_SAMPLE]
-        for start in range(0, n, step):
+        for start in range(first, n, step):
             batch = self.fetch(start, min(start + step, n))
             if per_sample or self.constants:
                 batch = {**{k: (v[0] if k in per_sample else v) for k, v in batch.items()}, **self.constants}

@@ -21,6 +21,7 @@ from quantviz.calib import METHODS, MethodConfig, Threshold, method
 from quantviz.calib.result import make_threshold
 from quantviz.errors import QuantvizError
 from quantviz.limits import TENSORS_MAX, LimitError
+from quantviz.profiles import DEFAULT_PROFILE, PROFILES
 from quantviz.safeio import write_bytes
 from quantviz.schema import (
     SCALE_MAX,
@@ -49,6 +50,8 @@ class Choice:
     override: float | None = None
     float_kept: bool = False
     note: str = ""
+    # quantize this tensor although the engine profile keeps it in float (quantviz.profiles)
+    quantized: bool = False
 
     @property
     def is_default(self) -> bool:
@@ -63,6 +66,10 @@ class Review:
     # weight initializer -> scales chosen instead of abs-max (EQ's search adopted in the app);
     # quantviz.table.apply_model puts them in the table's weights and requantization
     weight_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # the engine profile the tables follow (quantviz.profiles: "ort", "trt", "ncnn")
+    profile: str = DEFAULT_PROFILE
+    # let the method clip tensors that feed graph outputs (quantviz.outputs; default: MinMax there)
+    clip_outputs: bool = False
 
     def choice(self, name: str) -> Choice:
         return self.choices.get(name, Choice())
@@ -91,6 +98,8 @@ class Review:
             self.config,
             tuple(sorted(self.choices.items())),
             tuple(sorted(self.weight_scales.items())),
+            self.profile,
+            self.clip_outputs,
         )
 
     def without(self, names: Iterable[str], *, weights: Iterable[str] = ()) -> Review:
@@ -230,8 +239,15 @@ def build_table(stats: CalibrationStats, review: Review, base: CalibrationTable 
         entry = tensors[name]
         if c.override is not None or c.method is not None:
             entry = entry_from(chosen_threshold(stats, review, name), t.min, t.max)
-        tensors[name] = replace(entry, note=c.note, float_kept=c.float_kept)
-    settings = {**base.settings, "method": review.default_method, "per_tensor_choices": len(review.choices)}
+        extra = {**entry.extra, "profile_override": True} if c.quantized else entry.extra
+        tensors[name] = replace(entry, note=c.note, float_kept=c.float_kept, extra=extra)
+    settings = {
+        **base.settings,
+        "method": review.default_method,
+        "per_tensor_choices": len(review.choices),
+        "profile": review.profile,
+        "clip_outputs": review.clip_outputs,
+    }
     return replace(base, tensors=tensors, settings=settings)
 
 
@@ -243,6 +259,8 @@ def review_to_dict(review: Review) -> dict[str, Any]:
         "config": asdict(review.config),
         "choices": {n: asdict(c) for n, c in review.choices.items()},
         "weight_scales": {n: list(v) for n, v in review.weight_scales.items()},
+        "profile": review.profile,
+        "clip_outputs": review.clip_outputs,
     }
 
 
@@ -253,7 +271,7 @@ def review_from_dict(doc: Any) -> Review:
     if not isinstance(doc, dict) or doc.get("format") != REVIEW_FORMAT:
         raise QuantvizError("This file is not a quantviz review (its format field is not quantviz-review).")
     check_version(doc, what, REVIEW_VERSION)
-    known = {"format", "version", "default_method", "config", "choices", "weight_scales"}
+    known = {"format", "version", "default_method", "config", "choices", "weight_scales", "profile", "clip_outputs"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise QuantvizError(f"{what} has the unknown field {unknown[0]!r}.")
@@ -280,7 +298,13 @@ def review_from_dict(doc: Any) -> Review:
         if not isinstance(values, list) or not values or not all(is_number(v) and SCALE_MIN <= v <= SCALE_MAX for v in values):
             raise QuantvizError(f"The review's weight scales for '{name}' must be a list of positive numbers (from {SCALE_MIN:g} to {SCALE_MAX:g}).")
         weights[name] = tuple(float(x) for x in values)
-    return Review(default, config, choices, weights)
+    prof = doc.get("profile", DEFAULT_PROFILE)
+    if not isinstance(prof, str) or prof not in PROFILES:
+        raise QuantvizError(f"The review's engine profile {prof!r} is not one quantviz knows ({', '.join(PROFILES)}).")
+    clip_outputs = doc.get("clip_outputs", False)
+    if not isinstance(clip_outputs, bool):
+        raise QuantvizError(f"{what}: clip_outputs must be true or false.")
+    return Review(default, config, choices, weights, prof, clip_outputs)
 
 
 def check_review(review: Review) -> None:

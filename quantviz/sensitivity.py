@@ -4,6 +4,8 @@ A layer is a node of the QDQ model (quantviz.qdq) whose output goes through a Qu
 DequantizeLinear pair carrying the table's scale: Conv, Gemm, MatMul, Add, Concat, Relu, Softmax, ...
 and also ops onnxruntime leaves in float between quantized tensors (MaxPool, Flatten: they read a
 Q/DQ pair and their consumer quantizes their output), since an engine stores their output in int8 too.
+A node whose quantized weight and inputs feed an output the engine profile writes in float (TensorRT,
+ncnn: a Conv read by a float op) is a layer too; its output is compared as it comes out, unquantized.
 Its output tensor is compared with the float model's:
 
 - accumulated (graphwise): the whole model quantized, so everything up to the layer is quantized:
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,11 +54,12 @@ from onnx import helper
 from quantviz.calib import MethodConfig
 from quantviz.collect import effective_batch_size
 from quantviz.config import DEFAULT_BATCH_SIZE
-from quantviz.data import CalibrationSource
+from quantviz.data import Batch, CalibrationSource
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.limits import DATA_ARRAY_BYTES, DATA_TOTAL_BYTES
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
+from quantviz.outputs import OutputFigures, OutputJudge, output_kind
 from quantviz.qdq import PreparedModel, QdqBuild, build
 from quantviz.safeio import read_npy, read_npz
 from quantviz.stats import CalibrationStats
@@ -108,6 +111,8 @@ class OutputError:
     top1_agreement: float | None = None
     accuracy_float: float | None = None
     accuracy_quantized: float | None = None
+    # max / mean abs error, saturated share, decision agreement or cosine across samples (quantviz.outputs)
+    detail: OutputFigures | None = None
 
 
 @dataclass(frozen=True)
@@ -191,11 +196,18 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
         if node.op_type in QDQ_OPS or node.name not in float_ops or not node.output or not node.output[0]:
             continue
         q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
-        if q is None:
-            continue
-        dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q is not None else None
+        float_out = False
         if dq is None:
-            continue
+            # an int8 layer whose output the engine profile leaves in float (TensorRT, ncnn: a Conv whose
+            # reader is not an int8 op): quantized inputs and weights, float output; still a layer
+            weight_dq = any(
+                producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" and producer[i].input[0] in inits
+                for i in node.input[1:2]
+            )
+            if not weight_dq:
+                continue
+            float_out = True
         quantized_inputs = []
         for i in node.input:
             p = producer.get(i)
@@ -204,7 +216,8 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
                     _float_name(producer[p.input[0]].input[0], float_tensors) if p.input[0] in producer else i
                 )
         out = _float_name(node.output[0], float_tensors)
-        layers.append(LayerSpec(node.name, node.op_type, out, dq.output[0], out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
+        acc = node.output[0] if float_out or dq is None else dq.output[0]
+        layers.append(LayerSpec(node.name, node.op_type, out, acc, out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
     return layers
 
 
@@ -265,10 +278,14 @@ def _isolated_copy(
             nodes.append(_copy_node(p, [q_out, *[init_ref(v) for v in p.input[1:]]], [new_out], f"{p.name}{tag}/{k}"))
         inputs.append(new_out)
     raw = node.output[0] + tag + "/raw"
+    q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+    dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q is not None else None
+    if q is None or dq is None:  # the layer's output stays float (find_layers)
+        raw = spec.isolated_tensor
     outputs = [raw] + [f"{o}{tag}/out{j}" if o else "" for j, o in enumerate(node.output[1:], 1)]
     nodes.append(_copy_node(node, inputs, outputs, spec.name + tag))
-    q = next(c for c in consumers[node.output[0]] if c.op_type == "QuantizeLinear")
-    dq = next(c for c in consumers[q.output[0]] if c.op_type == "DequantizeLinear")
+    if q is None or dq is None:
+        return nodes, used
     nodes.append(_copy_node(q, [raw, *[init_ref(v) for v in q.input[1:]]], [raw + "/q"], q.name + tag))
     nodes.append(_copy_node(dq, [raw + "/q", *[init_ref(v) for v in dq.input[1:]]], [spec.isolated_tensor], dq.name + tag))
     return nodes, used
@@ -435,7 +452,11 @@ def _is_classifier(value: npt.NDArray) -> bool:
 
 
 class _OutputAccumulator:
-    def __init__(self) -> None:
+    def __init__(self, proto: onnx.ModelProto | None = None, name: str = "", clip_range: tuple[float, float] | None = None) -> None:
+        self.proto = proto
+        self.name = name
+        self.clip_range = clip_range
+        self.judge: OutputJudge | None = None
         self.errors = ErrorAccumulator()
         self.classifier = True
         self.agree = 0
@@ -445,6 +466,11 @@ class _OutputAccumulator:
 
     def update(self, ref: npt.NDArray, test: npt.NDArray, labels: npt.NDArray | None) -> None:
         self.errors.update(ref, test)
+        if self.proto is not None:
+            if self.judge is None:
+                kind, op, axis = output_kind(self.proto, self.name, ref)
+                self.judge = OutputJudge(kind, op, axis, self.clip_range)
+            self.judge.update(ref, test)
         self.classifier = self.classifier and _is_classifier(ref)
         if not self.classifier:
             return
@@ -458,19 +484,44 @@ class _OutputAccumulator:
 
     def result(self, name: str, labelled: bool) -> OutputError:
         figures = self.errors.result()
+        detail = self.judge.result() if self.judge is not None else None
         if not self.classifier or self.n == 0:
-            return OutputError(name, figures)
+            return OutputError(name, figures, detail=detail)
         return OutputError(
             name,
             figures,
             top1_agreement=self.agree / self.n,
             accuracy_float=self.correct_float / self.n if labelled else None,
             accuracy_quantized=self.correct_quant / self.n if labelled else None,
+            detail=detail,
         )
+
+
+def _clip_range(qdq: QdqBuild, table: CalibrationTable, name: str) -> tuple[float, float] | None:
+    """The [min, max] an output tensor is quantized to (None: it stays float)."""
+    if name not in qdq.scales or name not in table.tensors:
+        return None
+    s, z = qdq.scales[name]
+    lo, hi = (-128, 127) if qdq.symmetric else (0, 255)
+    return (s * (lo - z), s * (hi - z))
 
 
 def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float, float, int]]:
     return {n: (table.tensors[n].threshold, s, z) for n, (s, z) in qdq.scales.items() if n in table.tensors}
+
+
+# The layer outputs one analysed batch holds (float, isolated and accumulated copies of every layer's
+# output) stay under this many bytes, whatever the number of layers: the batch shrinks on wide models
+# (one sample a batch at the least). Peak memory is then about this figure plus onnxruntime's working
+# buffers of one batch and the models themselves.
+ANALYZE_BATCH_BYTES = 256 * 2**20
+
+
+def budget_batch_size(per_sample_bytes: int, requested: int, budget: int | None = None) -> int:
+    """The largest batch (at most `requested`, at least 1) whose exposed layer outputs, per_sample_bytes
+    a sample, fit `budget` bytes (ANALYZE_BATCH_BYTES by default)."""
+    limit = ANALYZE_BATCH_BYTES if budget is None else budget
+    return max(1, min(requested, limit // max(per_sample_bytes, 1)))
 
 
 def analyze(
@@ -503,17 +554,31 @@ def analyze(
     acc_names = [o.name for o in acc_sess.get_outputs()]
     iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
-    out_acc = {o: _OutputAccumulator() for o in p.model_outputs}
+    out_acc = {o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs}
     bs = effective_batch_size(model, batch_size, source)
+    free = bs > 1 and effective_batch_size(model, 1, source) == 1
     done = 0
     if progress:
         progress(0, total)
-    for batch in source.batches(bs, total):
+
+    def batches() -> Iterator[Batch]:
+        # a free batch size: the first sample runs alone, its outputs' bytes set the size of the rest
+        # (budget_batch_size), so one batch's layer outputs stay under ANALYZE_BATCH_BYTES
+        if not free:
+            yield from source.batches(bs, total)
+            return
+        yield from source.batches(1, min(1, total))
+        yield from source.batches(size, total, first=1)
+
+    size = bs
+    for batch in batches():
         if cancel is not None and cancel():
             raise CancelledError(f"Analysis cancelled after {done} of {total} samples.")
         n = source.samples_in(batch)
         f = _run(iso_sess, iso_names, batch, done)
         q = _run(acc_sess, acc_names, batch, done)
+        if free and done == 0:
+            size = budget_batch_size(sum(np.asarray(v).nbytes for v in (*f.values(), *q.values())) // max(n, 1), bs)
         for s in p.layers:
             ref = f[s.output_tensor]
             iso_acc[s.name].update(ref, f[s.isolated_tensor])
@@ -535,7 +600,7 @@ def analyze(
         model_name=model.name,
         model_sha256=model.sha256,
         samples=done,
-        batch_size=bs,
+        batch_size=size,
         data_description=source.description,
         synthetic=source.synthetic,
         per_channel=per_channel,
@@ -683,6 +748,8 @@ def best_method_picks(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> tuple[dict[str, MethodPick], int]:
     """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
@@ -703,7 +770,7 @@ def best_method_picks(
             if progress is not None:
                 progress(i * total + done, len(methods) * total)
 
-        table = calibrate_model(model, stats, m, config, per_channel=per_channel)
+        table = calibrate_model(model, stats, m, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
         reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel)
     return compare_methods(reports), reports[methods[0]].samples
 
@@ -718,6 +785,8 @@ def best_method_table(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> tuple[CalibrationTable, dict[str, MethodPick]]:
     """The table with, on each layer's output tensor, the method whose isolated error is lowest.
 
@@ -726,18 +795,19 @@ def best_method_table(
     so their own pick is not applied) and its table built. Each entry picked carries extra["best"]
     with every method's cosine.
     """
+    from quantviz.profiles import DEFAULT_PROFILE
     from quantviz.review import Review, apply_method_picks, build_table, fused_tensors
     from quantviz.table import apply_model, calibrate_model
 
     methods = list(dict.fromkeys(methods))
     config = config or MethodConfig()
     picks, samples_run = best_method_picks(
-        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress
-    )
-    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel))
-    applied = apply_method_picks(
-        Review(default_method=methods[0], config=config), {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused
-    )
+        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress,
+        profile=profile, clip_outputs=clip_outputs,
+    )  # fmt: skip
+    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel, profile=profile))
+    start = Review(default_method=methods[0], config=config, profile=profile or DEFAULT_PROFILE, clip_outputs=clip_outputs)
+    applied = apply_method_picks(start, {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused)
     table = build_table(stats, applied.review)
     by_tensor = {p.output_tensor: p for p in picks.values()}
     tensors = {
