@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_eq.py [--models digits_cnn digits_resnet] [--n 100] [--samples 50]
                                        [--rounds 1] [--mode accumulated|isolated] [--accuracy]
+    .venv/bin/python bench/bench_eq.py --model REC.onnx [--lines 64]   # e.g. PP-OCRv4 rec, synthetic text lines
 
 For each model: collect statistics once (not timed), then time quantviz.calib.easyquant.calibrate_eq
 (KL start, the per-layer weight and input scale search, the table). Prints one row per model: layers
@@ -45,11 +46,58 @@ def _accuracy(proto: object, eval_path: Path) -> float:
     return float((probs.argmax(axis=1) == data["label"]).mean())
 
 
-def bench(key: str, config: EQConfig, accuracy: bool) -> dict[str, object]:
-    sample = SAMPLES[key]
-    model = load_model(sample.model)
-    source = open_source(sample.calib, model.inputs)
+def text_lines(count: int, height: int = 48, width: int = 320, seed: int = 0) -> np.ndarray:
+    """Synthetic text-line images for an OCR recogniser, [count, 3, height, width], normalised as
+    PaddleOCR does ((x / 255 - 0.5) / 0.5): a light, slightly noisy background and a row of dark
+    glyph-like strokes (random bars and blocks of random widths and gaps), one line per image."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, 3, height, width), np.float32)
+    for k in range(count):
+        img = np.full((height, width), rng.uniform(200, 250), np.float32) + rng.normal(0, 6, (height, width))
+        x = int(rng.integers(4, 20))
+        top, bottom = int(rng.integers(8, 14)), int(rng.integers(34, 42))
+        while x < width - 12:
+            w = int(rng.integers(6, 16))
+            ink = rng.uniform(10, 80)
+            for _ in range(int(rng.integers(2, 5))):  # a glyph: a few strokes inside its box
+                if rng.random() < 0.5:
+                    c = x + int(rng.integers(0, w - 1))
+                    img[top:bottom, c : c + 2] = ink
+                else:
+                    r = int(rng.integers(top, bottom - 2))
+                    img[r : r + 2, x : x + w] = ink
+            x += w + int(rng.integers(2, 8)) + (int(rng.integers(8, 20)) if rng.random() < 0.1 else 0)
+        tint = rng.uniform(0.9, 1.1, 3).astype(np.float32)
+        out[k] = (np.clip(img[None] * tint[:, None, None], 0, 255) / 255 - 0.5) / 0.5
+    return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(key: str, config: EQConfig, accuracy: bool, model_path: str | None = None, lines: int = 0) -> dict[str, object]:
+    if model_path:
+        import tempfile
+
+        model = load_model(model_path)
+        data = Path(tempfile.mkdtemp(prefix="bench-eq-")) / "lines.npz"
+        np.savez(data, **{model.inputs[0].name: text_lines(lines)})
+        source = open_source(str(data), model.inputs)
+        key, accuracy = Path(model_path).stem, False
+    else:
+        sample = SAMPLES[key]
+        model = load_model(sample.model)
+        source = open_source(sample.calib, model.inputs)
     stats = collect(model, source, CollectConfig())
+    rss_collect = _peak_rss_mb()
+    from quantviz.table import calibrate_model
+
+    t0 = time.perf_counter()
+    calibrate_model(model, stats, "kl")
+    kl_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     table = calibrate_eq(model, stats, source, config)
     seconds = time.perf_counter() - t0
@@ -63,7 +111,10 @@ def bench(key: str, config: EQConfig, accuracy: bool) -> dict[str, object]:
         "n": config.n,
         "rounds": config.rounds,
         "mode": config.mode,
+        "KL s": kl_seconds,
         "seconds": seconds,
+        "peak MB (collect)": rss_collect,
+        "peak MB (EQ)": _peak_rss_mb(),
         "evaluations": eq["evaluations"],
         "ms/eval": 1000 * seconds / max(eq["evaluations"], 1),
         "cos before": float(np.mean([v["initial_cosine"] for v in layers.values()])),
@@ -96,12 +147,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=EQConfig.rounds)
     parser.add_argument("--mode", choices=EQ_MODES, default=EQConfig.mode)
     parser.add_argument("--accuracy", action="store_true", help="also the eval-set accuracy of float, KL and EQ")
+    parser.add_argument("--model", help="an ONNX model file instead of the samples (fed synthetic text lines, e.g. an OCR recogniser)")
+    parser.add_argument("--lines", type=int, default=64, help="with --model: synthetic text-line images to collect on (default 64)")
     args = parser.parse_args()
     config = EQConfig(n=args.n, max_samples=args.samples, rounds=args.rounds, mode=args.mode)
     rows = []
-    for key in args.models:
-        rows.append(bench(key, config, args.accuracy))
-        print(f"done: {key} in {rows[-1]['seconds']:.1f} s", file=sys.stderr)
+    for key in [args.model] if args.model else args.models:
+        rows.append(bench(key, config, args.accuracy, args.model, args.lines))
+        print(f"done: {rows[-1]['model']} in {rows[-1]['seconds']:.1f} s", file=sys.stderr)
     cols = list(rows[0])
     widths = [max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in cols]
     print("  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True)))

@@ -11,14 +11,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from quantviz.config import UPLOAD_LIMIT_MB, CollectConfig
+from quantviz.config import CollectConfig
 from quantviz.data import CalibrationSource, ImagePreprocess, open_source
 from quantviz.errors import QuantvizError
+from quantviz.limits import UPLOAD_LIMIT_MB
 from quantviz.model import LoadedModel
+from quantviz.preflight import BLOCKING, INFO, WARNING, blocking, preflight
 from quantviz.review import for_statistics, load_review
 from quantviz.samples import SAMPLES, Sample
 from quantviz.stats import CalibrationStats
 from ui import state
+from ui.profile_panel import engine_profile_expander
 from ui.state import DATA_SOURCES, MODEL_SOURCES
 
 st.set_page_config(page_title="quantviz", page_icon=":material/insights:", layout="wide")
@@ -219,7 +222,19 @@ try:
             f"**{model.name}** · {len(model.tensors)} float tensors · inputs: "
             + ", ".join(f"{i.name} {i.shape_text()} {i.dtype}" for i in model.inputs)
         )
-        source = _choose_data(model, sample)
+        findings = preflight(model)
+        stop = blocking(findings)
+        for item in findings:
+            if item.severity == BLOCKING:
+                st.error(item.text)
+            elif item.severity == WARNING:
+                st.warning(item.text)
+        infos = [i.text for i in findings if i.severity == INFO]
+        if infos:
+            with st.expander(f"Model pre-flight ({len(infos)} notes)"):
+                st.markdown("\n".join(f"- {t}" for t in infos))
+        # a blocking finding (an already quantized model) stops here: no data is asked, Run stays off
+        source = None if stop is not None else _choose_data(model, sample)
 except QuantvizError as exc:
     st.error(str(exc))
 
@@ -257,4 +272,9 @@ current = state.current_stats()
 if current is not None:
     st.subheader("Summary")
     _summary(current)
-
+    cur_model, _ = state.model_and_source()
+    if cur_model is not None:
+        try:
+            engine_profile_expander(state.current_table(), "home")
+        except QuantvizError as exc:
+            st.error(str(exc))

@@ -1,4 +1,5 @@
-"""KL curves: KL divergence against threshold, the argmin marked; try any threshold and see its cost."""
+"""KL curves: KL divergence against threshold for TensorRT's and ncnn's search, each argmin marked; try any
+threshold and see its cost."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import math
 import streamlit as st
 
 from quantviz.calib import METHODS
+from quantviz.calib.kl_at import kl_at
 from quantviz.calib.result import make_threshold
 from quantviz.errors import QuantvizError
-from quantviz.plots import curve_figure
+from quantviz.plots import kl_curves_figure
 from quantviz.summary import clipped_fraction, curve_value_at, expected_mse
 from ui import state
 from ui.errors import callback
@@ -30,6 +32,7 @@ def _label(name: str) -> str:
 tensor = state.tensor_picker(names, _label, "kl_tensor")
 t = stats.tensors[tensor]
 kl = METHODS["kl"](t, review.config)
+ncnn = METHODS["kl_ncnn"](t, review.config)
 if kl.curve is None or kl.curve.x.size < 2:
     st.info("This tensor's histogram has too few populated bins for a KL search: KL equals MinMax here.")
     st.stop()
@@ -66,17 +69,25 @@ c1.slider("Threshold", min_value=step, max_value=absmax, step=step, key="kl_slid
 c2.number_input("or type it", min_value=0.0, key="kl_typed", on_change=_from_typed, format="%.6g")
 chosen = float(st.session_state["kl_typed"])
 
-fig = curve_figure(kl)
+log_y = st.toggle("Log y-axis", key="kl_log_y", help="The minimum of a flat curve shows on a log scale.")
+# ncnn's search has no curve for a constant tensor (its value is kept): then TensorRT's alone
+fig = kl_curves_figure([kl, ncnn] if ncnn.curve is not None else [kl], log_y=log_y)
 fig.add_vline(x=chosen, line_color="#17becf", line_dash="dot", annotation_text=f"trying {chosen:.4g}")
 st.plotly_chart(fig, key="kl_chart")
+st.caption(
+    f"TensorRT's KL (blue, minimum at {kl.threshold:.4g}) spreads each of the 128 quantized bins over its non-empty "
+    f"histogram bins only, so clipping into an empty bin costs infinitely much; ncnn's (olive, minimum at "
+    f"{ncnn.threshold:.4g}) averages over every bin and adds 0.0001 to each, so its curve is smooth and finite, "
+    "and it reports the centre of the chosen bin."
+)
 
 trial = make_threshold("override", -chosen, chosen, review.config)
 m = st.columns(5)
-at_chosen = curve_value_at(kl.curve, chosen)
+at_chosen = kl_at(t, chosen, review.config, "kl") if chosen > 0 else float("inf")
 m[0].metric(
     "KL at this threshold",
     f"{at_chosen:.4g}" if math.isfinite(at_chosen) else "∞",
-    help="KL divergence at this threshold (between the candidates around it)"
+    help=f"TensorRT's KL divergence at this very threshold (ncnn's: {kl_at(t, chosen, review.config, 'kl_ncnn'):.4g})"
     if math.isfinite(at_chosen)
     else "Infinite: the histogram bin just below this threshold is empty while values lie beyond it, so the clipped "
     "mass lands where the quantized distribution has none (TensorRT's KL has no smoothing). The curve skips these points.",

@@ -21,6 +21,7 @@ from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensor
 from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, layer_error
 from ui import state
 from ui.errors import callback
+from ui.profile_panel import engine_profile_expander
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
 st.title("Layer sensitivity")
@@ -75,6 +76,7 @@ samples = int(c2.number_input("Samples", min_value=1, max_value=source.num_sampl
 mode = c3.radio("Sort by", ("isolated", "accumulated"), horizontal=True, **state.bound("sens_mode", ("isolated", "accumulated")))
 review = state.review()
 table = state.current_table()
+engine_profile_expander(table, "sens")
 key = state.derived_key("analysis", (source.data_id, samples, labels is not None))
 report = state.stored(key)
 
@@ -131,6 +133,18 @@ for o in report.outputs:
     if o.accuracy_float is not None and o.accuracy_quantized is not None:
         m[3].metric("accuracy quantized", f"{o.accuracy_quantized:.2%}", f"{o.accuracy_quantized - o.accuracy_float:+.2%}")
         m[4].metric("accuracy float", f"{o.accuracy_float:.2%}")
+    d = o.detail
+    if d is not None:
+        n = st.columns(4)
+        n[0].metric("max |error|", f"{d.max_abs_error:.4g}")
+        n[1].metric("mean |error|", f"{d.mean_abs_error:.4g}")
+        if d.saturated_share is not None:
+            n[2].metric("saturated", f"{d.saturated_share:.2%}")
+        if d.decision_agreement is not None:
+            n[3].metric(f"decisions agree ({d.decision})", f"{d.decision_agreement:.2%}")
+        elif d.across_cosine is not None:
+            n[3].metric("cosine across samples", f"{d.across_cosine:.6f}")
+            st.caption(f"'{o.output}' holds one value per sample: its per-sample cosine is always 1, so it is judged across samples.")
 st.caption(
     f"{report.samples} samples of {report.data_description}; {len(report.layers)} layers; "
     f"{'per-channel' if report.per_channel else 'per-tensor'} weights; BatchNorm folded: {len(report.folded)}"
@@ -248,6 +262,7 @@ if le is not None and t_stats is not None and not t_stats.empty:
         v = st.session_state[f"sens_method::{target}"]
         r = state.review()
         state.set_review(r.with_choice(target, method=None if v == r.default_method else v, override=None))
+        w.drafts.pop(target, None)  # another method: a draft typed before is dropped (even when both thresholds agree)
 
     c1, c2, c3 = st.columns([2, 2, 1])
     c1.selectbox(
@@ -337,8 +352,9 @@ if st.button("Find and apply the best method per layer", key="sens_best"):
     try:
         order_m = [review.default_method] + [m for m in BEST_CANDIDATES if m != review.default_method]
         found, _ = best_method_picks(
-            model, stats, source, order_m, review.config, samples=samples, per_channel=state.per_channel(), progress=cb
-        )
+            model, stats, source, order_m, review.config, samples=samples, per_channel=state.per_channel(), progress=cb,
+            profile=review.profile, clip_outputs=review.clip_outputs,
+        )  # fmt: skip
     except QuantvizError as exc:
         st.error(str(exc))
     finally:
@@ -381,11 +397,14 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
             cfg = EQConfig(
                 alpha=float(alpha), beta=float(beta), n=int(n_cand), rounds=int(rounds), max_samples=int(eq_samples), mode=eq_mode
             )
-            eq_key = state.derived_key("eq", (calib.data_id, cfg), with_review=False)
+            eq_key = state.derived_key("eq", (calib.data_id, cfg, review.profile, review.clip_outputs), with_review=False)
             state.store(
                 eq_key,
-                calibrate_eq(model, stats, calib, cfg, progress=cb, method_config=review.config, per_channel=state.per_channel()),
-            )
+                calibrate_eq(
+                    model, stats, calib, cfg, progress=cb, method_config=review.config, per_channel=state.per_channel(),
+                    profile=review.profile, clip_outputs=review.clip_outputs,
+                ),
+            )  # fmt: skip
             w.last_eq = eq_key
         except QuantvizError as exc:
             st.error(str(exc))

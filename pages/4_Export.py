@@ -9,11 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from quantviz.calib import METHOD_LABELS
-from quantviz.config import UPLOAD_LIMIT_MB
 from quantviz.errors import QuantvizError
 from quantviz.export.diff import diff_tables
 from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
 from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
+from quantviz.limits import UPLOAD_LIMIT_MB
 from quantviz.qdq import int8_kernels_saturate
 from quantviz.review import apply_overrides, review_bytes
 from ui import state
@@ -37,6 +37,13 @@ label = METHOD_LABELS.get(review.default_method, review.default_method)
 c[1].metric("Default method", label.split(" (")[0], help=label)
 c[2].metric("Per-tensor choices", len(review.choices))
 c[3].metric("Kept in float", len(kept_float))
+profile_kept = sum(1 for e in table.tensors.values() if e.extra.get("profile_float"))
+if profile_kept:
+    st.caption(f"{profile_kept} of them by the engine profile '{table.settings.get('profile')}' (see Engine profile on Home).")
+for v in dict(table.settings.get("bias_overflow") or {}).values():
+    st.warning(v["text"])
+for text in dict(table.settings.get("output_clip_warnings") or {}).values():
+    st.warning(text)
 if model is None:
     st.info("The model is not loaded on this server (statistics opened from a file): formats that need it (ncnn layer names, QDQ model) are off. Load the model on Home to enable them.")
 

@@ -21,6 +21,8 @@ from quantviz.data import ImagePreprocess, open_source
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import LoadedModel, load_model
 from quantviz.preflight import INFO, WARNING, blocking, preflight
+from quantviz.profiles import DEFAULT_PROFILE, PROFILES
+from quantviz.safeio import check_output
 from quantviz.sensitivity import BEST_CANDIDATES, BEST_SAMPLES
 from quantviz.stats import CalibrationStats, load_stats, save_stats
 from quantviz.table import CalibrationTable, calibrate, calibrate_model
@@ -132,10 +134,9 @@ def _collect_from_args(args: argparse.Namespace, model_path: str) -> Calibration
 
 
 def _check_output(path: str) -> None:
-    """Refuse an output path whose folder is missing before any work is done (not after a long collection)."""
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise QuantvizError(f"The folder of the output file '{path}' does not exist; create it or choose another path with -o.")
+    """Refuse an output path that cannot be written before any work is done (not after a long
+    collection): a folder, a missing folder, a folder where no file can be created (quantviz.safeio)."""
+    check_output(path, "output file (-o)")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -164,6 +165,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise QuantvizError("--method best needs MODEL and --data: it runs the model once per candidate method to compare layers.")
     if args.method == "eq" and not (model_path and args.data):
         raise QuantvizError("--method eq needs MODEL and --data: EQ runs the model on the calibration samples to search its scales.")
+    if args.stats and model_path:
+        load_checked(model_path)  # a blocking finding (an already quantized model) is said before any file is read
     if args.stats:
         stats = load_stats(Path(args.stats)) if Path(args.stats).exists() else _missing(args.stats)
     elif model_path and args.data:
@@ -176,13 +179,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         table = _calibrate_best(args, model_path, stats)
     elif model_path:  # the model adds fused shared scales, weight scales and requantization multipliers
         model = load_checked(model_path)
-        table = calibrate_model(model, stats, args.method, _method_config(args), per_channel=not args.per_tensor_weights)
+        table = calibrate_model(
+            model, stats, args.method, _method_config(args), per_channel=not args.per_tensor_weights,
+            profile=args.profile, clip_outputs=args.clip_outputs,
+        )  # fmt: skip
     else:
         table = calibrate(stats, args.method, _method_config(args))
     from quantviz.export.qv_json import write_json
 
     write_json(table, args.output)
     print(f"{len(table.tensors)} tensors calibrated with {args.method} -> {args.output}", file=sys.stderr)
+    report_table_notes(table)
     for name, why in table.skipped.items():
         print(f"warning: tensor '{name}' left out: {why}.", file=sys.stderr)
     return 0
@@ -190,12 +197,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
     """EasyQuant (quantviz.calib.easyquant): KL start, then the per-layer scale search on the data."""
-    config = EQConfig(alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode)
+    config = EQConfig(
+        alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode,
+        exhaustive=args.eq_exhaustive,
+    )  # fmt: skip
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     return calibrate_eq(
-        model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args), per_channel=not args.per_tensor_weights
-    )
+        model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args),
+        per_channel=not args.per_tensor_weights, profile=args.profile, clip_outputs=args.clip_outputs,
+    )  # fmt: skip
 
 
 def _calibrate_best(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
@@ -214,7 +225,8 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     table, picks = best_method_table(
         model, stats, source, methods, _method_config(args), samples=args.best_samples,
-        per_channel=not args.per_tensor_weights, progress=progress_bar("best"),
+        per_channel=not args.per_tensor_weights, progress=progress_bar("best"), profile=args.profile,
+        clip_outputs=args.clip_outputs,
     )  # fmt: skip
     counts = Counter(p.method for p in picks.values())
     print("best method per layer: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()), file=sys.stderr)
@@ -240,11 +252,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         labels=labels, per_channel=not args.per_tensor_weights,
     )  # fmt: skip
     (write_html if suffix in (".html", ".htm") else write_csv)(report, args.output)
+    from quantviz.outputs import figures_note
+
     for o in report.outputs:
         acc = f", accuracy {o.accuracy_float:.4f} float -> {o.accuracy_quantized:.4f} quantized" if o.accuracy_float is not None else ""
-        print(f"{o.output}: cosine {o.figures.cosine:.6f}{acc}", file=sys.stderr)
+        text = figures_note(o.detail, o.figures) if o.detail is not None else f"cosine {o.figures.cosine:.6f}"
+        print(f"{o.output}: {text}{acc}", file=sys.stderr)
+    report_table_notes(table)
     print(f"{len(report.layers)} layers, {report.samples} samples -> {args.output}", file=sys.stderr)
     return 0
+
+
+def report_table_notes(table: CalibrationTable) -> None:
+    """What the model's structure made of the table, on stderr: tensors the profile keeps in float,
+    output clips, int32 bias overflows."""
+    s = table.settings
+    kept = [n for n, e in table.tensors.items() if e.extra.get("profile_float")]
+    if kept:
+        print(f"profile {s.get('profile')}: {len(kept)} tensors kept in float (e.g. '{kept[0]}': {table.tensors[kept[0]].extra['profile_float']}).", file=sys.stderr)
+    protected = [n for n, e in table.tensors.items() if e.extra.get("output_minmax")]
+    if protected:
+        print(f"{len(protected)} tensors feeding graph outputs take MinMax instead of a clipping threshold: {', '.join(protected[:5])}.", file=sys.stderr)
+    for text in dict(s.get("output_clip_warnings") or {}).values():
+        print(f"warning: {text}", file=sys.stderr)
+    for v in dict(s.get("bias_overflow") or {}).values():
+        print(f"warning: {v['text']}", file=sys.stderr)
 
 
 def _missing(path: str) -> CalibrationStats:
@@ -269,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", dest="model_option", help="with --stats: the model, for weight scales, fused scales and requantization")
     p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor (default: per output channel)")
     p.add_argument("--method", required=True, choices=sorted([*METHODS, "eq", "best"]))
+    p.add_argument(
+        "--profile", choices=list(PROFILES), default=DEFAULT_PROFILE,
+        help="engine whose quantization points the table follows (default ort: onnxruntime's QDQ quantizer)",
+    )  # fmt: skip
+    p.add_argument(
+        "--clip-outputs", action="store_true",
+        help="let the method clip tensors that feed graph outputs (default: MinMax on them)",
+    )  # fmt: skip
     p.add_argument("--asymmetric", action="store_true", help="uint8 [min, max] instead of symmetric int8")
     p.add_argument("--power-of-two", action="store_true", help="round scales up to powers of two")
     p.add_argument("--percentile", type=float, default=MethodConfig.percentile)
@@ -281,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eq-n", type=int, default=EQConfig.n, help=f"candidates per search (default {EQConfig.n})")
     e.add_argument("--eq-rounds", type=int, default=EQConfig.rounds, help=f"rounds of weight then input search (default {EQConfig.rounds})")
     e.add_argument("--eq-samples", type=int, default=EQConfig.max_samples, help=f"samples the search uses (default {EQConfig.max_samples})")
+    e.add_argument("--eq-exhaustive", action="store_true", help="try every candidate (the paper's search) instead of coarse to fine")
     e.add_argument("--eq-mode", choices=EQ_MODES, default=EQConfig.mode, help="inputs from the quantized upstream (accumulated, default) or float (isolated)")
     b = p.add_argument_group("best (the best method per layer; needs MODEL and --data)")
     b.add_argument(
@@ -317,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except QuantvizError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # a name from a hostile file may hold characters the terminal cannot encode (lone surrogates)
+        text = f"error: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
+        print(text, file=sys.stderr)
         return EXIT_BAD_INPUT
     except CancelledError as exc:
         print(f"error: {exc}", file=sys.stderr)

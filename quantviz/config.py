@@ -23,7 +23,6 @@ STATS_FORMAT = "quantviz-stats"
 STATS_VERSION = 2  # 2 adds the fine |x| histogram (version 1 files still load: KL then re-bins the 2048-bin one)
 TABLE_FORMAT = "quantviz-calibration"
 TABLE_VERSION = 1
-UPLOAD_LIMIT_MB = 1024
 
 
 @dataclass(frozen=True)

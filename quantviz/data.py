@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
+import os
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from quantviz.errors import CancelledError, QuantvizError
+from quantviz.limits import DATA_ARRAY_BYTES, DATA_TOTAL_BYTES, FOLDER_ENTRIES_MAX, IMAGE_BYTES, LimitError, size_text
 from quantviz.model import InputSpec, batch_dim
+from quantviz.safeio import read_member, read_npy, read_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SYNTHETIC_PREFIX = "synthetic:"
@@ -87,11 +91,12 @@ class CalibrationSource:
     def run_size(self, batch_size: int) -> int:
         return 1 if self.one_sample_per_run else batch_size
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, limit: int | None = None, first: int = 0) -> Iterator[Batch]:
+        """Batches of the samples first..limit (all by default)."""
         n = self.num_samples if limit is None else min(limit, self.num_samples)
         step = self.run_size(batch_size)
         per_sample = [k for k, v in self.layout.items() if v == PER_SAMPLE]
-        for start in range(0, n, step):
+        for start in range(first, n, step):
             batch = self.fetch(start, min(start + step, n))
             if per_sample or self.constants:
                 batch = {**{k: (v[0] if k in per_sample else v) for k, v in batch.items()}, **self.constants}
@@ -210,35 +215,14 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _numpy_error(exc: ValueError, origin: str, kind: str) -> QuantvizError:
-    """numpy's ValueError from np.load(allow_pickle=False) as a sentence (object arrays vs not numpy at all)."""
-    text = str(exc)
-    if "Object arrays" in text or "Python objects" in text:
-        return QuantvizError(f"{origin} holds Python objects (pickles), which quantviz never loads; save plain numeric arrays.")
-    if "pickled data" in text:  # numpy's answer for any file that is neither .npy nor .npz
-        return QuantvizError(f"{origin} is not a readable {kind} file (it is not in numpy's format).")
-    return QuantvizError(f"{origin} is not a readable {kind} file ({text}).")
-
-
 def _load_npz(raw: bytes | Path, origin: str) -> dict[str, np.ndarray]:
-    try:
-        src = io.BytesIO(raw) if isinstance(raw, bytes) else raw
-        with np.load(src, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as exc:
-        raise _numpy_error(exc, origin, ".npz") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise QuantvizError(f"{origin} is not a readable .npz file (it may be truncated or another file type).") from exc
+    """Every array, each member's declared size checked before it is allocated (quantviz.safeio)."""
+    return read_npz(raw, origin, array_bytes=DATA_ARRAY_BYTES, total_bytes=DATA_TOTAL_BYTES)
 
 
 def _load_npy(raw: bytes | Path, origin: str) -> np.ndarray:
-    try:
-        arr: np.ndarray = np.load(io.BytesIO(raw), allow_pickle=False) if isinstance(raw, bytes) else np.load(raw, allow_pickle=False, mmap_mode="r")
-        return arr
-    except ValueError as exc:
-        raise _numpy_error(exc, origin, ".npy") from exc
-    except (OSError, EOFError) as exc:
-        raise QuantvizError(f"{origin} is not a readable .npy file (it may be truncated or another file type).") from exc
+    """A path is memory-mapped after its header is checked; an upload's bytes are read within limits."""
+    return read_npy(raw, origin, array_bytes=DATA_ARRAY_BYTES, mmap=isinstance(raw, Path))
 
 
 def _image_input(inputs: Sequence[InputSpec]) -> InputSpec:
@@ -300,18 +284,31 @@ def _image_source(
 
 
 def _folder_entries(folder: Path) -> list[tuple[str, Callable[[], bytes]]]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files under a folder; a walk that meets more than FOLDER_ENTRIES_MAX entries (--data /)
+    is refused instead of scanning a whole file system. Symbolic links to folders are not followed."""
+    found: list[Path] = []
+    seen = 0
+    for root, dirs, names in os.walk(folder, onerror=None):
+        seen += len(dirs) + len(names)
+        if seen > FOLDER_ENTRIES_MAX:
+            raise LimitError(
+                f"The folder '{folder}' holds more than {FOLDER_ENTRIES_MAX} files and folders: give the folder of the calibration images itself."
+            )
+        dirs.sort()
+        found.extend(Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in found if p.is_file())
     return [(str(p.relative_to(folder)), p.read_bytes) for p in files]
 
 
 def _zip_entries(raw: bytes | Path, origin: str) -> list[tuple[str, Callable[[], bytes]]]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw) if isinstance(raw, bytes) else raw)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise QuantvizError(f"{origin} is not a readable .zip file.") from exc
     names = sorted(n for n in zf.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
-    # Member names are only used as keys to read from the archive, never as paths on disk.
-    return [(n, functools.partial(zf.read, n)) for n in names]
+    # Member names are only used as keys to read from the archive, never as paths on disk; each image
+    # is decompressed up to IMAGE_BYTES only (a zip bomb stops there).
+    return [(n, functools.partial(read_member, zf, n, origin, IMAGE_BYTES)) for n in names]
 
 
 def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
@@ -332,6 +329,12 @@ def synthetic_source(n: int, inputs: Sequence[InputSpec]) -> CalibrationSource:
                 f"Input '{spec.name}' has dynamic dimensions {spec.shape_text()}; synthetic data needs fixed ones: give real data."
             )
         shapes[spec.name] = tuple(int(d) for d in rest)  # type: ignore[arg-type]
+        per_sample = math.prod(shapes[spec.name]) * max(np.dtype(spec.dtype).itemsize, 8)  # drawn as float64
+        if per_sample > DATA_ARRAY_BYTES:
+            raise LimitError(
+                f"Input '{spec.name}' declares {spec.shape_text()}: one synthetic sample would take {size_text(per_sample)}, "
+                f"beyond quantviz's limit of {size_text(DATA_ARRAY_BYTES)} per array."
+            )
 
     def fetch(start: int, stop: int) -> Batch:
         # One seed per (input, sample): every input gets its own noise, and sample i is the same
@@ -357,17 +360,28 @@ def batch_loop(
     what: str,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    then: Callable[[], int] | None = None,
 ) -> Iterator[tuple[int, Batch, int]]:
     """The one loop over batches that reports progress and can be cancelled (collection, analysis).
 
     Yields (samples before this batch, the batch, samples in it). progress(0, total) first, then
     progress(done, total) after each batch; before each batch, cancel() True raises CancelledError
-    ("<what> cancelled after D of T samples.").
+    ("<what> cancelled after D of T samples."). With then, the first sample runs alone and then(),
+    called once that batch is done, gives the batch size of the rest (quantviz.sensitivity sizes its
+    batches from the first sample's outputs).
     """
+
+    def batches() -> Iterator[Batch]:
+        if then is None:
+            yield from source.batches(batch_size, total)
+            return
+        yield from source.batches(1, min(1, total))
+        yield from source.batches(then(), total, first=1)
+
     done = 0
     if progress:
         progress(0, total)
-    for batch in source.batches(batch_size, total):
+    for batch in batches():
         if cancel is not None and cancel():
             raise CancelledError(f"{what} cancelled after {done} of {total} samples.")
         n = source.samples_in(batch)
@@ -449,37 +463,28 @@ def read_labels(spec: str | Path) -> npt.NDArray[Any]:
         path, key = Path(head), tail
     if not path.exists():
         raise QuantvizError(f"The labels file '{path}' does not exist.")
-    try:
-        if path.suffix.lower() == ".npy":
-            labels: npt.NDArray[Any] = np.load(path, allow_pickle=False)
-            return labels
-        with np.load(path, allow_pickle=False) as z:
-            name = key or DEFAULT_LABEL_KEY
-            if name not in z.files:
-                raise QuantvizError(f"'{path.name}' has no array '{name}' (it has: {', '.join(z.files)}); give FILE.npz:KEY.")
-            picked: npt.NDArray[Any] = z[name]
-            return picked
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, QuantvizError):
-            raise
-        raise QuantvizError(f"'{path.name}' is not a readable .npz/.npy file of labels ({exc}).") from exc
+    what = f"The labels file '{path.name}'"
+    if path.suffix.lower() == ".npy":
+        return read_npy(path, what, array_bytes=DATA_ARRAY_BYTES)
+    name = key or DEFAULT_LABEL_KEY
+    arrays = read_npz(path, what, array_bytes=DATA_ARRAY_BYTES, total_bytes=DATA_TOTAL_BYTES, only=lambda k: k == name)
+    if name not in arrays:
+        raise QuantvizError(f"'{path.name}' has no array '{name}'; give FILE.npz:KEY with KEY one of its arrays.")
+    return arrays[name]
 
 
 def default_labels(data: str | Path | bytes) -> npt.NDArray[Any] | None:
     """The "label" array of a data .npz (a path, or an upload's bytes) when it has one
     (digits_eval.npz does), else None."""
-    if isinstance(data, bytes):
-        raw: io.BytesIO | Path = io.BytesIO(data)
-    else:
+    if not isinstance(data, bytes):
         path = Path(str(data))
         if path.suffix.lower() != ".npz" or not path.is_file():
             return None
-        raw = path
     try:
-        z = np.load(raw, allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None
-    if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy holds one array, no labels beside it
-        return None
-    with z:
-        return z[DEFAULT_LABEL_KEY] if DEFAULT_LABEL_KEY in z.files else None
+        arrays = read_npz(
+            data, "the calibration data", array_bytes=DATA_ARRAY_BYTES, total_bytes=DATA_TOTAL_BYTES,
+            only=lambda k: k == DEFAULT_LABEL_KEY,
+        )  # fmt: skip
+    except QuantvizError:
+        return None  # not an .npz (a .npy upload), or unreadable: the data reader says why
+    return arrays.get(DEFAULT_LABEL_KEY)

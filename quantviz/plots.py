@@ -18,6 +18,7 @@ METHOD_COLORS = {
     "percentile": "#9467bd",
     "mse": "#2ca02c",
     "kl": "#1f77b4",
+    "kl_ncnn": "#bcbd22",
     "aciq": "#8c564b",
     "eq": "#e377c2",
     "override": "#17becf",
@@ -110,6 +111,38 @@ def curve_figure(th: Threshold, title: str | None = None) -> go.Figure:
         yaxis_title=c.y_label,
         showlegend=False,
         height=360,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def kl_curves_figure(curves: list[Threshold], log_y: bool = False, title: str | None = None) -> go.Figure:
+    """Several KL methods' curves on one axis, each with its argmin marked (traces: curve, marker, in
+    the order given). Infinite points are left out; log_y puts the y-axis on a log scale, where the
+    flat bottom of a curve and its minimum stay visible (zeros, a perfect fit, are then left out too)."""
+    fig = go.Figure()
+    for th in curves:
+        if th.curve is None:
+            raise ValueError(f"method {th.method} returned no curve")
+        c = th.curve
+        keep = np.isfinite(c.y) & ((c.y > 0) if log_y else True)
+        color = METHOD_COLORS.get(th.method, "#1f77b4")
+        label = METHOD_LABELS.get(th.method, th.method)
+        fig.add_trace(go.Scatter(x=c.x[keep], y=c.y[keep], mode="lines", name=label, line={"color": color}))
+        idx = int(np.argmin(np.abs(c.x - c.chosen)))
+        fig.add_trace(
+            go.Scatter(
+                x=[c.chosen], y=[c.y[idx]], mode="markers+text", marker={"size": 11, "color": color, "symbol": "x"},
+                text=[f"min at {c.chosen:.4g}"], textposition="top right", name=f"{label}: chosen", showlegend=False,
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        title=title or "KL divergence against threshold",
+        xaxis_title="threshold",
+        yaxis_title="KL divergence",
+        yaxis_type="log" if log_y else "linear",
+        height=380,
+        legend={"orientation": "h", "y": -0.2},
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig

@@ -3,7 +3,8 @@
 preflight(model) is a pure function of the loaded model. It returns frozen records, each a severity and
 one sentence the user can read: the batch axis of every input (a dim_param, -1 or 0 as PaddlePaddle and
 others declare a dynamic batch, a fixed size, or none), the opset and what it means for the analysis and
-the QDQ export, subgraphs (If / Loop / Scan, whose inner tensors are not collected), external data,
+the QDQ export, subgraphs (If / Loop / Scan, whose inner tensors are not collected: onnxruntime returns
+only main-graph values, so they have no table entry and stay float everywhere), external data,
 non-float inputs, inputs that look like a state without a batch axis, operators of custom domains, and
 models that are already quantized. A BLOCKING item stops a run with its sentence (CLI exit status 2,
 the app's st.error); INFO and WARNING items are shown and the run goes on.
@@ -134,6 +135,15 @@ def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return out
 
 
+def _subgraph_holder(node: onnx.NodeProto) -> onnx.GraphProto:
+    """A graph holding the node's subgraphs' nodes (not the node itself), for _all_nodes."""
+    g = onnx.GraphProto()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
+            g.node.extend(sub.node)
+    return g
+
+
 def batch_axis_text(spec: InputSpec) -> str:
     """What the first dimension of an input is, in words: a dim_param, -1, 0, unnamed, fixed k, or none."""
     if not spec.shape:
@@ -203,10 +213,13 @@ def preflight(model: LoadedModel) -> tuple[PreflightItem, ...]:
     subgraph_nodes = [n for n in proto.graph.node if n.op_type in SUBGRAPH_OPS]
     if subgraph_nodes:
         names = [f"{n.name or n.output[0]} ({n.op_type})" for n in subgraph_nodes]
+        inner = len({o for n in subgraph_nodes for i in _all_nodes(_subgraph_holder(n)) if i.op_type != "Constant" for o in i.output if o})
         items.append(PreflightItem(
             WARNING, "subgraph",
             f"{len(subgraph_nodes)} node{'s' if len(subgraph_nodes) > 1 else ''} with subgraphs ({', '.join(names[:NAMES_SHOWN])}): "
-            "the tensors inside a subgraph are neither collected nor quantized; they run in float and only the node's outputs are calibrated.",
+            f"the {inner} tensor{'s' if inner != 1 else ''} inside them (If branches, Loop and Scan bodies) are not collected "
+            "(onnxruntime cannot return them), so they have no entry in any table and stay float in every export and in the QDQ model; "
+            "only the nodes' inputs and outputs are calibrated.",
         ))  # fmt: skip
     custom = sorted({f"{n.domain}:{n.op_type}" for n in nodes if n.domain not in DEFAULT_DOMAINS and n.op_type not in QUANTIZED_OPS})
     if custom:

@@ -31,7 +31,8 @@ Choices, each so that the scale on every quantized tensor is the table's:
   (``QDQDisableWeightAdjustForInt32Bias``): the table's weight scales are kept as they are.
 - A node is kept in float when the caller says so (float_nodes), when its output tensor is marked
   float in the table (TensorEntry.float_kept, like a '#' line in an ncnn table), or when one of its
-  float activation inputs or outputs has no usable table entry (missing, NaN/Inf). A float node's
+  float activation inputs or outputs has no usable table entry (missing, NaN/Inf, or all zero: threshold
+  0, quantviz.table). A float node's
   output is still quantized with its table scale where an int8 consumer reads it, as an engine must.
 
 reduce_range (off by default): 7-bit weights (-63..63; each weight scale multiplied by 127/63, as
@@ -131,11 +132,12 @@ class QdqBuild:
     weight_overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
-def quantized_op_types() -> list[str]:
-    """Op types handed to onnxruntime's quantizer: its QDQ and QLinear registries minus SCALE_SHARING_OPS."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+def quantized_op_types(profile_key: str | None = None) -> list[str]:
+    """Op types handed to onnxruntime's quantizer: those of the engine profile (quantviz.profiles; for
+    onnxruntime its QDQ and QLinear registries) that onnxruntime can quantize, minus SCALE_SHARING_OPS."""
+    from quantviz.profiles import ort_op_types, profile
 
-    return sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - SCALE_SHARING_OPS)
+    return sorted((set(profile(profile_key).op_types()) & set(ort_op_types())) - SCALE_SHARING_OPS)
 
 
 def check_table_names(model: LoadedModel, table: CalibrationTable) -> None:
@@ -221,7 +223,8 @@ def prepare_float_model(model: LoadedModel) -> PreparedModel:
 
 
 def _entry_ok(entry: TensorEntry | None) -> bool:
-    return entry is not None and is_finite_entry(entry) and entry.scale > 0
+    """A usable activation scale: finite, positive, and not an all-zero tensor (kept in float: quantviz.table)."""
+    return entry is not None and is_finite_entry(entry) and entry.scale > 0 and not entry.all_zero
 
 
 def _kept_float(
@@ -231,19 +234,41 @@ def _kept_float(
     float_nodes: Iterable[str],
 ) -> dict[str, str]:
     """Nodes of quantizable op types that stay in float, with the reason."""
+
+    def profile_float(t: str) -> bool:
+        e = table.tensors.get(t)
+        return e is not None and bool(e.extra.get("profile_float"))
+
+    def usable(t: str) -> bool:
+        return _entry_ok(table.tensors.get(t)) and not profile_float(t)
+
     kept: dict[str, str] = {n: "kept in float on request" for n in float_nodes}
+    names = {n.name for n in prepared.proto.graph.node}
+    for n, why in dict(table.settings.get("profile_float_nodes") or {}).items():
+        if n in names:
+            kept.setdefault(n, f"engine profile: {why}")
     for node in prepared.proto.graph.node:
         if node.op_type not in op_types or node.name in kept:
             continue
         outs = [o for o in node.output if o in prepared.float_types]
         ins = [i for i in node.input if i in prepared.float_types]
-        flagged = [o for o in outs if o in table.tensors and table.tensors[o].float_kept]
+        # a tensor the profile keeps in float is simply not quantized where it is written (an engine
+        # of that profile writes it in float); one the user marks float keeps its producer in float
+        flagged = [
+            o for o in outs if o in table.tensors and table.tensors[o].float_kept and not table.tensors[o].extra.get("profile_float")
+        ]
         if flagged:
             kept[node.name] = f"its output '{flagged[0]}' is marked float in the table"
             continue
-        lacking = [t for t in ins + outs if not _entry_ok(table.tensors.get(t))]
+        # an output the profile keeps float is left unquantized (its node still quantizes its inputs)
+        lacking = [t for t in ins if not usable(t)] + [t for t in outs if not usable(t) and not profile_float(t)]
         if lacking:
-            kept[node.name] = f"tensor '{lacking[0]}' has no usable scale in the table"
+            zero = table.tensors.get(lacking[0])
+            kept[node.name] = (
+                f"tensor '{lacking[0]}' is all zero in the calibration data (kept in float)"
+                if zero is not None and zero.all_zero
+                else f"tensor '{lacking[0]}' has no usable scale in the table"
+            )
     return kept
 
 
@@ -328,7 +353,10 @@ def build(
     if unknown:
         raise QuantvizError(f"The model has no node named '{unknown[0]}' (after BatchNormalization folding).")
     symmetric = table_is_symmetric(table)
-    op_types = quantized_op_types()
+    from quantviz.profiles import profile as engine_profile
+
+    prof = engine_profile(table.settings.get("profile"))
+    op_types = quantized_op_types(prof.key)
     kept = _kept_float(prepared, table, set(op_types), float_nodes)
 
     ranges: dict[str, Any] = {}
@@ -337,7 +365,7 @@ def build(
     qmin, qmax = INT8_RANGE if symmetric else UINT8_RANGE
     for name in prepared.float_types:
         entry = table.tensors.get(name)
-        if entry is None or not _entry_ok(entry):
+        if entry is None or not _entry_ok(entry) or entry.extra.get("profile_float"):
             continue
         zp = _zero_point(entry, symmetric, name)
         scale = np.asarray(entry.scale, dtype=np.float32)
@@ -372,6 +400,8 @@ def build(
         "QDQDisableWeightAdjustForInt32Bias": True,
         "WeightSymmetric": True,
     }
+    if prof.rule == "consumer":  # TensorRT, ncnn: a tensor is quantized where an int8 op reads it
+        extra["OpTypesToExcludeOutputQuantization"] = list(op_types)
     quantize_nodes = sorted(only_nodes) if only_nodes is not None else None
     if only_nodes is not None and not only_nodes:
         quantize_nodes = ["\0no node"]  # an empty list means "every node" to onnxruntime

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from quantviz.safeio import write_text
 from quantviz.sensitivity import MODEL_OUTPUT_ROW, LayerError, LayerReport
 
 CSV_COLUMNS = (
@@ -36,6 +37,11 @@ CSV_COLUMNS = (
     "mse_isolated",
     "mse_accumulated",
     "top1_agreement",
+    "max_abs_error",
+    "mean_abs_error",
+    "saturated_share",
+    "decision_agreement",
+    "cosine_across_samples",
 )
 LABEL_COLUMNS = ("accuracy_float", "accuracy")
 ISOLATED_COLOR = "#1f77b4"
@@ -81,6 +87,12 @@ def layer_rows(report: LayerReport) -> list[dict[str, str]]:
             "mse_accumulated": _num(o.figures.mse),
             "top1_agreement": _num(o.top1_agreement),
         }
+        if o.detail is not None:
+            row["max_abs_error"] = _num(o.detail.max_abs_error)
+            row["mean_abs_error"] = _num(o.detail.mean_abs_error)
+            row["saturated_share"] = _num(o.detail.saturated_share)
+            row["decision_agreement"] = _num(o.detail.decision_agreement)
+            row["cosine_across_samples"] = _num(o.detail.across_cosine)
         if report.has_labels:
             row["accuracy_float"] = _num(o.accuracy_float)
             row["accuracy"] = _num(o.accuracy_quantized)
@@ -98,7 +110,7 @@ def to_csv(report: LayerReport) -> str:
 
 
 def write_csv(report: LayerReport, path: str | Path) -> None:
-    Path(path).write_text(to_csv(report), encoding="utf-8")
+    write_text(path, to_csv(report), "report file")
 
 
 def _cosine_axis_floor(values: list[float]) -> float:
@@ -249,12 +261,14 @@ def to_html(report: LayerReport, title: str | None = None) -> str:
     if report.synthetic:
         parts.append("<p class='note'>The data is synthetic (random): the figures say little about real inputs.</p>")
     parts.append("<h2>End to end (fully quantized model vs float)</h2>")
-    out_header = ["output", "cosine", "SNR (dB)", "MSE", "top-1 agreement"]
+    out_header = ["output", "cosine", "SNR (dB)", "MSE", "top-1 agreement", "max |err|", "mean |err|", "saturated", "decisions agree", "cosine across samples"]
     if report.has_labels:
         out_header += ["accuracy float", "accuracy quantized"]
     out_rows = []
     for o in report.outputs:
         r = [o.output, _fmt(o.figures.cosine), _fmt(o.figures.snr_db, 4), _fmt(o.figures.mse, 4), _fmt(o.top1_agreement, 4)]
+        d = o.detail
+        r += [_fmt(d.max_abs_error, 4), _fmt(d.mean_abs_error, 4), _fmt(d.saturated_share, 4), _fmt(d.decision_agreement, 4), _fmt(d.across_cosine)] if d else [""] * 5
         if report.has_labels:
             r += [_fmt(o.accuracy_float, 4), _fmt(o.accuracy_quantized, 4)]
         out_rows.append(r)
@@ -284,4 +298,4 @@ def to_html(report: LayerReport, title: str | None = None) -> str:
 
 
 def write_html(report: LayerReport, path: str | Path, title: str | None = None) -> None:
-    Path(path).write_text(to_html(report, title), encoding="utf-8")
+    write_text(path, to_html(report, title), "report file")

@@ -20,7 +20,21 @@ import numpy as np
 from quantviz.calib import METHODS, MethodConfig, Threshold, method
 from quantviz.calib.result import make_threshold
 from quantviz.errors import QuantvizError
-from quantviz.stats import CalibrationStats, load_stats, save_stats
+from quantviz.limits import TENSORS_MAX, LimitError
+from quantviz.profiles import DEFAULT_PROFILE, PROFILES
+from quantviz.safeio import write_bytes
+from quantviz.schema import (
+    SCALE_MAX,
+    SCALE_MIN,
+    check_fields,
+    check_override,
+    check_version,
+    is_number,
+    method_config,
+    need_dict,
+    need_str,
+)
+from quantviz.stats import CalibrationStats, json_member, npz_bytes, read_stats_arrays, stats_arrays, stats_from_arrays
 from quantviz.table import CalibrationTable, calibrate, entry_from
 
 REVIEW_FORMAT = "quantviz-review"
@@ -36,6 +50,8 @@ class Choice:
     override: float | None = None
     float_kept: bool = False
     note: str = ""
+    # quantize this tensor although the engine profile keeps it in float (quantviz.profiles)
+    quantized: bool = False
 
     @property
     def is_default(self) -> bool:
@@ -50,6 +66,10 @@ class Review:
     # weight initializer -> scales chosen instead of abs-max (EQ's search adopted in the app);
     # quantviz.table.apply_model puts them in the table's weights and requantization
     weight_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # the engine profile the tables follow (quantviz.profiles: "ort", "trt", "ncnn")
+    profile: str = DEFAULT_PROFILE
+    # let the method clip tensors that feed graph outputs (quantviz.outputs; default: MinMax there)
+    clip_outputs: bool = False
 
     def choice(self, name: str) -> Choice:
         return self.choices.get(name, Choice())
@@ -78,6 +98,8 @@ class Review:
             self.config,
             tuple(sorted(self.choices.items())),
             tuple(sorted(self.weight_scales.items())),
+            self.profile,
+            self.clip_outputs,
         )
 
     def without(self, names: Iterable[str], *, weights: Iterable[str] = ()) -> Review:
@@ -185,9 +207,7 @@ def for_statistics(review: Review, stats: CalibrationStats) -> tuple[Review, lis
 
 
 def validate_override(value: float, name: str) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise QuantvizError(f"The threshold of '{name}' must be a positive number, not {value}.")
-    return float(value)
+    return check_override(value, name)
 
 
 def chosen_threshold(stats: CalibrationStats, review: Review, name: str) -> Threshold:
@@ -219,8 +239,15 @@ def build_table(stats: CalibrationStats, review: Review, base: CalibrationTable 
         entry = tensors[name]
         if c.override is not None or c.method is not None:
             entry = entry_from(chosen_threshold(stats, review, name), t.min, t.max)
-        tensors[name] = replace(entry, note=c.note, float_kept=c.float_kept)
-    settings = {**base.settings, "method": review.default_method, "per_tensor_choices": len(review.choices)}
+        extra = {**entry.extra, "profile_override": True} if c.quantized else entry.extra
+        tensors[name] = replace(entry, note=c.note, float_kept=c.float_kept, extra=extra)
+    settings = {
+        **base.settings,
+        "method": review.default_method,
+        "per_tensor_choices": len(review.choices),
+        "profile": review.profile,
+        "clip_outputs": review.clip_outputs,
+    }
     return replace(base, tensors=tensors, settings=settings)
 
 
@@ -232,51 +259,69 @@ def review_to_dict(review: Review) -> dict[str, Any]:
         "config": asdict(review.config),
         "choices": {n: asdict(c) for n, c in review.choices.items()},
         "weight_scales": {n: list(v) for n, v in review.weight_scales.items()},
+        "profile": review.profile,
+        "clip_outputs": review.clip_outputs,
     }
 
 
 def review_from_dict(doc: Any) -> Review:
+    """A Review from its JSON, every field checked (quantviz.schema): a bad override, weight scale or
+    setting is refused here, so it never reaches the session."""
+    what = "This review"
     if not isinstance(doc, dict) or doc.get("format") != REVIEW_FORMAT:
         raise QuantvizError("This file is not a quantviz review (its format field is not quantviz-review).")
-    if int(doc.get("version", 0)) > REVIEW_VERSION:
-        raise QuantvizError(f"This review has version {doc['version']}; this quantviz reads up to {REVIEW_VERSION}.")
-    try:
-        default = str(doc["default_method"])
-        if default not in METHODS:
-            raise QuantvizError(f"The review's default method '{default}' is not one quantviz knows.")
-        config = MethodConfig(**doc.get("config", {}))
-        choices = {}
-        for name, c in doc.get("choices", {}).items():
-            choice = Choice(
-                method=c.get("method"),
-                override=None if c.get("override") is None else float(c["override"]),
-                float_kept=bool(c.get("float_kept", False)),
-                note=str(c.get("note", "")),
-            )
-            if choice.method is not None and choice.method not in METHODS:
-                raise QuantvizError(f"The review chooses method '{choice.method}' for '{name}', which quantviz does not know.")
-            choices[str(name)] = choice
-        weights: dict[str, tuple[float, ...]] = {}
-        for name, values in doc.get("weight_scales", {}).items():
-            v = tuple(float(x) for x in values)
-            if not v or not all(math.isfinite(x) and x > 0 for x in v):
-                raise QuantvizError(f"The review's weight scales for '{name}' must be positive numbers.")
-            weights[str(name)] = v
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, QuantvizError):
-            raise
-        raise QuantvizError(f"This review file is damaged (field {exc}).") from exc
-    return Review(default, config, choices, weights)
+    check_version(doc, what, REVIEW_VERSION)
+    known = {"format", "version", "default_method", "config", "choices", "weight_scales", "profile", "clip_outputs"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise QuantvizError(f"{what} has the unknown field {unknown[0]!r}.")
+    if "default_method" not in doc:
+        raise QuantvizError(f'{what} has no "default_method" field.')
+    default = need_str(doc["default_method"], f"{what}: default_method")
+    if default not in METHODS:
+        raise QuantvizError(f"The review's default method '{default}' is not one quantviz knows.")
+    config = method_config(doc.get("config", {}), f"{what}: config")
+    raw = need_dict(doc.get("choices", {}), f"{what}: choices")
+    if len(raw) > TENSORS_MAX:
+        raise LimitError(f"{what} holds {len(raw)} choices, beyond quantviz's limit of {TENSORS_MAX}.")
+    choices = {}
+    for name, c in raw.items():
+        kwargs = check_fields(c, Choice, f"{what}: choices['{name}']")
+        if kwargs.get("override") is not None:
+            kwargs["override"] = check_override(c["override"], name)
+        choice = Choice(**kwargs)
+        if choice.method is not None and choice.method not in METHODS:
+            raise QuantvizError(f"The review chooses method '{choice.method}' for '{name}', which quantviz does not know.")
+        choices[name] = choice
+    weights: dict[str, tuple[float, ...]] = {}
+    for name, values in need_dict(doc.get("weight_scales", {}), f"{what}: weight_scales").items():
+        if not isinstance(values, list) or not values or not all(is_number(v) and SCALE_MIN <= v <= SCALE_MAX for v in values):
+            raise QuantvizError(f"The review's weight scales for '{name}' must be a list of positive numbers (from {SCALE_MIN:g} to {SCALE_MAX:g}).")
+        weights[name] = tuple(float(x) for x in values)
+    prof = doc.get("profile", DEFAULT_PROFILE)
+    if not isinstance(prof, str) or prof not in PROFILES:
+        raise QuantvizError(f"The review's engine profile {prof!r} is not one quantviz knows ({', '.join(PROFILES)}).")
+    clip_outputs = doc.get("clip_outputs", False)
+    if not isinstance(clip_outputs, bool):
+        raise QuantvizError(f"{what}: clip_outputs must be true or false.")
+    return Review(default, config, choices, weights, prof, clip_outputs)
+
+
+def check_review(review: Review) -> None:
+    """What save_review writes must load: the same checks as review_from_dict."""
+    review_from_dict(json.loads(json.dumps(review_to_dict(review))))
 
 
 def save_review(stats: CalibrationStats, review: Review, target: str | Path | BinaryIO) -> None:
-    """One .npz holding the statistics and the review (JSON) together."""
-    buf = io.BytesIO()
-    save_stats(stats, buf)
-    with np.load(io.BytesIO(buf.getvalue()), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["review"] = np.array(json.dumps(review_to_dict(review)))
-    np.savez_compressed(target, **arrays)
+    """One .npz holding the statistics and the review (JSON) together; both checked before writing."""
+    check_review(review)
+    arrays = stats_arrays(stats)
+    arrays["review"] = np.array(json.dumps(review_to_dict(review), allow_nan=False))
+    data = npz_bytes(arrays)
+    if isinstance(target, str | Path):
+        write_bytes(target, data, "review file")
+    else:
+        target.write(data)
 
 
 def review_bytes(stats: CalibrationStats, review: Review) -> bytes:
@@ -286,14 +331,10 @@ def review_bytes(stats: CalibrationStats, review: Review) -> bytes:
 
 
 def load_review(source: str | Path | bytes) -> tuple[CalibrationStats, Review]:
-    """Reopen a review file; a plain statistics file opens with an empty review."""
-    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-    stats = load_stats(raw)
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            if "review" not in z.files:
-                return stats, Review()
-            doc = json.loads(str(z["review"]))
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
-        raise QuantvizError("The review inside this file is damaged (not valid JSON).") from exc
-    return stats, review_from_dict(doc)
+    """Reopen a review file; a plain statistics file opens with an empty review. Read once, within
+    quantviz.limits, and checked whole before anything is returned."""
+    arrays = read_stats_arrays(source, extra=frozenset({"review"}))
+    stats = stats_from_arrays(arrays)
+    if "review" not in arrays:
+        return stats, Review()
+    return stats, review_from_dict(json_member(arrays, "review", "This review file"))

@@ -4,6 +4,8 @@ A layer is a node of the QDQ model (quantviz.qdq) whose output goes through a Qu
 DequantizeLinear pair carrying the table's scale: Conv, Gemm, MatMul, Add, Concat, Relu, Softmax, ...
 and also ops onnxruntime leaves in float between quantized tensors (MaxPool, Flatten: they read a
 Q/DQ pair and their consumer quantizes their output), since an engine stores their output in int8 too.
+A node whose quantized weight and inputs feed an output the engine profile writes in float (TensorRT,
+ncnn: a Conv read by a float op) is a layer too; its output is compared as it comes out, unquantized.
 Its output tensor is compared with the float model's:
 
 - accumulated (graphwise): the whole model quantized, so everything up to the layer is quantized:
@@ -30,7 +32,8 @@ samples: float model 0.24 s, QDQ model 0.53 s, isolated model 1.0 s; building th
 quantize_static call) about 1-3 s; 540 samples in about 40 s. One QDQ model per layer would add 308
 quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in under 1 s.
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
-copies of each layer output); metrics are reduced to sums (quantviz.metrics) before the next batch.
+copies of each layer output, kept under ANALYZE_BATCH_BYTES); metrics are reduced to sums
+(quantviz.metrics) before the next batch.
 The models are planned in quantviz.sensitivity_plan; this module runs them.
 layer_error() recomputes one layer's isolated error with a pruned isolated model (only the float
 nodes that layer needs), for the app when a threshold is overridden.
@@ -56,6 +59,7 @@ from quantviz.data import CalibrationSource, Cancel, Progress, batch_loop
 from quantviz.errors import QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
+from quantviz.outputs import OutputFigures, OutputJudge, output_kind
 from quantviz.qdq import QdqBuild
 from quantviz.runtime import first_line, new_session, session_options
 from quantviz.sensitivity_plan import plan
@@ -86,6 +90,8 @@ class OutputError:
     top1_agreement: float | None = None
     accuracy_float: float | None = None
     accuracy_quantized: float | None = None
+    # max / mean abs error, saturated share, decision agreement or cosine across samples (quantviz.outputs)
+    detail: OutputFigures | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,11 @@ def _is_classifier(value: npt.NDArray[Any]) -> bool:
 
 
 class _OutputAccumulator:
-    def __init__(self) -> None:
+    def __init__(self, proto: onnx.ModelProto | None = None, name: str = "", clip_range: tuple[float, float] | None = None) -> None:
+        self.proto = proto
+        self.name = name
+        self.clip_range = clip_range
+        self.judge: OutputJudge | None = None
         self.errors = ErrorAccumulator()
         self.classifier = True
         self.agree = 0
@@ -175,6 +185,11 @@ class _OutputAccumulator:
 
     def update(self, ref: npt.NDArray[Any], test: npt.NDArray[Any], labels: npt.NDArray[Any] | None) -> None:
         self.errors.update(ref, test)
+        if self.proto is not None:
+            if self.judge is None:
+                kind, op, axis = output_kind(self.proto, self.name, ref)
+                self.judge = OutputJudge(kind, op, axis, self.clip_range)
+            self.judge.update(ref, test)
         self.classifier = self.classifier and _is_classifier(ref)
         if not self.classifier:
             return
@@ -188,19 +203,44 @@ class _OutputAccumulator:
 
     def result(self, name: str, labelled: bool) -> OutputError:
         figures = self.errors.result()
+        detail = self.judge.result() if self.judge is not None else None
         if not self.classifier or self.n == 0:
-            return OutputError(name, figures)
+            return OutputError(name, figures, detail=detail)
         return OutputError(
             name,
             figures,
             top1_agreement=self.agree / self.n,
             accuracy_float=self.correct_float / self.n if labelled else None,
             accuracy_quantized=self.correct_quant / self.n if labelled else None,
+            detail=detail,
         )
+
+
+def _clip_range(qdq: QdqBuild, table: CalibrationTable, name: str) -> tuple[float, float] | None:
+    """The [min, max] an output tensor is quantized to (None: it stays float)."""
+    if name not in qdq.scales or name not in table.tensors:
+        return None
+    s, z = qdq.scales[name]
+    lo, hi = (-128, 127) if qdq.symmetric else (0, 255)
+    return (s * (lo - z), s * (hi - z))
 
 
 def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float, float, int]]:
     return {n: (table.tensors[n].threshold, s, z) for n, (s, z) in qdq.scales.items() if n in table.tensors}
+
+
+# The layer outputs one analysed batch holds (float, isolated and accumulated copies of every layer's
+# output) stay under this many bytes, whatever the number of layers: the batch shrinks on wide models
+# (one sample a batch at the least). Peak memory is then about this figure plus onnxruntime's working
+# buffers of one batch and the models themselves.
+ANALYZE_BATCH_BYTES = 256 * 2**20
+
+
+def budget_batch_size(per_sample_bytes: int, requested: int, budget: int | None = None) -> int:
+    """The largest batch (at most `requested`, at least 1) whose exposed layer outputs, per_sample_bytes
+    a sample, fit `budget` bytes (ANALYZE_BATCH_BYTES by default)."""
+    limit = ANALYZE_BATCH_BYTES if budget is None else budget
+    return max(1, min(requested, limit // max(per_sample_bytes, 1)))
 
 
 def analyze(
@@ -233,12 +273,22 @@ def analyze(
     acc_names = [o.name for o in acc_sess.get_outputs()]
     iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
-    out_acc = {o: _OutputAccumulator() for o in p.model_outputs}
+    out_acc = {o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs}
     bs = effective_batch_size(model, batch_size, source)
+    # a free batch size: the first sample runs alone, its outputs' bytes set the size of the rest
+    # (budget_batch_size), so one batch's layer outputs stay under ANALYZE_BATCH_BYTES
+    free = bs > 1 and effective_batch_size(model, 1, source) == 1
+    size = bs
+
+    def rest_size() -> int:
+        return size  # set from the first batch's outputs below
+
     ran = 0
-    for done, batch, n in batch_loop(source, bs, total, "Analysis", progress, cancel):
+    for done, batch, n in batch_loop(source, bs, total, "Analysis", progress, cancel, then=rest_size if free else None):
         f = _run(iso_sess, iso_names, batch, done)
         q = _run(acc_sess, acc_names, batch, done)
+        if free and done == 0:
+            size = budget_batch_size(sum(np.asarray(v).nbytes for v in (*f.values(), *q.values())) // max(n, 1), bs)
         for s in p.layers:
             ref = f[s.output_tensor]
             iso_acc[s.name].update(ref, f[s.isolated_tensor])
@@ -258,7 +308,7 @@ def analyze(
         model_name=model.name,
         model_sha256=model.sha256,
         samples=ran,
-        batch_size=bs,
+        batch_size=size,
         data_description=source.description,
         synthetic=source.synthetic,
         per_channel=per_channel,
@@ -363,6 +413,8 @@ def best_method_picks(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> tuple[dict[str, MethodPick], int]:
     """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
@@ -383,7 +435,7 @@ def best_method_picks(
             if progress is not None:
                 progress(i * total + done, len(methods) * total)
 
-        table = calibrate_model(model, stats, m, config, per_channel=per_channel)
+        table = calibrate_model(model, stats, m, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
         reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel)
     return compare_methods(reports), reports[methods[0]].samples
 
@@ -398,6 +450,8 @@ def best_method_table(
     samples: int | None = BEST_SAMPLES,
     per_channel: bool = True,
     progress: Progress | None = None,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> tuple[CalibrationTable, dict[str, MethodPick]]:
     """The table with, on each layer's output tensor, the method whose isolated error is lowest.
 
@@ -406,18 +460,19 @@ def best_method_table(
     so their own pick is not applied) and its table built. Each entry picked carries extra["best"]
     with every method's cosine.
     """
+    from quantviz.profiles import DEFAULT_PROFILE
     from quantviz.review import Review, apply_method_picks, build_table, fused_tensors
     from quantviz.table import apply_model, calibrate_model
 
     methods = list(dict.fromkeys(methods))
     config = config or MethodConfig()
     picks, samples_run = best_method_picks(
-        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress
-    )
-    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel))
-    applied = apply_method_picks(
-        Review(default_method=methods[0], config=config), {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused
-    )
+        model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress,
+        profile=profile, clip_outputs=clip_outputs,
+    )  # fmt: skip
+    fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel, profile=profile))
+    start = Review(default_method=methods[0], config=config, profile=profile or DEFAULT_PROFILE, clip_outputs=clip_outputs)
+    applied = apply_method_picks(start, {p.output_tensor: p.method for p in picks.values()}, stats, fused=fused)
     table = build_table(stats, applied.review)
     by_tensor = {p.output_tensor: p for p in picks.values()}
     tensors = {

@@ -81,11 +81,18 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
         if node.op_type in QDQ_OPS or node.name not in float_ops or not node.output or not node.output[0]:
             continue
         q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
-        if q is None:
-            continue
-        dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q is not None else None
+        float_out = False
         if dq is None:
-            continue
+            # an int8 layer whose output the engine profile leaves in float (TensorRT, ncnn: a Conv whose
+            # reader is not an int8 op): quantized inputs and weights, float output; still a layer
+            weight_dq = any(
+                producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" and producer[i].input[0] in inits
+                for i in node.input[1:2]
+            )
+            if not weight_dq:
+                continue
+            float_out = True
         quantized_inputs = []
         for i in node.input:
             p = producer.get(i)
@@ -94,7 +101,8 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
                     _float_name(producer[p.input[0]].input[0], float_tensors) if p.input[0] in producer else i
                 )
         out = _float_name(node.output[0], float_tensors)
-        layers.append(LayerSpec(node.name, node.op_type, out, dq.output[0], out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
+        acc = node.output[0] if float_out or dq is None else dq.output[0]
+        layers.append(LayerSpec(node.name, node.op_type, out, acc, out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
     return layers
 
 
@@ -155,10 +163,14 @@ def _isolated_copy(
             nodes.append(_copy_node(p, [q_out, *[init_ref(v) for v in p.input[1:]]], [new_out], f"{p.name}{tag}/{k}"))
         inputs.append(new_out)
     raw = node.output[0] + tag + "/raw"
+    q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+    dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q is not None else None
+    if q is None or dq is None:  # the layer's output stays float (find_layers)
+        raw = spec.isolated_tensor
     outputs = [raw] + [f"{o}{tag}/out{j}" if o else "" for j, o in enumerate(node.output[1:], 1)]
     nodes.append(_copy_node(node, inputs, outputs, spec.name + tag))
-    q = next(c for c in consumers[node.output[0]] if c.op_type == "QuantizeLinear")
-    dq = next(c for c in consumers[q.output[0]] if c.op_type == "DequantizeLinear")
+    if q is None or dq is None:
+        return nodes, used
     nodes.append(_copy_node(q, [raw, *[init_ref(v) for v in q.input[1:]]], [raw + "/q"], q.name + tag))
     nodes.append(_copy_node(dq, [raw + "/q", *[init_ref(v) for v in dq.input[1:]]], [spec.isolated_tensor], dq.name + tag))
     return nodes, used

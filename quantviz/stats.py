@@ -6,9 +6,9 @@ and the plots need, so a reviewer can open it without the model or the data.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +28,10 @@ from quantviz.histogram import (
     merge,
     update_pair,
 )
+from quantviz.limits import STATS_ARRAY_BYTES, STATS_TOTAL_BYTES
 from quantviz.model import TensorInfo
+from quantviz.safeio import load_json, read_npz, write_bytes
+from quantviz.schema import check_stats, check_stats_file, check_tensor_stats
 
 
 @dataclass(frozen=True)
@@ -242,10 +245,18 @@ _SCALARS = (
     "count", "nan_count", "posinf_count", "neginf_count", "zero_count", "min", "max",
     "ema_min", "ema_max", "batches", "first_batch_min", "first_batch_max",
 )  # fmt: skip
+_INT_SCALARS = ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "batches")
 
 
-def save_stats(stats: CalibrationStats, target: str | Path | BinaryIO) -> None:
-    """Write one versioned .npz (plain arrays and a JSON header; no pickles)."""
+STATS_MEMBERS = frozenset(
+    {"header", "scalars", "abs_counts", "abs_width", "signed_counts", "signed_width", "fine_counts", "fine_width"}
+)  # fmt: skip
+
+
+def stats_arrays(stats: CalibrationStats) -> dict[str, np.ndarray]:
+    """The arrays of a statistics file (plain arrays and a JSON header; no pickles), checked first
+    against quantviz.schema so that what is written reads back."""
+    check_stats(stats)
     names = list(stats.tensors)
     header: dict[str, Any] = {
         "format": STATS_FORMAT,
@@ -268,80 +279,102 @@ def save_stats(stats: CalibrationStats, target: str | Path | BinaryIO) -> None:
         if all(t.fine_hist is not None for t in ts):  # version 2: the fine |x| histograms
             arrays["fine_counts"] = np.stack([t.fine_hist.counts for t in ts if t.fine_hist is not None])
             arrays["fine_width"] = np.array([t.fine_hist.width for t in ts if t.fine_hist is not None])
-    np.savez_compressed(target, **arrays)  # type: ignore[arg-type]
+    return arrays
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def save_stats(stats: CalibrationStats, target: str | Path | BinaryIO) -> None:
+    """Write one versioned .npz. A path is written exactly as given (numpy would add '.npz')."""
+    data = npz_bytes(stats_arrays(stats))
+    if isinstance(target, str | Path):
+        write_bytes(target, data, "statistics file")
+    else:
+        target.write(data)
+
+
+def read_stats_arrays(source: str | Path | bytes | BinaryIO, extra: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
+    """The arrays of a statistics (or review) file, read within quantviz.limits (quantviz.safeio)."""
+    src = str(source) if isinstance(source, Path) else source
+    keep = STATS_MEMBERS | extra
+    return read_npz(
+        src, "This statistics file", array_bytes=STATS_ARRAY_BYTES, total_bytes=STATS_TOTAL_BYTES,
+        only=keep.__contains__, kind="quantviz statistics file (.npz)",
+    )  # fmt: skip
+
+
+def json_member(arrays: dict[str, np.ndarray], key: str, what: str) -> Any:
+    """A JSON document stored as a 0-d text array (the header, a review)."""
+    a = arrays[key]
+    if a.ndim != 0 or a.dtype.kind != "U":
+        raise QuantvizError(f"{what} is not a quantviz statistics file: its '{key}' is not one text value.")
+    return load_json(str(a), f"The {key} of {what[0].lower() + what[1:]}")
 
 
 def load_stats(source: str | Path | bytes | BinaryIO) -> CalibrationStats:
-    """Read a statistics file written by save_stats; a clear QuantvizError for anything else."""
-    import io
+    """Read a statistics file written by save_stats; a clear QuantvizError for anything else.
 
-    src = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        with np.load(src, allow_pickle=False) as z:
-            if "header" not in z.files:
-                raise QuantvizError("This file is not a quantviz statistics file (it has no quantviz header).")
-            header = json.loads(str(z["header"]))
-            data = {k: z[k] for k in z.files if k != "header"}
-    except QuantvizError:
-        raise
-    except ValueError as exc:
-        if "object arrays" in str(exc).lower():  # numpy's words for a pickled array inside the .npz
-            raise QuantvizError(
-                "This statistics file holds Python objects (pickles), which quantviz never loads: it was not written by quantviz."
-            ) from exc
-        raise QuantvizError("This file is not a readable quantviz statistics file (.npz).") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise QuantvizError("This file is not a readable quantviz statistics file (.npz).") from exc
-    if not isinstance(header, dict) or header.get("format") != STATS_FORMAT:
-        raise QuantvizError("This file is not a quantviz statistics file.")
-    if not isinstance(header.get("version", 0), int):
-        raise QuantvizError("This statistics file is damaged (its version is not a whole number).")
-    if header.get("version", 0) > STATS_VERSION:
-        raise QuantvizError(
-            f"This statistics file has version {header['version']}; this quantviz reads up to {STATS_VERSION}: upgrade quantviz."
-        )
-    try:
-        names: list[str] = header["tensors"]
-        tensors: dict[str, TensorStats] = {}
+    Everything is checked (quantviz.schema) before a method can run on it."""
+    return stats_from_arrays(read_stats_arrays(source))
+
+
+def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
+    if "header" not in data:
+        raise QuantvizError("This file is not a quantviz statistics file (it has no quantviz header).")
+    header = json_member(data, "header", "This statistics file")
+    checked = check_stats_file(header, data, STATS_VERSION, STATS_FORMAT)
+    names: list[str] = checked["names"]
+    tensors: dict[str, TensorStats] = {}
+    if names:
+        scalars = data["scalars"].astype(np.float64)
+        integer = np.array([k in _INT_SCALARS for k in _SCALARS])
+        ints = scalars[:, integer]
+        bad = ~(np.isfinite(ints) & (ints >= 0) & (ints == np.floor(ints)) & (ints < 2.0**62))
+        if bad.any():
+            i = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise QuantvizError(f"This statistics file is damaged: tensor '{names[i]}' has a count that is not a whole number >= 0.")
+        abs_e = np.frexp(data["abs_width"].astype(np.float64))[1] - 1
+        signed_e = np.frexp(data["signed_width"].astype(np.float64))[1] - 1
+        fine = "fine_counts" in data
+        fine_e = np.frexp(data["fine_width"].astype(np.float64))[1] - 1 if fine else None
         for i, name in enumerate(names):
-            sc = data["scalars"][i]
-            vals = dict(zip(_SCALARS, sc.tolist(), strict=True))
-            for k in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "batches"):
+            vals: dict[str, Any] = dict(zip(_SCALARS, scalars[i].tolist(), strict=True))
+            for k in _INT_SCALARS:
                 vals[k] = int(vals[k])
             ac = data["abs_counts"][i].astype(np.int64)
             sc_counts = data["signed_counts"][i].astype(np.int64)
-            ae = int(np.frexp(data["abs_width"][i])[1]) - 1
-            se = int(np.frexp(data["signed_width"][i])[1]) - 1
-            fine = None
-            if "fine_counts" in data:
+            fine_hist = None
+            if fine_e is not None:
                 fc = data["fine_counts"][i].astype(np.int64)
-                fe = int(np.frexp(data["fine_width"][i])[1]) - 1
-                fine = Histogram(fc, edges_for(fe, fc.size, signed=False))
-            tensors[name] = TensorStats(
+                fine_hist = Histogram(fc, edges_for(int(fine_e[i]), fc.size, signed=False))
+            t = TensorStats(
                 name=name,
-                abs_hist=Histogram(ac, edges_for(ae, ac.size, signed=False)),
-                signed_hist=Histogram(sc_counts, edges_for(se, sc_counts.size, signed=True)),
-                fine_hist=fine,
+                abs_hist=Histogram(ac, edges_for(int(abs_e[i]), ac.size, signed=False)),
+                signed_hist=Histogram(sc_counts, edges_for(int(signed_e[i]), sc_counts.size, signed=True)),
+                fine_hist=fine_hist,
                 **vals,
             )
-        infos = {
-            n: TensorInfo(**{**d, "shape": tuple(d["shape"]), "consumers": tuple(d.get("consumers", ()))})
-            for n, d in header.get("infos", {}).items()
-        }
-        return CalibrationStats(
-            model_name=header["model"]["name"],
-            model_sha256=header["model"]["sha256"],
-            data_description=header["data"]["description"],
-            data_id=header["data"]["id"],
-            synthetic=bool(header["data"]["synthetic"]),
-            samples=int(header["samples"]),
-            # A version-1 file has no fine histogram: its config says so (fine_bins = bins).
-            config=CollectConfig(**{"fine_bins": header["config"]["bins"], **header["config"]}),
-            tensors=tensors,
-            infos=infos,
-        )
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise QuantvizError(f"This statistics file is damaged (missing or malformed field: {exc}).") from exc
+            check_tensor_stats(t)
+            tensors[name] = t
+    infos = {
+        n: TensorInfo(**{**d, "shape": tuple(d["shape"]), "consumers": tuple(d.get("consumers", ()))})
+        for n, d in header.get("infos", {}).items()
+    }
+    return CalibrationStats(
+        model_name=header["model"]["name"],
+        model_sha256=header["model"]["sha256"],
+        data_description=header["data"]["description"],
+        data_id=header["data"]["id"],
+        synthetic=bool(header["data"]["synthetic"]),
+        samples=int(header["samples"]),
+        config=checked["config"],
+        tensors=tensors,
+        infos=infos,
+    )
 
 
 def merge_stats(a: TensorStats, b: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT) -> TensorStats:

@@ -2,6 +2,17 @@
 
 calibrate() applies one method to every tensor of a statistics set; the app mixes methods and
 overrides per tensor with with_choice(). Writers and readers live in quantviz/export/.
+
+All-zero tensors (threshold 0): a tensor whose range is [0, 0] in the calibration data (a zero
+state, a padding branch, a ReLU that never fires) has no int8 scale: T / 127 = 0 divides by zero, and
+the placeholder scale 1.0 the methods return (quantviz.fakequant.ZERO_TENSOR_SCALE) read back from a
+TensorRT cache as T = 127. Every entry with threshold 0 is therefore kept in float, whoever made it
+(a method, an override, a reader of any format): TensorEntry sets float_kept and the note
+ZERO_TENSOR_NOTE itself. Each format then says "float" its own way: the quantviz JSON and CSV write
+the float flag with threshold 0, the TensorRT cache and onnxruntime's tables leave the tensor out
+(those engines keep a tensor without a range in float), the ncnn table writes it commented out as
+"#layer 0", and the QDQ model has no Q/DQ pair on it (quantviz.qdq keeps the nodes that read or
+write it in float). Reading any of them back gives threshold 0 kept in float, or no entry.
 """
 
 from __future__ import annotations
@@ -21,11 +32,14 @@ from quantviz.errors import QuantvizError
 from quantviz.fold import node_key
 from quantviz.fusion import requant_points
 from quantviz.model import LoadedModel
+from quantviz.outputs import output_feeders, protect_outputs
+from quantviz.profiles import DEFAULT_PROFILE, Placement, placement
 from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
 from quantviz.weights import WeightQuant
 
 log = logging.getLogger(__name__)
+ZERO_TENSOR_NOTE = "all zero in the calibration data: kept in float (a threshold of 0 has no int8 scale)"
 CALIBRATE_THREADS = 4  # at most; os.cpu_count() decides below
 
 
@@ -62,6 +76,10 @@ class TensorEntry:
     folded_into: str | None = None
 
     def __post_init__(self) -> None:
+        if self.threshold == 0:  # all zero: kept in float in every format (module docstring)
+            object.__setattr__(self, "float_kept", True)
+            if not self.note:
+                object.__setattr__(self, "note", ZERO_TENSOR_NOTE)
         lifted = {k: self.extra[k] for k in TYPED_EXTRA if k in self.extra}
         if not lifted:
             return
@@ -82,6 +100,11 @@ class TensorEntry:
         """What a file keeps under "extra": the typed facts that are set, then the rest of `extra`."""
         typed = {k: getattr(self, k) for k in TYPED_EXTRA if getattr(self, k) is not None}
         return {**typed, **self.extra}
+
+    @property
+    def all_zero(self) -> bool:
+        """Threshold 0: the tensor was all zero (module docstring); it is kept in float."""
+        return self.threshold == 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +221,9 @@ def calibrate_model(
     method_name: str,
     config: MethodConfig | None = None,
     per_channel: bool = True,
+    *,
+    profile: str | None = None,
+    clip_outputs: bool = False,
 ) -> CalibrationTable:
     """calibrate() plus what the model's structure decides: see apply_model()."""
     unknown = [n for n in stats.tensors if n not in set(model.tensor_names)]
@@ -206,7 +232,7 @@ def calibrate_model(
             f"The statistics (gathered on '{stats.model_name}') name {len(unknown)} tensors that model "
             f"'{model.name}' lacks: {_name_list(unknown)}. Collect statistics on this model."
         )
-    return apply_model(calibrate(stats, method_name, config), model, per_channel)
+    return apply_model(calibrate(stats, method_name, config), model, per_channel, profile=profile, clip_outputs=clip_outputs)
 
 
 def apply_model(
@@ -215,9 +241,20 @@ def apply_model(
     per_channel: bool = True,
     weight_overrides: Mapping[str, Sequence[float]] | None = None,
     weight_method: str = "override",
+    *,
+    profile: str | None = None,
+    clip_outputs: bool | None = None,
 ) -> CalibrationTable:
     """Fusion-aware scales, weight scales and requantization multipliers for a table of this model.
 
+    0. The engine profile (quantviz.profiles; `profile`, else settings["profile"], else onnxruntime's)
+       marks the tensors the engine keeps in float: float_kept with extra["profile_float"] (the
+       reason), unless the entry carries extra["profile_override"] (the user quantizes it anyway);
+       settings["profile"] and settings["profile_float_nodes"] (nodes of decomposed LayerNorm /
+       Softmax / Sigmoid that run in float) record it. Then tensors that feed graph outputs
+       (quantviz.outputs) take their MinMax range when the method's threshold would clip them,
+       unless clip_outputs (or settings["clip_outputs"]); a typed threshold that clips one is kept and
+       named in settings["output_clip_warnings"].
     1. BatchNormalization is folded into its Conv (quantviz.fold); the pre-BN tensors stay in the table
        (the plots show them) with TensorEntry.folded_into naming the tensor that replaces them.
     2. Conv/Gemm -> Relu/ReLU-like Clip (quantviz.fusion): the Conv output takes the post-activation
@@ -229,12 +266,22 @@ def apply_model(
        the abs-max ones (EQ's search, a review's choice); entries whose length does not fit the
        weight are left at abs-max and listed in settings["weight_overrides_ignored"]. Replaced
        entries carry "method" (weight_method) and "absmax_scales".
+    3b. int32 bias: a bias quantizes to round(b / (s_x * s_w[c])) in int32; where that overflows
+       (a tiny input scale, a large bias) the weight scale of that channel is raised to
+       |b| / (s_x * BIAS_INT32_LIMIT) so it fits (fit_bias_int32; the weights lose a little
+       resolution, the bias stays exact), listed in settings["bias_overflow"] (weight -> layer,
+       channels, scales before and after, a sentence the CLI and the app show).
     4. requant: M = s_x * s_w / s_y per output channel as (M0, k) per layer (quantviz.requant).
     5. settings["requant_points"]: Add/Concat inputs and whether their scales differ.
     """
     check_table_against_model(table, model)
     folded, report, info = model.folded.proto, model.folded.fold, model.folded.fusion
     tensors = dict(table.tensors)
+    profile_key = profile or table.settings.get("profile") or DEFAULT_PROFILE
+    place = placement(model.proto, profile_key)
+    tensors = _apply_profile(tensors, place)
+    clip = bool(table.settings.get("clip_outputs", False)) if clip_outputs is None else clip_outputs
+    tensors, clip_warnings = protect_outputs(tensors, output_feeders(model.proto), table.settings, clip)
     for p in report.folded:
         if p.removed_tensor in tensors:
             e = tensors[p.removed_tensor]
@@ -275,6 +322,7 @@ def apply_model(
         else:
             replaced[wname] = w
             weights[wname] = replace(w, scales=arr)
+    weights, overflow = fit_bias_int32(folded, scales, weights)
     layers, left_out = layer_requant(folded, scales, weights, info, {n: e.zero_point for n, e in usable.items()})
     weight_dicts: dict[str, Any] = {n: w.to_dict() for n, w in weights.items()}
     for wname, old_w in replaced.items():
@@ -287,9 +335,16 @@ def apply_model(
         "requant_points": [r.to_dict() for r in requant_points(info, scales)],
         "requant_rounding": REQUANT_ROUNDING,
         "requant_left_out": left_out,
+        "profile": profile_key,
+        "profile_float_nodes": _float_nodes(model, place, tensors),
+        "clip_outputs": clip,
+        "output_clip_warnings": clip_warnings,
     }
     if ignored:
         settings["weight_overrides_ignored"] = ignored
+    settings["bias_overflow"] = overflow
+    for wname, ov in overflow.items():
+        weight_dicts[wname] = {**weight_dicts[wname], "bias_overflow": {k: ov[k] for k in ("channels", "scales_before")}}
     return replace(
         table,
         tensors=tensors,
@@ -297,3 +352,82 @@ def apply_model(
         weights=weight_dicts,
         requant={k: v.to_dict() for k, v in layers.items()},
     )
+
+
+def _apply_profile(tensors: dict[str, TensorEntry], place: Placement) -> dict[str, TensorEntry]:
+    """Mark the tensors the profile keeps in float (module doc of apply_model, step 0); undo the
+    marks of an earlier profile on tensors this one quantizes. A tensor the user keeps in float
+    (float_kept without a profile reason) stays so."""
+    out: dict[str, TensorEntry] = {}
+    for name, e in tensors.items():
+        why = place.float_tensors.get(name)
+        was = e.extra.get("profile_float")
+        if why is not None and not e.extra.get("profile_override") and (not e.float_kept or was):
+            e = replace(e, float_kept=True, extra={**e.extra, "profile_float": why})
+        elif was is not None and (why is None or e.extra.get("profile_override")):
+            e = replace(e, float_kept=False, extra={k: v for k, v in e.extra.items() if k != "profile_float"})
+        out[name] = e
+    return out
+
+
+def _float_nodes(model: LoadedModel, place: Placement, tensors: Mapping[str, TensorEntry]) -> dict[str, str]:
+    """The profile's float nodes, less those with an output the user quantizes anyway."""
+    forced = {n for n, e in tensors.items() if e.extra.get("profile_override")}
+    outputs = {node_key(n): set(n.output) for n in model.proto.graph.node}
+    return {n: why for n, why in place.float_nodes.items() if not (outputs.get(n, set()) & forced)}
+
+
+# The largest int32 bias magnitude used: 2**31 - 1 less a margin, so float32 rounding of the raised
+# scale never puts round(b / (s_x * s_w)) past the int32 range.
+BIAS_INT32_LIMIT = float(2**31 - 1) * (1 - 1e-6)
+
+
+def fit_bias_int32(
+    folded: Any, scales: Mapping[str, float], weights: dict[str, WeightQuant]
+) -> tuple[dict[str, WeightQuant], dict[str, dict[str, Any]]]:
+    """Raise the weight scale of each output channel whose int32 bias would overflow (apply_model 3b).
+
+    For a Conv / Gemm with a constant bias b, input scale s_x (from the table) and weight scales s_w:
+    the quantized bias b / (s_x * s_w[c]) must fit int32. Where it does not, s_w[c] becomes
+    |b[c]| / (s_x * BIAS_INT32_LIMIT). Returns the weights (changed ones replaced) and, per weight
+    changed, what was done.
+    """
+    from quantviz.fold import constant_values
+
+    consts = constant_values(folded.graph)
+    out = dict(weights)
+    report: dict[str, dict[str, Any]] = {}
+    for node in folded.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+            continue
+        w = out.get(node.input[1])
+        b = consts.get(node.input[2])
+        s_x = scales.get(node.input[0])
+        if w is None or b is None or not s_x or not np.issubdtype(np.asarray(b).dtype, np.floating):
+            continue
+        bias = np.abs(np.asarray(b, dtype=np.float64).reshape(-1))
+        s_w = np.asarray(w.scales, dtype=np.float64).reshape(-1)
+        if s_w.size not in (1, bias.size):
+            continue
+        need = bias / (float(s_x) * BIAS_INT32_LIMIT)  # the smallest weight scale that fits
+        if s_w.size == 1:
+            need = np.array([need.max()])
+        over = need > s_w
+        if not over.any():
+            continue
+        new = np.where(over, need, s_w).astype(np.float32)
+        out[w.name] = replace(w, scales=new)
+        chans = [int(c) for c in np.flatnonzero(over)]
+        worst = float(np.max(need[over] / s_w[over]))
+        report[w.name] = {
+            "layer": node_key(node),
+            "bias": node.input[2],
+            "channels": chans,
+            "scales_before": [float(v) for v in s_w[over]],
+            "scales_after": [float(v) for v in new[over]],
+            "text": (
+                f"The int32 bias '{node.input[2]}' of layer '{node_key(node)}' overflows with input scale {float(s_x):.3g}: "
+                f"the weight scale of {len(chans)} output channel(s) was raised (up to {worst:.3g} times) so the bias fits int32."
+            ),
+        }
+    return out, report

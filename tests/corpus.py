@@ -340,6 +340,28 @@ def external_data(folder: Path) -> Case:
     return Case(_save(_cnn_graph("N", "external_data"), folder, "external_data", external=True), {"x": _x((SAMPLES, 3, 8, 8))})
 
 
+def zero_tensor(folder: Path) -> Case:
+    """x[N,4] -> Gemm -> h; x -> Gemm with all-zero weights -> z (all zero, like a zero recurrent state)
+    -> Gemm -> g; h + g -> Gemm -> y[N,3]: threshold 0 is kept in float in every format (quantviz.table)."""
+    inits = [
+        numpy_helper.from_array(_w((4, 4), 40), "w1"), numpy_helper.from_array(np.zeros((4, 4), np.float32), "wz"),
+        numpy_helper.from_array(_w((4, 4), 41), "w3"), numpy_helper.from_array(_w((4,), 42), "b3"),
+        numpy_helper.from_array(_w((3, 4), 43), "w2"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Gemm", ["x", "wz"], ["z"], name="fz", transB=1),
+        helper.make_node("Gemm", ["z", "w3", "b3"], ["g"], name="fc3", transB=1),
+        helper.make_node("Add", ["h", "g"], ["s"], name="add"),
+        helper.make_node("Gemm", ["s", "w2"], ["y"], name="fc2", transB=1),
+    ]
+    g = helper.make_graph(
+        nodes, "zero_tensor", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits,
+    )  # fmt: skip
+    return Case(_save(g, folder, "zero_tensor"), {"x": _x((SAMPLES, 4))})
+
+
 CASES: dict[str, Callable[[Path], Case]] = {
     **{f"opset{o}": opset_case(o) for o in OPSETS},
     **{f"batch_{b}": batch_case(v) for b, v in (("param", "N"), ("minus1", -1), ("0", 0), ("1", 1), ("4", 4), ("none", None))},
@@ -354,6 +376,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "resize_empty_roi": resize_empty_roi,
     "constant_weights": constant_weights,
     "external_data": external_data,
+    "zero_tensor": zero_tensor,
 }
 
 

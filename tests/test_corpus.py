@@ -17,7 +17,7 @@ from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import open_source
 from quantviz.errors import QuantvizError
-from quantviz.export.registry import FORMATS, ExportOptions, export_bytes
+from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
 from quantviz.model import load_model
 from quantviz.preflight import BLOCKING, preflight
 from quantviz.sensitivity import analyze, best_method_table
@@ -115,6 +115,57 @@ def test_blocking_preflight_stops_collect_from_the_cli(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert "already quantized" in err and "Traceback" not in err
     assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "{m}", "--data", "{d}", "--method", "kl", "-o", "{o}"],
+        ["calibrate", "--stats", "{t}/none.npz", "--model", "{m}", "--method", "kl", "-o", "{o}"],
+        ["analyze", "{m}", "--data", "{d}", "--table", "{t}/table.json", "-o", "{o}.csv"],
+        ["export", "{t}/table.json", "--model", "{m}", "--format", "qdq", "-o", "{o}"],
+        ["import", "{t}/table.json", "--model", "{m}", "-o", "{o}"],
+    ],
+    ids=["calibrate", "calibrate-stats", "analyze", "export", "import"],
+)
+def test_every_cli_command_names_an_already_quantized_model(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quantviz.cli import main
+
+    path = already_quantized(tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 8), np.float32))
+    (tmp_path / "table.json").write_text('{"format": "quantviz-calibration-table", "version": 1, "tensors": {}}')
+    out = tmp_path / "out.bin"
+    args = [a.format(m=path, d=tmp_path / "d.npz", t=tmp_path, o=out) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already quantized" in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("out.bin*"))
+
+
+@pytest.mark.parametrize("name", ["if_subgraph", "loop_subgraph"])
+def test_subgraph_tensors_are_said_and_stay_float_everywhere(name: str, tmp_path: Path) -> None:
+    case = CASES[name](tmp_path)
+    model = load_model(case.path)
+    said = [i for i in preflight(model) if i.topic == "subgraph"]
+    assert said and "not collected" in said[0].text and "stay float" in said[0].text
+    proto = onnx.load(str(case.path))
+    inner = {o for n in proto.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for m in a.g.node for o in m.output}
+    assert inner
+    np.savez(tmp_path / "d.npz", **case.data)
+    stats = collect(model, open_source(tmp_path / "d.npz", model.inputs), CollectConfig(batch_size=4))
+    table = calibrate_model(model, stats, "kl")
+    assert not inner & set(stats.tensors) and not inner & set(table.tensors)
+    for fmt in FORMATS:
+        data = export_bytes(table, fmt, ExportOptions(model=model))
+        if fmt == "qdq":
+            qdq = onnx.load_from_string(data)
+            sub_ops = {m.op_type for n in qdq.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH for m in a.g.node}
+            assert not sub_ops & {"QuantizeLinear", "DequantizeLinear"}, sub_ops
+        else:
+            back = import_bytes(data, fmt, ExportOptions(model=model))
+            assert back.tensors and not inner & set(back.tensors), fmt
 
 
 def test_zero_samples_never_succeed(tmp_path: Path) -> None:

@@ -653,3 +653,37 @@ def test_digits_accumulated_eq_per_layer_and_accuracy(digits: dict[str, object])
     assert 1.0 - out_eq.figures.cosine <= 2.0 * (1.0 - out_kl.figures.cosine)
     assert out_eq.top1_agreement is not None and out_kl.top1_agreement is not None
     assert out_eq.top1_agreement >= out_kl.top1_agreement - 1.0 / 540
+
+
+def test_coarse_to_fine_finds_the_grid_argmax_of_unimodal_scores_with_few_evaluations() -> None:
+    from quantviz.calib.easyquant import coarse_to_fine, search_schedule
+
+    n = 100
+    strides = search_schedule(n)
+    assert strides == [10, 4, 1]
+    for peak in (0, 3, 37, 50, 96, 99):
+        seen: list[int] = []
+
+        def score(i: int, peak: int = peak, seen: list[int] = seen) -> float:
+            seen.append(i)
+            return -abs(i - peak) ** 1.5
+
+        got = coarse_to_fine(n, score, strides)
+        assert max(got, key=lambda i: (got[i], -i)) == peak
+        assert len(seen) == len(set(seen)) <= 24  # 11 coarse + 4 + 6 refining, against 100
+    assert search_schedule(n, exhaustive=True) == [1] and search_schedule(24) == [1]
+
+
+def test_exhaustive_search_asks_every_candidate() -> None:
+    layer = EQLayer("L", "Conv", "x", "w", "y", channels=2)
+    s0, w0 = 1.0, np.array([1.0, 1.0], np.float32)
+    calls: list[tuple[str, float, np.ndarray]] = []
+    coarse: list[tuple[str, float, np.ndarray]] = []
+    target = ({"x": 1.2345}, {"L": np.array([0.77, 1.61])})
+    full = eq_search([layer], {"L": EQStart(s0, w0)}, bowl(*target, calls), EQConfig(exhaustive=True))
+    fast = eq_search([layer], {"L": EQStart(s0, w0)}, bowl(*target, coarse), EQConfig())
+    assert set(candidate_grid(s0, EQConfig()).tolist()) <= {c[1] for c in calls}
+    assert len(coarse) < len(calls) / 3
+    r_full, r_fast = full.layers["L"], fast.layers["L"]
+    assert r_fast.input_scale == r_full.input_scale  # a bowl: both find the grid's best
+    np.testing.assert_array_equal(r_fast.weight_scales, r_full.weight_scales)

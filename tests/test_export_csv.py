@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from quantviz.errors import QuantvizError
 from quantviz.export.csv_format import COLUMNS, dumps_csv, loads_csv, read_csv, write_csv
 from quantviz.table import CalibrationTable, TensorEntry
+from tests.strategies import entry_values
 
 NAME_CHARS = st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",))
 NAMES = st.text(NAME_CHARS, min_size=1, max_size=24)
-ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
 
 
 def same_float(a: float, b: float) -> bool:
@@ -61,33 +61,17 @@ def test_header_and_one_row_by_plain_csv_reader() -> None:
 @given(
     entries=st.dictionaries(
         NAMES,
-        st.tuples(
-            ANY_FLOAT,
-            ANY_FLOAT,
-            ANY_FLOAT,
-            ANY_FLOAT,
-            st.integers(-128, 255),
-            st.none() | ANY_FLOAT,
-            st.text(max_size=20),
-            st.booleans(),
-            st.lists(NAMES, max_size=3),
-        ),
+        st.tuples(entry_values(), st.integers(-128, 255), st.text(max_size=20), st.lists(NAMES, max_size=3)),
         min_size=1,
         max_size=6,
     )
 )
 @settings(max_examples=60, deadline=None)
 def test_round_trip_is_exact(entries: dict) -> None:
+    # what the writer accepts (quantviz.schema) reads back exactly
     src = {
         n: TensorEntry("m", lo, hi, t, s, zp, cos, note, kept, tuple(sw))
-        for n, (lo, hi, t, s, zp, cos, note, kept, sw) in entries.items()
-    }
-    # negative scales are refused on reading; keep the sign of every other value
-    src = {
-        n: TensorEntry(
-            e.method, e.min, e.max, e.threshold, abs(e.scale), e.zero_point, e.cosine, e.note, e.float_kept, e.shared_with
-        )
-        for n, e in src.items()
+        for n, ((lo, hi, t, s, cos, kept), zp, note, sw) in entries.items()
     }
     back = loads_csv(dumps_csv(table(src)))
     assert list(back.tensors) == list(src)

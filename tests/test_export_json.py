@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from quantviz.errors import QuantvizError
 from quantviz.export.qv_json import dumps, loads, read_json, write_json
 from quantviz.table import CalibrationTable, TensorEntry
-
-ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+from tests.strategies import entry_values
 
 
 def same_float(a: float, b: float) -> bool:
@@ -29,14 +28,14 @@ def table(entries: dict[str, TensorEntry], **kw: object) -> CalibrationTable:
 @given(
     entries=st.dictionaries(
         st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24),  # JSON holds any name, line breaks too
-        st.tuples(ANY_FLOAT, ANY_FLOAT, ANY_FLOAT, ANY_FLOAT, st.none() | ANY_FLOAT, st.text(max_size=20)),
+        st.tuples(entry_values(), st.text(max_size=20)),
         min_size=1,
         max_size=6,
     )
 )
 @settings(max_examples=60, deadline=None)
 def test_round_trip_is_bit_exact(entries: dict) -> None:
-    src = {n: TensorEntry("kl", lo, hi, t, s, 0, cos, note) for n, (lo, hi, t, s, cos, note) in entries.items()}
+    src = {n: TensorEntry("kl", lo, hi, t, s, 0, cos, note, kept) for n, ((lo, hi, t, s, cos, kept), note) in entries.items()}
     back = loads(dumps(table(src)))
     assert list(back.tensors) == list(src)
     for n, e in src.items():

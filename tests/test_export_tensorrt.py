@@ -95,15 +95,17 @@ def test_float_kept_tensors_are_left_out_and_asymmetric_use_symmetric_scale() ->
 
 @given(
     entries=st.dictionaries(
-        NAMES, st.floats(min_value=0, allow_nan=False, allow_infinity=False, width=32), min_size=1, max_size=8
+        NAMES, st.floats(min_value=2.0**-126, max_value=2.0**99, width=32), min_size=1, max_size=8
     )
 )
 @settings(max_examples=60, deadline=None)
 def test_round_trip_is_bit_exact(entries: dict[str, float]) -> None:
     src = table({n: sym(s * 127, scale=s) for n, s in entries.items()})
     back = loads_trt(dumps_trt(src))
-    assert list(back.tensors) == list(entries)
-    for n, s in entries.items():
+    # scale 0 is an all-zero tensor: kept in float, so left out like every float tensor (quantviz.table)
+    kept = {n: s for n, s in entries.items() if s != 0}
+    assert list(back.tensors) == list(kept)
+    for n, s in kept.items():
         assert struct.pack(">f", back.tensors[n].scale) == struct.pack(">f", s)
         assert back.tensors[n].scale == s  # s was a float32 value: no rounding at all
         assert back.tensors[n].threshold == s * 127

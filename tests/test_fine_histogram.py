@@ -19,6 +19,7 @@ from quantviz.calib.kl import kl_histogram, threshold_kl
 from quantviz.config import STATS_FORMAT, CollectConfig
 from quantviz.errors import QuantvizError
 from quantviz.histogram import (
+    CHUNK,
     Histogram,
     abs_and_signed_counts,
     bin_indices,
@@ -90,10 +91,11 @@ def test_shards_merge_exactly_with_fine_histograms() -> None:
     _same(merged.signed_hist, w.signed_hist)
 
 
+@pytest.mark.parametrize("size", [5000, 2 * CHUNK + 123])  # one pass, and several chunks through reused buffers
 @pytest.mark.parametrize("nonnegative", [False, True])
-def test_one_bincount_gives_both_histograms_at_any_ratio(nonnegative: bool) -> None:
+def test_one_bincount_gives_both_histograms_at_any_ratio(nonnegative: bool, size: int) -> None:
     rng = np.random.default_rng(2)
-    x = (rng.standard_normal(5000) * 3).astype(np.float32)
+    x = (rng.standard_normal(size) * 3).astype(np.float32)
     x[::7] = np.round(x[::7] * 64) / 64  # values on bin edges, negative ones too
     x[::11] = 0.0
     if nonnegative:

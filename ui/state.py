@@ -463,7 +463,11 @@ def model_table_for(method: str, config: MethodConfig) -> CalibrationTable:
     model, _ = model_and_source()
     if model is None:
         return table
-    return cached(derived_key("model table", (method, config), with_review=False), lambda: apply_model(table, model, per_channel()))
+    r = review()
+    return cached(
+        derived_key("model table", (method, config, r.profile, r.clip_outputs), with_review=False),
+        lambda: apply_model(table, model, per_channel(), profile=r.profile, clip_outputs=r.clip_outputs),
+    )
 
 
 def overview_table() -> Any:

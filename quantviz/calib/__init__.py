@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from quantviz.calib.aciq import threshold_aciq
 from quantviz.calib.kl import threshold_kl
+from quantviz.calib.kl_ncnn import threshold_kl_ncnn
 from quantviz.calib.minmax import threshold_ema, threshold_minmax
 from quantviz.calib.mse import threshold_mse
 from quantviz.calib.percentile import threshold_percentile
@@ -23,6 +24,7 @@ METHODS: dict[str, MethodFn] = {
     "minmax": threshold_minmax,
     "ema": threshold_ema,
     "kl": threshold_kl,
+    "kl_ncnn": threshold_kl_ncnn,
     "percentile": threshold_percentile,
     "mse": threshold_mse,
     "aciq": threshold_aciq,
@@ -32,6 +34,7 @@ METHOD_LABELS: dict[str, str] = {
     "minmax": "MinMax",
     "ema": "Moving-average MinMax",
     "kl": "KL (TensorRT entropy)",
+    "kl_ncnn": "KL (ncnn, smoothed)",
     "percentile": "Percentile",
     "mse": "MSE",
     "aciq": "ACIQ",

@@ -24,6 +24,7 @@ which costs O(128) per candidate instead of O(i): about 1 ms for 2048 bins.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +53,7 @@ def _group_bounds(n: int, target: int) -> npt.NDArray[np.intp]:
     return out
 
 
-def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+def kl_curve(counts: npt.ArrayLike, start: int, target: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Candidates i (numbers of bins kept) and KL(P_i || Q_i) for each, vectorised (see module doc)."""
     h = np.asarray(counts, dtype=np.float64)
     n = h.size
@@ -65,18 +66,30 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
     cum_nz = np.concatenate(([0.0], np.cumsum(h > 0, dtype=np.float64)))
     cum_hlogh = np.concatenate(([0.0], np.cumsum(_xlogx(h))))
     bounds = _group_bounds(max(n, _SHARED_ROWS), target)[first - 1 : n]
-    edges = cum[bounds]  # one gather per prefix sum, then differences
-    mass = edges[:, 1:] - edges[:, :-1]
-    edges = cum_nz[bounds]
-    nonzero = edges[:, 1:] - edges[:, :-1]
-    pos = mass > 0  # then nonzero >= 1 too
-    ratio = np.divide(mass, nonzero, out=np.ones_like(mass), where=pos)
-    plogq = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))  # empty groups: 0 * log 1
+    m = cand.size
+    plogq = np.empty(m)
+    q_last = np.empty(m)
+    for lo in range(0, m, _BLOCK):  # blocks of candidates: the buffers stay in the CPU's caches
+        hi = min(m, lo + _BLOCK)
+        rows = bounds[lo:hi]
+        edges, mass, ratio = _scratch(hi - lo, target)
+        np.take(cum, rows, out=edges)  # one gather per prefix sum, then differences
+        np.subtract(edges[:, 1:], edges[:, :-1], out=mass)
+        np.take(cum_nz, rows, out=edges)
+        np.subtract(edges[:, 1:], edges[:, :-1], out=ratio)  # non-zero bins per group
+        q_last[lo:hi] = mass[:, -1] / np.maximum(ratio[:, -1], 1.0)
+        # An empty group has mass 0 and no non-zero bin: TINY added to both makes its ratio 1 and its
+        # term TINY * log(1) = 0; every other mass (>= the smallest count, far above TINY) and count
+        # (>= 1) is left unchanged by adding TINY in floating point.
+        mass += _TINY
+        ratio += _TINY
+        np.divide(mass, ratio, out=ratio)
+        plogq[lo:hi] = np.einsum("ij,ij->i", mass, np.log(ratio, out=ratio))
     last = h[cand - 1]
     outliers = total - cum[cand]
     p_last = last + outliers
     plogp = cum_hlogh[cand - 1] + _xlogx(p_last)
-    q_last = np.where(last > 0, mass[:, -1] / np.maximum(nonzero[:, -1], 1), 0.0)
+    q_last = np.where(last > 0, q_last, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         plogq = plogq + np.where(outliers > 0, outliers * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
         kl = (plogp - plogq) / total + np.log(cum[cand] / total)
@@ -85,6 +98,19 @@ def kl_curve(counts: npt.NDArray[np.int64], start: int, target: int) -> tuple[np
 
 
 _SHARED_ROWS = 2048  # the default bin count: one bounds table serves every histogram up to it
+_TINY = 1e-300
+_BLOCK = 256  # candidates a block: three (256 x 129) float64 buffers, about 0.8 MB
+_SCRATCH = threading.local()
+
+
+def _scratch(rows: int, target: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """This thread's (rows, target + 1) and two (rows, target) buffers, reused from tensor to tensor:
+    fresh 2 MB temporaries for every tensor cost more (new memory mapped and zeroed) than the search."""
+    have = getattr(_SCRATCH, "bufs", None)
+    if have is None or have[0].shape[0] < rows or have[0].shape[1] != target + 1:
+        have = (np.empty((rows, target + 1)), np.empty((rows, target)), np.empty((rows, target)))
+        _SCRATCH.bufs = have
+    return have[0][:rows], have[1][:rows], have[2][:rows]
 
 
 def kl_histogram(stats: TensorStats, bins: int = KL_BINS) -> Histogram:
@@ -93,14 +119,20 @@ def kl_histogram(stats: TensorStats, bins: int = KL_BINS) -> Histogram:
 
     Counts are fractional where a source bin straddles a target edge (mass split evenly, at most one
     source bin misplaced per edge: quantviz.histogram.resample)."""
-    source = stats.fine_hist if stats.fine_hist is not None else stats.abs_hist
-    counts = source.counts.copy()
-    counts[0] -= min(stats.zero_count, int(counts[0]))
+    source = search_source(stats)
     top = stats.absmax if stats.count else 0.0
     if not top > 0:
         top = float(source.edges[-1])
-    rebinned = resample(Histogram(counts, source.edges), bins, top)
+    rebinned = resample(source, bins, top)
     return Histogram(rebinned, np.linspace(0.0, top, bins + 1))  # type: ignore[arg-type]
+
+
+def search_source(stats: TensorStats) -> Histogram:
+    """The finest |x| histogram the statistics hold, exact zeros removed from its bin 0 (a copy)."""
+    source = stats.fine_hist if stats.fine_hist is not None else stats.abs_hist
+    counts = source.counts.copy()
+    counts[0] -= min(stats.zero_count, int(counts[0]))
+    return Histogram(counts, source.edges)
 
 
 def threshold_kl(stats: TensorStats, config: MethodConfig) -> Threshold:

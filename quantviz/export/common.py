@@ -15,6 +15,9 @@ from typing import Any
 from quantviz.config import INT8_MAX
 from quantviz.errors import QuantvizError
 from quantviz.fakequant import asymmetric_params, symmetric_scale
+from quantviz.limits import TABLE_BYTES
+from quantviz.safeio import read_input_bytes
+from quantviz.schema import check_table
 from quantviz.table import CalibrationTable, TensorEntry
 
 LINE_BREAKS = ("\n", "\r")
@@ -82,7 +85,8 @@ def imported_table(
     symmetric = all(is_symmetric(e) for e in tensors.values())
     s: dict[str, Any] = {"dtype": "int8" if symmetric else "uint8", "symmetric": symmetric, "source_format": source_format}
     s.update(settings or {})
-    return CalibrationTable(model_name, model_sha256, s, dict(tensors), weights=dict(weights or {}))
+    table = CalibrationTable(model_name, model_sha256, s, dict(tensors), weights=dict(weights or {}))
+    return check_table(table, f"The {source_format} table")
 
 
 def threshold_from_scale(scale: float) -> float:
@@ -117,7 +121,8 @@ def split_lines(text: str) -> list[str]:
 
 
 def read_bytes(path: str | Path) -> bytes:
+    """A table file's bytes (refused when missing, a folder, or beyond quantviz.limits.TABLE_BYTES)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise QuantvizError(f"The file '{p}' does not exist.")
-    return p.read_bytes()
+    return read_input_bytes(p, "file", TABLE_BYTES)

@@ -18,6 +18,7 @@ from pathlib import Path
 from quantviz.errors import QuantvizError
 from quantviz.export.common import decode_text, imported_table, read_bytes
 from quantviz.export.format import Sniff, TableFormat, text_writer
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "CSV table"
@@ -53,7 +54,7 @@ def dumps_csv(table: CalibrationTable) -> str:
 
 
 def write_csv(table: CalibrationTable, path: str | Path) -> None:
-    Path(path).write_bytes(dumps_csv(table).encode("utf-8"))
+    write_bytes(path, dumps_csv(table).encode("utf-8"))
 
 
 def _number(text: str, line: int, column: str) -> float:

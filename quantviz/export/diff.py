@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable
 
 BOTH = "both"
@@ -94,7 +95,7 @@ def dumps_diff_csv(rows: list[DiffRow]) -> str:
 
 
 def write_diff_csv(rows: list[DiffRow], path: str | Path) -> None:
-    Path(path).write_bytes(dumps_diff_csv(rows).encode("utf-8"))
+    write_bytes(path, dumps_diff_csv(rows).encode("utf-8"), "output file (-o)")
 
 
 def format_diff(rows: list[DiffRow], limit: int | None = None) -> str:

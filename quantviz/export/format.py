@@ -8,7 +8,6 @@ the registry's order within a tier; the first test that passes names the format.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 from quantviz.errors import QuantvizError
 from quantviz.export.common import decode_text, split_lines
 from quantviz.model import LoadedModel
+from quantviz.safeio import load_json
 from quantviz.table import CalibrationTable
 
 
@@ -52,13 +52,8 @@ class Sniff:
 
     @cached_property
     def json_doc(self) -> Any:
-        """The parsed JSON of a text starting with { or [ (a clear error when it does not parse)."""
-        try:
-            return json.loads(self.text or "")
-        except json.JSONDecodeError as exc:
-            raise QuantvizError(
-                f"{self.label} looks like JSON but is not valid (line {exc.lineno}, column {exc.colno}: {exc.msg})."
-            ) from None
+        """The parsed JSON of a text starting with { or [ (quantviz.safeio: bounded, a clear error when it does not parse)."""
+        return load_json(self.text or "", self.label[:1].upper() + self.label[1:])
 
     @property
     def looks_json(self) -> bool:

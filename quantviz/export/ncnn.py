@@ -16,6 +16,8 @@ disagree keep the first and say so in the entry's note.
 
 A line starting with '#' is commented out: ncnn2int8 finds no scale for that layer and leaves it in
 float. Tensors kept in float (TensorEntry.float_kept) are written that way and read back as float.
+An all-zero tensor (threshold 0, always kept in float: quantviz.table) is written "#<layer> 0" and
+read back as threshold 0.
 
 Reading with a model maps each layer back to its input tensor; without one, the entries are keyed by
 layer name and the table remembers it (settings "ncnn_keys": "layer"), so it can be written back.
@@ -41,6 +43,7 @@ from quantviz.export.common import (
 from quantviz.export.format import TableFormat, ncnn_lines
 from quantviz.fold import node_key
 from quantviz.model import LoadedModel
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 from quantviz.weights import output_axis
 
@@ -50,7 +53,7 @@ NCNN_INT8_OPS = ("Conv", "Gemm", "MatMul")  # -> Convolution / ConvolutionDepthW
 PARAM_MARK = "_param_"
 COMMENT = "#"
 INT8_MAX = 127.0
-ZERO_ABSMAX_SCALE = 1.0  # ncnn2table writes 1 for an all-zero weight channel; used for T = 0 too
+ZERO_ABSMAX_SCALE = 1.0  # ncnn2table writes 1 for an all-zero weight channel (an all-zero activation: "#layer 0")
 KEYS_SETTING = "ncnn_keys"
 
 
@@ -160,7 +163,9 @@ def _activation_value(entry: TensorEntry, name: str) -> float:
         raise QuantvizError(
             f"Tensor '{name}' has the threshold {entry.threshold!r}: recalibrate it or keep it in float before exporting to ncnn."
         )
-    return ZERO_ABSMAX_SCALE if entry.threshold == 0 else INT8_MAX / entry.threshold
+    if entry.all_zero:
+        return 0.0  # written "#layer 0" (commented: kept in float), read back as threshold 0 (quantviz.table)
+    return INT8_MAX / entry.threshold
 
 
 def _layers_for(table: CalibrationTable, layers: Mapping[str, str] | LoadedModel | None) -> dict[str, str]:
@@ -201,17 +206,18 @@ def dumps_ncnn(table: CalibrationTable, layers: Mapping[str, str] | LoadedModel 
 
 
 def write_ncnn_table(table: CalibrationTable, path: str | Path, layers: Mapping[str, str] | LoadedModel | None = None) -> None:
-    Path(path).write_bytes(dumps_ncnn(table, layers).encode("utf-8"))
+    write_bytes(path, dumps_ncnn(table, layers).encode("utf-8"))
 
 
-def _values(tokens: list[str], number: int) -> list[float]:
+def _values(tokens: list[str], number: int, allow_zero: bool = False) -> list[float]:
+    """The numbers of a line; allow_zero for a commented-out line, where 0 is an all-zero tensor kept in float."""
     out = []
     for tok in tokens:
         try:
             v = float(tok)
         except ValueError:
             raise QuantvizError(f"Line {number} of the ncnn table: {tok[:40]!r} is not a number.") from None
-        if not math.isfinite(v) or v <= 0:
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
             raise QuantvizError(f"Line {number} of the ncnn table: the scale {tok[:40]!r} is not a finite positive number.")
         out.append(v)
     return out
@@ -236,7 +242,7 @@ def loads_ncnn(data: str | bytes, model: LoadedModel | None = None) -> Calibrati
         if commented:
             # '#<layer> <values>' keeps the layer in float; any other '#' line is a plain comment
             try:
-                values = _values(rest, number)
+                values = _values(rest, number, allow_zero=True)
             except QuantvizError:
                 continue
             if not values or (model is not None and PARAM_MARK not in key and key not in layer_to_tensor):
@@ -263,7 +269,8 @@ def loads_ncnn(data: str | bytes, model: LoadedModel | None = None) -> Calibrati
                 f"{model.name}: import it without the model to keep layer names."
             )
         tensor = layer_to_tensor[key] if model is not None else key
-        entry = symmetric_entry(METHOD, INT8_MAX / values[0], float_kept=commented, extra={"ncnn_layer": key})
+        threshold = INT8_MAX / values[0] if values[0] else 0.0  # "#layer 0": an all-zero tensor (quantviz.table)
+        entry = symmetric_entry(METHOD, threshold, float_kept=commented, extra={"ncnn_layer": key})
         if tensor in tensors:
             first = tensors[tensor]
             if first.threshold != entry.threshold or first.float_kept != entry.float_kept:

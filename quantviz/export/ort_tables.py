@@ -43,6 +43,7 @@ from quantviz.export.common import (
     symmetric_entry,
 )
 from quantviz.export.format import Sniff, TableFormat, name_value_lines, ncnn_lines
+from quantviz.safeio import load_json
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "onnxruntime calibration table"
@@ -135,11 +136,7 @@ def _entry_from_range(method: str, name: str, lo: float, hi: float) -> TensorEnt
 
 
 def loads_ort_json(data: str | bytes) -> CalibrationTable:
-    text = decode_text(data, "onnxruntime calibration.json")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QuantvizError(f"calibration.json is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from None
+    doc = load_json(decode_text(data, "onnxruntime calibration.json"), "calibration.json")
     if not isinstance(doc, dict):
         raise QuantvizError("calibration.json should hold an object of tensor ranges.")
     settings: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from quantviz.export.format import Sniff, TableFormat
 from quantviz.fold import constant_values
 from quantviz.graph import consumers as graph_consumers
 from quantviz.model import LoadedModel
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 
 METHOD = "qdq"
@@ -59,7 +61,7 @@ def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None, reduce_r
 
 
 def write_qdq_model(table: CalibrationTable, path: str | Path, model: LoadedModel | None) -> None:
-    Path(path).write_bytes(qdq_model_bytes(table, model))
+    write_bytes(path, qdq_model_bytes(table, model))
 
 
 def _const(values: dict[str, np.ndarray], name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
@@ -86,6 +88,8 @@ def _activation(scale: np.ndarray, zp: np.ndarray, name: str) -> TensorEntry:
             f"The QuantizeLinear of activation '{name}' has {scale.size} scales; quantviz reads one scale per activation."
         )
     s = float(scale.reshape(-1)[0])
+    if not (math.isfinite(s) and s > 0):
+        raise QuantvizError(f"The QuantizeLinear of activation '{name}' has the scale {s!r}, not a positive finite number.")
     z = int(zp.reshape(-1)[0])
     qmin, qmax = INT_RANGES.get(zp.dtype, (-128, 127))
     if z == 0 and qmin < 0:

@@ -16,6 +16,9 @@ from quantviz.config import TABLE_FORMAT, TABLE_VERSION
 from quantviz.errors import QuantvizError
 from quantviz.export.common import decode_text
 from quantviz.export.format import Sniff, TableFormat, text_writer
+from quantviz.limits import JSON_BYTES
+from quantviz.safeio import load_json, read_input_bytes, write_text
+from quantviz.schema import check_table
 from quantviz.table import CalibrationTable, TensorEntry
 
 _REQUIRED = ("method", "min", "max", "threshold", "scale")
@@ -80,11 +83,13 @@ def table_to_dict(table: CalibrationTable) -> dict[str, Any]:
 
 
 def dumps(table: CalibrationTable) -> str:
+    """The table as quantviz JSON, checked first (quantviz.schema): what is written reads back."""
+    check_table(table, "The table to write")
     return json.dumps(table_to_dict(table), indent=1, allow_nan=False)
 
 
 def write_json(table: CalibrationTable, path: str | Path) -> None:
-    Path(path).write_text(dumps(table), encoding="utf-8")
+    write_text(path, dumps(table), "table file")
 
 
 def _float(value: Any, where: str) -> float:
@@ -92,24 +97,26 @@ def _float(value: Any, where: str) -> float:
         raise QuantvizError(f"{where} must be a number, not {json.dumps(value)}.")
     try:
         return float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise QuantvizError(f"{where} must be a number, not {json.dumps(value)}.") from None
 
 
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
-        raise QuantvizError(f"{where} must be an integer, not {json.dumps(value)}.")
+        raise QuantvizError(f"{where} must be an integer, not {json.dumps(value)[:40]}.")
     return int(value)
 
 
 def table_from_dict(doc: Any) -> CalibrationTable:
     if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
-        raise QuantvizError("This JSON is not a quantviz calibration table (its \"format\" is not quantviz-calibration).")
+        raise QuantvizError('This JSON is not a quantviz calibration table (its "format" is not quantviz-calibration).')
     version = doc.get("version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise QuantvizError(f'The table\'s "version" must be an integer, not {json.dumps(version)}.')
     if version > TABLE_VERSION:
-        raise QuantvizError(f"This table has version {doc['version']}; this quantviz reads up to {TABLE_VERSION}: upgrade quantviz.")
+        raise QuantvizError(
+            f"This table has version {doc['version']}; this quantviz reads up to {TABLE_VERSION}: upgrade quantviz."
+        )
     raw = doc.get("tensors")
     if not isinstance(raw, dict):
         raise QuantvizError('The table has no "tensors" object.')
@@ -149,30 +156,26 @@ def table_from_dict(doc: Any) -> CalibrationTable:
     for key in ("settings", "weights", "requant", "skipped"):
         if not isinstance(doc.get(key, {}), dict):
             raise QuantvizError(f'The table\'s "{key}" must be an object.')
-    return CalibrationTable(
-        model_name=str(model.get("name", "")),
-        model_sha256=str(model.get("sha256", "")),
-        settings=dict(doc.get("settings", {})),
-        tensors=tensors,
-        weights=dict(doc.get("weights", {})),
-        requant=dict(doc.get("requant", {})),
-        skipped=dict(doc.get("skipped", {})),
+    return check_table(
+        CalibrationTable(
+            model_name=str(model.get("name", "")),
+            model_sha256=str(model.get("sha256", "")),
+            settings=dict(doc.get("settings", {})),
+            tensors=tensors,
+            weights=dict(doc.get("weights", {})),
+            requant=dict(doc.get("requant", {})),
+            skipped=dict(doc.get("skipped", {})),
+        ),
+        "The table",
     )
 
 
-def loads(text: str) -> CalibrationTable:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QuantvizError(f"The table is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).") from exc
-    return table_from_dict(doc)
+def loads(text: str | bytes) -> CalibrationTable:
+    return table_from_dict(load_json(text, "The table"))
 
 
 def read_json(path: str | Path) -> CalibrationTable:
-    p = Path(path)
-    if not p.exists():
-        raise QuantvizError(f"The table '{p}' does not exist.")
-    return loads(p.read_text(encoding="utf-8"))
+    return loads(read_input_bytes(path, "table", JSON_BYTES))
 
 
 def _is_quantviz_json(s: Sniff) -> bool:

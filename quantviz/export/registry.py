@@ -19,6 +19,8 @@ from quantviz.export import csv_format, ncnn, ort_tables, qdq_model, qv_json, te
 from quantviz.export.common import read_bytes
 from quantviz.export.format import ExportOptions, Sniff, TableFormat
 from quantviz.model import LoadedModel
+from quantviz.safeio import check_output, write_bytes
+from quantviz.schema import check_table
 from quantviz.table import CalibrationTable
 
 __all__ = ["FORMATS", "ExportOptions", "TableFormat", "detect_format", "export_bytes", "import_bytes", "read_table", "table_format", "write_table"]
@@ -40,20 +42,22 @@ def table_format(name: str) -> TableFormat:
 
 
 def export_bytes(table: CalibrationTable, fmt: str, options: ExportOptions | None = None) -> bytes:
-    return table_format(fmt).writer(table, options or ExportOptions())
+    """The table in a format; checked first (quantviz.schema), so what is exported reads back."""
+    f = table_format(fmt)
+    check_table(table, "The table to export")
+    return f.writer(table, options or ExportOptions())
 
 
 def write_table(table: CalibrationTable, fmt: str, path: str | Path, options: ExportOptions | None = None) -> Path:
     """Write the table in a format; a directory as path gets the format's default file name. Returns the path."""
     f = table_format(fmt)
     out = Path(path)
+    if str(path).endswith("/") and not out.is_dir():
+        raise QuantvizError(f"The output folder '{path}' does not exist: create it or give a file name.")
     if out.is_dir():
         out = out / f.default_name
-    if not out.parent.is_dir():
-        raise QuantvizError(f"The folder '{out.parent}' does not exist: create it or choose another output path.")
-    data = f.writer(table, options or ExportOptions())
-    out.write_bytes(data)
-    return out
+    check_output(out, "output file (-o)")
+    return write_bytes(out, export_bytes(table, fmt, options), "output file (-o)")
 
 
 def _with_model(table: CalibrationTable, model: LoadedModel | None) -> CalibrationTable:

@@ -33,6 +33,7 @@ from quantviz.export.common import (
     threshold_from_scale,
 )
 from quantviz.export.format import TableFormat
+from quantviz.safeio import write_bytes
 from quantviz.table import CalibrationTable, TensorEntry
 
 FORMAT = "TensorRT calibration cache"
@@ -74,7 +75,7 @@ def dumps_trt(table: CalibrationTable, header: str = DEFAULT_TRT_HEADER) -> str:
 
 
 def write_trt_cache(table: CalibrationTable, path: str | Path, header: str = DEFAULT_TRT_HEADER) -> None:
-    Path(path).write_bytes(dumps_trt(table, header).encode("utf-8"))
+    write_bytes(path, dumps_trt(table, header).encode("utf-8"))
 
 
 def loads_trt(data: str | bytes) -> CalibrationTable:

@@ -140,3 +140,17 @@ def test_weights_of_a_conv_are_shown_per_channel_after_folding():
     got = array(weights[0]["data"][0]["y"])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     np.testing.assert_allclose(array(weights[0]["data"][1]["y"]), (expected / 127).astype(np.float32), rtol=1e-6)
+
+
+def test_an_already_quantized_model_is_named_as_such_and_cannot_run(tmp_path: Path):
+    from tests.corpus import already_quantized
+
+    at = _app()
+    at.radio(key="model_source").set_value("Upload a model").run()
+    raw = already_quantized(tmp_path).read_bytes()
+    at.file_uploader(key="model_upload").upload("dyn_int8.onnx", raw, "application/octet-stream").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "already quantized" in at.error[0].value and "MatMulInteger" in at.error[0].value
+    assert at.button(key="run").disabled
+    # the statistics collected before are still shown
+    assert {m.label for m in at.metric} >= {"Tensors", "Samples"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from tests.app.figs import array, figure, review_of, work_of
+from tests.app.figs import array, figure, review_of, stats_of, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,3 +48,38 @@ def test_typed_threshold_moves_slider_and_metrics_then_sticks_in_review():
     review = review_of(at)
     tensor = work_of(at).tensor
     assert review.choice(tensor).override == absmax
+
+
+def test_both_kl_methods_drawn_with_their_minima_and_log_axis():
+    from quantviz.calib import METHODS, MethodConfig
+
+    at = _kl_page()
+    fig = figure(at.get("plotly_chart")[0])
+    names = [d["name"] for d in fig["data"] if d.get("mode") == "lines"]
+    assert names == ["KL (TensorRT entropy)", "KL (ncnn, smoothed)"]
+    stats_tensor = stats_of(at).tensors[work_of(at).tensor]
+    want = METHODS["kl_ncnn"](stats_tensor, MethodConfig()).threshold
+    assert array(fig["data"][3]["x"])[0] == want  # ncnn's own minimum marked on its curve
+    assert any("ncnn" in c.value for c in at.caption)
+    assert fig["layout"]["yaxis"].get("type", "linear") == "linear"
+    at.toggle(key="kl_log_y").set_value(True).run()
+    assert not at.exception
+    fig = figure(at.get("plotly_chart")[0])
+    assert fig["layout"]["yaxis"]["type"] == "log"
+
+
+def test_typed_threshold_below_first_candidate_shows_its_own_kl():
+    from quantviz.calib import MethodConfig
+    from quantviz.calib.kl_at import kl_at
+
+    at = _kl_page()
+    fig = figure(at.get("plotly_chart")[0])
+    first = float(array(fig["data"][0]["x"])[0])
+    typed = first * 0.4
+    at.number_input(key="kl_typed").set_value(typed).run()
+    assert not at.exception
+    shown = {m.label: m.value for m in at.metric}["KL at this threshold"]
+    stats_tensor = stats_of(at).tensors[work_of(at).tensor]
+    at_typed = kl_at(stats_tensor, typed, MethodConfig(), "kl")
+    at_first = kl_at(stats_tensor, first, MethodConfig(), "kl")
+    assert shown == f"{at_typed:.4g}" and at_typed > at_first
