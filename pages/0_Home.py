@@ -208,9 +208,8 @@ with st.sidebar:
             st.error(str(exc))
 _pending_offer()
 
-opened = state.current_stats()
-if opened is not None:
-    st.info(f"Current model: **{opened.model_name}** · data: {opened.data_description}. Pick another below and press Run to switch.")
+# filled at the end of the script, so a collection made in this run is the one it names
+current_line = st.empty()
 
 model: LoadedModel | None = None
 sample: Sample | None = None
@@ -270,6 +269,9 @@ if model is not None and source is not None and (run or auto):
 
 current = state.current_stats()
 if current is not None:
+    current_line.info(
+        f"Current model: **{current.model_name}** · data: {current.data_description}. Pick another below and press Run to switch."
+    )
     st.subheader("Summary")
     _summary(current)
     cur_model, _ = state.model_and_source()

@@ -396,13 +396,14 @@ def check_entry(name: str, e: Any, where: str) -> None:
         )
     if e.cosine is not None and (not is_number(e.cosine) or math.isinf(e.cosine)):
         raise QuantvizError(f"{w} has the cosine {_j(e.cosine)}, not a number.")
-    all_zero = e.threshold == 0  # kept in float in every format (quantviz.table); a file may store its scale as 0
+    # the all-zero treatment (quantviz.table): threshold 0 kept in float, scale 0 since there is none
+    all_zero = e.threshold == 0 and e.scale == 0
     if e.float_kept and (all_zero or not all(math.isfinite(v) for v in values.values())):
         # kept in float: a number may be missing (NaN), but those given must still make sense
         for key, v in values.items():
             if math.isinf(v):
                 raise QuantvizError(f"{w} has the {key} {v}, not a finite number.")
-        if e.scale == e.scale and not (all_zero and e.scale == 0) and not SCALE_MIN <= e.scale <= SCALE_MAX:
+        if e.scale == e.scale and not all_zero and not SCALE_MIN <= e.scale <= SCALE_MAX:
             raise QuantvizError(f"{w} has the scale {e.scale!r}, not a positive number between {SCALE_MIN:g} and {SCALE_MAX:g}.")
         if e.threshold < 0:
             raise QuantvizError(f"{w} has the negative threshold {e.threshold!r}.")

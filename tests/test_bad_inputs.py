@@ -384,7 +384,7 @@ TABLES = [
     ("json-lone-surrogate", _text('{"format": "quantviz-calibration", "version": 1, "tensors": {"\\ud800": {"method": "kl", "min": -1, "max": 1, "threshold": 1, "scale": "x"}}}'), "t.json", IMPORT, "number"),
     # TensorRT cache
     ("trt-negative-scale", lambda v: bf.trt_line("bf800000"), "c.cache", IMPORT, "scale"),
-    # (a scale of 0 is an all-zero tensor, read as kept in float: tests/test_zero_tensors.py)
+    # a scale of 0 is not bad input: it reads as an all-zero tensor kept in float (tests/test_zero_tensors.py)
     ("trt-inf-scale", lambda v: bf.trt_line("7f800000"), "c.cache", IMPORT, "scale"),
     ("trt-nan-scale", lambda v: bf.trt_line("7fc00000"), "c.cache", DIFF, "scale"),
     ("trt-huge-scale", lambda v: bf.trt_line(bf.f32_hex(3e38)), "c.cache", IMPORT, "scale"),
