@@ -89,14 +89,17 @@ def output_axis(op_type: str, node: onnx.NodeProto, ndim: int) -> int:
 def scales_from_absmax(absmax: npt.NDArray[np.float64], qmax: int = INT8_MAX) -> npt.NDArray[np.float32]:
     """s = absmax / 127 in float32, with a defined scale for all-zero channels.
 
-    An all-zero channel quantizes exactly with any scale; it gets the smallest non-zero channel
+    An all-zero (or subnormal) channel quantizes to zeros with any normal scale; it gets the smallest non-zero channel
     scale of the same tensor (so its multiplier and int32 bias are as fine as its neighbours'),
     or ZERO_TENSOR_SCALE when the whole tensor is zero. Never a division by zero.
     """
     scales = np.asarray(absmax, dtype=np.float32) / np.float32(qmax)
-    nonzero = scales[scales > 0]
+    # a channel whose scale would be subnormal (|w| below ~1.5e-36, seen in real exports) is treated as
+    # all-zero: its values round to 0 at any normal scale, and no engine or schema accepts such a scale
+    usable = scales >= np.finfo(np.float32).tiny
+    nonzero = scales[usable]
     fill = np.float32(nonzero.min()) if nonzero.size else np.float32(ZERO_TENSOR_SCALE)
-    return np.where(scales > 0, scales, fill).astype(np.float32)
+    return np.where(usable, scales, fill).astype(np.float32)
 
 
 def weight_quant(name: str, w: npt.NDArray[Any], node: onnx.NodeProto, per_channel: bool = True) -> WeightQuant:

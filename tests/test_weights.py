@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantviz.fold import fold_batchnorm
-from quantviz.weights import weight_scales
+from quantviz.weights import scales_from_absmax, weight_scales
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -127,3 +127,13 @@ def test_to_dict_is_json_exact() -> None:
     assert back == d
     assert back["axis"] == 0 and back["per_channel"] is True and back["node"] == "layer"
     assert all(math.isclose(s, float(np.float32(a) / np.float32(127)), rel_tol=0) for s, a in zip(back["scales"], back["absmax"], strict=True))
+
+
+def test_a_channel_of_subnormal_weights_gets_its_neighbours_scale() -> None:
+    """A real export (PP-OCRv4 rec) has a channel with |w| ~ 3e-39: absmax / 127 is subnormal, which no
+    engine or reader accepts; such a channel is treated as all-zero (its values round to 0 anyway)."""
+    absmax = np.array([0.5, 3.1e-39, 0.25, 0.0], dtype=np.float64)
+    got = scales_from_absmax(absmax)
+    fill = np.float32(0.25) / np.float32(127)
+    np.testing.assert_array_equal(got, np.array([np.float32(0.5) / np.float32(127), fill, fill, fill], dtype=np.float32))
+    assert (got >= np.finfo(np.float32).tiny).all()
