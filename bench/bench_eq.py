@@ -4,7 +4,7 @@
                                        [--rounds 1] [--mode accumulated|isolated] [--accuracy]
     .venv/bin/python bench/bench_eq.py --model REC.onnx [--lines 64]   # e.g. PP-OCRv4 rec, synthetic text lines
 
-For each model: collect statistics once (not timed), then time quantviz.calib.easyquant.calibrate_eq
+For each model: collect statistics once (not timed), then time quantviz.easyquant.calibrate_eq
 (KL start, the per-layer weight and input scale search, the table). Prints one row per model: layers
 searched, samples, candidates, rounds, seconds, evaluations (single-layer runs), milliseconds per
 evaluation, and the mean over searched layers of the layer cosine before (KL + abs-max) and after EQ.
@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
 
-from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq  # noqa: E402
 from quantviz.collect import collect  # noqa: E402
 from quantviz.config import CollectConfig  # noqa: E402
 from quantviz.data import open_source  # noqa: E402
+from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq  # noqa: E402
 from quantviz.model import load_model  # noqa: E402
 from quantviz.samples import SAMPLES  # noqa: E402
 

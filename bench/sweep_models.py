@@ -282,11 +282,11 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
     import onnxruntime as ort
 
     from quantviz.calib import METHODS
-    from quantviz.calib.easyquant import EQConfig, calibrate_eq
     from quantviz.cli import load_checked
     from quantviz.collect import collect, effective_batch_size
     from quantviz.config import CollectConfig
     from quantviz.data import open_source
+    from quantviz.easyquant import EQConfig, calibrate_eq
     from quantviz.errors import QuantvizError
     from quantviz.export.registry import FORMATS, ExportOptions, export_bytes
     from quantviz.sensitivity import analyze, best_method_table

@@ -1,6 +1,6 @@
 """Layer sensitivity: per-layer cosine / SNR, isolated and accumulated, worst first; per layer, choose a
 method, type a threshold, keep it in float, leave a note, recompute its error; best method per layer;
-EQ's per-round trace. Every figure comes from quantviz.sensitivity / quantviz.calib.easyquant."""
+EQ's per-round trace. Every figure comes from quantviz.sensitivity / quantviz.easyquant."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
-from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.data import default_labels, open_source
+from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quantviz.calib import METHODS, MethodConfig
-from quantviz.calib.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.calib.result import ACIQ_PRIORS
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import ImagePreprocess, open_source
+from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import LoadedModel, load_model
 from quantviz.preflight import INFO, WARNING, blocking, preflight
@@ -196,7 +196,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationStats) -> CalibrationTable:
-    """EasyQuant (quantviz.calib.easyquant): KL start, then the per-layer scale search on the data."""
+    """EasyQuant (quantviz.easyquant): KL start, then the per-layer scale search on the data."""
     config = EQConfig(
         alpha=args.eq_alpha, beta=args.eq_beta, n=args.eq_n, rounds=args.eq_rounds, max_samples=args.eq_samples, mode=args.eq_mode,
         exhaustive=args.eq_exhaustive,

@@ -187,7 +187,7 @@ def log2_figure(cmp: Log2Comparison) -> go.Figure:
 
 def eq_trace_figure(layer: str, trace: list[Mapping[str, float]], initial: float | None = None) -> go.Figure:
     """EQ's cosine of one layer through its rounds: at each round's start, after the weight search,
-    after the input search (quantviz.calib.easyquant.EQRound as dicts)."""
+    after the input search (quantviz.easyquant.EQRound as dicts)."""
     xs: list[str] = []
     ys: list[float] = []
     for r in trace:

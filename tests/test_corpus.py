@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from quantviz.calib import METHODS
-from quantviz.calib.easyquant import EQConfig, calibrate_eq
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import open_source
+from quantviz.easyquant import EQConfig, calibrate_eq
 from quantviz.errors import QuantvizError
 from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
 from quantviz.model import load_model

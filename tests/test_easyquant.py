@@ -1,4 +1,4 @@
-"""EQ / EasyQuant (quantviz.calib.easyquant): the search over a fake evaluate, the real evaluate against
+"""EQ / EasyQuant (quantviz.easyquant): the search over a fake evaluate, the real evaluate against
 plain numpy, every sample used, and the sample model against KL and float."""
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from quantviz.calib.easyquant import (
+from quantviz.cli import main
+from quantviz.collect import collect
+from quantviz.config import CollectConfig
+from quantviz.data import CalibrationSource, open_source
+from quantviz.easyquant import (
     EQ_MAX_SAMPLES,
     EQConfig,
     EQLayer,
@@ -29,10 +33,6 @@ from quantviz.calib.easyquant import (
     find_layers,
     layer_cosines,
 )
-from quantviz.cli import main
-from quantviz.collect import collect
-from quantviz.config import CollectConfig
-from quantviz.data import CalibrationSource, open_source
 from quantviz.errors import QuantvizError
 from quantviz.fakequant import fake_quantize
 from quantviz.metrics import cosine
@@ -656,7 +656,7 @@ def test_digits_accumulated_eq_per_layer_and_accuracy(digits: dict[str, object])
 
 
 def test_coarse_to_fine_finds_the_grid_argmax_of_unimodal_scores_with_few_evaluations() -> None:
-    from quantviz.calib.easyquant import coarse_to_fine, search_schedule
+    from quantviz.easyquant import coarse_to_fine, search_schedule
 
     n = 100
     strides = search_schedule(n)

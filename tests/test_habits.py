@@ -2,7 +2,8 @@
 
 The linters run as the user would run them (`make lint`); a failure shows the tool's own output.
 The layering rule: quantviz/calib/ holds pure functions of statistics, so it never imports the table,
-the QDQ model builder or the collector (those import calib, not the other way round).
+the QDQ model builder or the collector (those import calib, not the other way round). EasyQuant,
+which drives the model, is its own package above both (quantviz/easyquant/).
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ from tests.conftest import ROOT
 PYTHON_FOLDERS = ["quantviz", "ui", "pages", "tests", "bench", "app.py"]
 CALIB = ROOT / "quantviz" / "calib"
 CALIB_MUST_NOT_IMPORT = ("quantviz.table", "quantviz.qdq", "quantviz.collect")
-# EasyQuant still lives in calib/ and drives the model (table, QDQ runs, batches); it is due to move to
-# its own package (issue 9, item 5). Listed by name so that no other calib module may do the same, and
-# checked below so that the entry goes away with the move.
-CALIB_PENDING_MOVE = {"easyquant.py"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,9 +76,17 @@ def test_calib_imports_neither_table_nor_qdq_nor_collect() -> None:
     offenders = {
         p.name: bad for p in files if (bad := _forbidden(_imports(p.read_text(encoding="utf-8"), "quantviz.calib")))
     }
-    assert {k: v for k, v in offenders.items() if k not in CALIB_PENDING_MOVE} == {}
-    # the pending entry is still needed (remove it from CALIB_PENDING_MOVE once EasyQuant has moved)
-    assert set(offenders) >= {n for n in CALIB_PENDING_MOVE if (CALIB / n).exists()}
+    assert offenders == {}
+
+
+def test_easyquant_sits_above_calib_and_the_table() -> None:
+    # EasyQuant drives the model (table, QDQ-prepared model, batches): its own package, which calib and
+    # the table never import (it imports them)
+    assert not (CALIB / "easyquant.py").exists()
+    assert (ROOT / "quantviz" / "easyquant" / "__init__.py").exists()
+    for path, package in ((ROOT / "quantviz" / "table.py", "quantviz"), *((p, "quantviz.calib") for p in CALIB.glob("*.py"))):
+        names = _imports(path.read_text(encoding="utf-8"), package)
+        assert not [n for n in names if n == "quantviz.easyquant" or n.startswith("quantviz.easyquant.")], path.name
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,10 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from quantviz.calib import MethodConfig
-from quantviz.calib.easyquant import EQConfig
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import CalibrationSource
+from quantviz.easyquant import EQConfig
 from quantviz.errors import QuantvizError
 from quantviz.model import LoadedModel, load_model
 from quantviz.review import Review, build_table
