@@ -86,9 +86,13 @@ def test_imported_cache_with_scale_zero_reads_as_kept_float_and_never_poisons_th
     at.file_uploader(key="import_table").upload("calibration.cache", cache.encode(), "text/plain").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     adopt = [b for b in at.button if b.key == "adopt_import"]
-    if adopt:
-        adopt[0].click().run()
-        assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(adopt) == 1
+    adopt[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    review = review_of(at)
+    for n in names[:3]:  # each one is kept in float or left out, never quantized with a threshold of 0
+        c = review.choices.get(n)
+        assert c is None or c.float_kept or (c.override is not None and c.override > 0), (n, c)
     for page in ("pages/1_Distributions.py", "pages/4_Export.py", "pages/3_Layer_sensitivity.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error, (page, [e.value for e in at.error])
