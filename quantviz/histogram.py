@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from quantviz import histogram_kernels
+from quantviz import kernels
 from quantviz.errors import QuantvizError
 
 # Bin widths 2**e for e in [MIN_EXPONENT, MAX_EXPONENT]. x * 2**-e is exact in float32 wherever the
@@ -235,17 +235,17 @@ def add_pair_counts(
 ) -> int:  # fmt: skip
     """abs_and_signed_counts added into abs_out and signed_out (int64, updated in place); returns the
     number of exact zeros. float32 values on a grid of width <= 1 go through the compiled loop of
-    quantviz.histogram_kernels (same counts, about 3x faster); the rest, or compiled=False, through
+    quantviz.kernels (same counts, about 3x faster); the rest, or compiled=False, through
     numpy."""
     values = values.reshape(-1)
     group = 2 * bins // signed_bins
     if (
-        compiled and values.dtype == np.float32 and exponent <= 0 and histogram_kernels.available()
+        compiled and values.dtype == np.float32 and exponent <= 0 and kernels.available()
         and group >= 1 and group * signed_bins == 2 * bins and group & (group - 1) == 0
     ):  # fmt: skip
         shift = group.bit_length() - 1
         scale = np.float32(math.ldexp(1.0, -exponent))
-        return histogram_kernels.add_counts(np.ascontiguousarray(values), scale, bins, shift, abs_out, signed_out, _fine_scratch(bins))
+        return kernels.add_counts(np.ascontiguousarray(values), scale, bins, shift, abs_out, signed_out, _fine_scratch(bins))
     zeros = 0
     for i in range(0, max(values.size, 1), CHUNK):
         a, sc, z = _counts_chunk(values[i : i + CHUNK], exponent, bins, nonnegative, signed_bins)

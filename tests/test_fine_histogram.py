@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from quantviz import histogram_kernels
+from quantviz import kernels
 from quantviz.calib import MethodConfig
 from quantviz.calib.kl import kl_histogram, threshold_kl
 from quantviz.config import STATS_FORMAT, CollectConfig
@@ -209,11 +209,11 @@ def _edge_heavy(rng: np.random.Generator, size: int, width: float) -> np.ndarray
     return x
 
 
-@pytest.mark.parametrize("size", [1000, histogram_kernels.DIRECT_BELOW + 77, 600_000])
+@pytest.mark.parametrize("size", [1000, kernels.DIRECT_BELOW + 77, 600_000])
 @pytest.mark.parametrize("sbins", [2048, 4096, 32768])  # signed bins of 16, 8 and 1 fine bins
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_compiled_counts_equal_numpy_and_the_oracle(size: int, sbins: int, nonnegative: bool) -> None:
-    assert histogram_kernels.available()  # numba is a requirement: the fast path must be the one tested
+    assert kernels.available()  # numba is a requirement: the fast path must be the one tested
     rng = np.random.default_rng(size + sbins)
     fine = 16384
     x = _edge_heavy(rng, size, 2.0**-10)

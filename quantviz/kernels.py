@@ -1,6 +1,11 @@
-"""Compiled loops for the collection hot spot: the |x| and signed counts of one float32 tensor.
+"""Compiled loops (numba) for the two hot spots, each with a numpy reference elsewhere that tests
+compare it with: the |x| and signed counts of one float32 tensor during collection (add_counts;
+reference quantviz.histogram._counts_chunk) and the sum over a KL candidate's 128 groups
+(group_sums; reference quantviz.calib.kl._group_sums_numpy).
 
-Why compiled (numba), not numpy: the counts are a scatter (counts[bin(x)] += 1) over every
+The collection counts.
+
+Why compiled, not numpy: the counts are a scatter (counts[bin(x)] += 1) over every
 activation value of every sample, about 3 G values for 64 samples of a 400-tensor OCR model. numpy
 needs one pass per step (scale, floor, compare, cast, bincount, which itself scans its input twice)
 over fresh or scratch buffers: about 3.5 ns a value. One loop that scales, bins and counts in
@@ -31,7 +36,7 @@ import numpy.typing as npt
 try:  # numba is a requirement; without it the numpy path computes the same counts, slower
     from numba import njit
 except ImportError:  # pragma: no cover - exercised only where numba is missing
-    njit = None
+    njit = None  # type: ignore[assignment]
 
 # Below this many values a tensor adds to both histograms directly (no fine layout to zero and fold).
 DIRECT_BELOW = 1 << 15
@@ -120,6 +125,34 @@ if njit is not None:
             signed_out[(k + bins) >> shift] += 1
             zeros += s == 0
         return zeros
+
+
+if njit is not None:
+
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _group_sums(term, width, first, last, target, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+        for i in range(first, last + 1):
+            q, r = divmod(i, target)
+            a = 0
+            rem = target - 1  # a_g = ceil(g i / target) = (g i + target - 1) // target, stepped g by g
+            acc = 0.0
+            for _ in range(target):
+                rem += r
+                c = rem >= target
+                rem -= c * target
+                w = q + c
+                acc += term[a * width + w - 1]
+                a += w
+            out[i - first] = acc
+
+
+def group_sums(term: npt.NDArray[np.float64], width: int, first: int, last: int, target: int) -> npt.NDArray[np.float64]:
+    """For each KL candidate i in [first, last]: the sum over its target groups [a_g, a_{g+1}),
+    a_g = ceil(g i / target), of term[a_g * width + (a_{g+1} - a_g) - 1] (the group's entry of a
+    (bins, width) table, see quantviz.calib.kl). Requires first >= target (every group non-empty)."""
+    out = np.empty(last - first + 1)
+    _group_sums(term, width, first, last, target, out)
+    return out
 
 
 def add_counts(
