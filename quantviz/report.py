@@ -2,7 +2,10 @@
 
 LAYERS.csv: a header row, one row per quantized layer in graph order with the columns of CLI.md
 (layer, op_type, output_tensor, cosine_isolated, cosine_accumulated, snr_isolated_db,
-snr_accumulated_db, mse_isolated, mse_accumulated), then one row per model output with layer =
+snr_accumulated_db, mse_isolated, mse_accumulated; then the error decomposition: cosine_input_only,
+cosine_weights_only, cosine_output_only, each the isolated cosine with only that part quantized, empty
+where the layer quantizes nothing of it, and sensitive_part = input | weights | output, the lowest of
+them), then one row per model output with layer =
 "(model output)" giving the end-to-end figures (cosine_accumulated etc. of the fully quantized
 model's outputs against float) and top1_agreement; accuracy_float and accuracy (of the quantized
 model) columns are added when labels were given. Infinite SNR (identical tensors) is written "inf".
@@ -36,6 +39,10 @@ CSV_COLUMNS = (
     "snr_accumulated_db",
     "mse_isolated",
     "mse_accumulated",
+    "cosine_input_only",
+    "cosine_weights_only",
+    "cosine_output_only",
+    "sensitive_part",
     "top1_agreement",
     "max_abs_error",
     "mean_abs_error",
@@ -60,6 +67,15 @@ def _num(v: float | None) -> str:
     return repr(float(v))
 
 
+def _part_cells(le: LayerError) -> dict[str, str]:
+    """cosine_<part>_only for each part the layer quantizes (empty: it has none, e.g. a Relu's
+    weights) and sensitive_part, the part whose error alone is the largest."""
+    if le.parts is None:
+        return {}
+    cells = {f"cosine_{part}_only": _num(f.cosine) for part, f in le.parts.items()}
+    return {**cells, "sensitive_part": le.parts.worst or ""}
+
+
 def layer_rows(report: LayerReport) -> list[dict[str, str]]:
     """The LAYERS.csv rows as dicts of text (layers in graph order, then the model outputs)."""
     rows: list[dict[str, str]] = []
@@ -75,6 +91,7 @@ def layer_rows(report: LayerReport) -> list[dict[str, str]]:
                 "snr_accumulated_db": _num(le.accumulated.snr_db),
                 "mse_isolated": _num(le.isolated.mse),
                 "mse_accumulated": _num(le.accumulated.mse),
+                **_part_cells(le),
             }
         )
     for o in report.outputs:
