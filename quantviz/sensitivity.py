@@ -60,6 +60,7 @@ from quantviz.errors import QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.outputs import OutputFigures, OutputJudge, output_kind
+from quantviz.progress import Report, Step
 from quantviz.qdq import QdqBuild
 from quantviz.runtime import first_line, new_session, session_options
 from quantviz.sensitivity_plan import PARTS, plan
@@ -460,13 +461,18 @@ def best_method_picks(
     progress: Progress | None = None,
     profile: str | None = None,
     clip_outputs: bool = False,
+    steps: Report | None = None,
+    cancel: Cancel | None = None,
 ) -> tuple[dict[str, MethodPick], int]:
     """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
     Analyses the model once per method (that method on every tensor) on at most `samples` samples and
     picks per layer with compare_methods (ties keep the earlier method: list the default first).
     quantviz.review.apply_method_picks puts the picks in a review (the app and the CLI alike).
+    steps: Steps "Analysis with <method> (i of n)" counting samples over all the analyses; cancel:
+    asked before each batch (CancelledError, nothing returned).
     """
+    from quantviz.calib import METHOD_LABELS
     from quantviz.table import calibrate_model
 
     methods = list(dict.fromkeys(methods))
@@ -475,13 +481,16 @@ def best_method_picks(
     config = config or MethodConfig()
     reports: dict[str, LayerReport] = {}
     for i, m in enumerate(methods):
+        phase = f"Analysis with {METHOD_LABELS.get(m, m)} ({i + 1} of {len(methods)})"
 
-        def step(done: int, total: int, i: int = i) -> None:
+        def step(done: int, total: int, i: int = i, phase: str = phase) -> None:
             if progress is not None:
                 progress(i * total + done, len(methods) * total)
+            if steps is not None:
+                steps(Step(phase, i * total + done, len(methods) * total, "samples"))
 
         table = calibrate_model(model, stats, m, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
-        reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel, parts=False)
+        reports[m] = analyze(model, table, source, samples=samples, progress=step, cancel=cancel, per_channel=per_channel, parts=False)
     return compare_methods(reports), reports[methods[0]].samples
 
 
