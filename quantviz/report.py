@@ -26,6 +26,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from quantviz.error_chart import layer_error_figure
 from quantviz.safeio import write_text
 from quantviz.sensitivity import MODEL_OUTPUT_ROW, LayerError, LayerReport
 
@@ -290,7 +291,8 @@ def to_html(report: LayerReport, title: str | None = None) -> str:
             r += [_fmt(o.accuracy_float, 4), _fmt(o.accuracy_quantized, 4)]
         out_rows.append(r)
     parts.append(_table(out_header, out_rows))
-    figs = [layer_cosine_figure(report, "isolated"), layer_cosine_figure(report, "accumulated"), snr_figure(report)]
+    # 1 - cosine on a log axis: cosines of 0.99991 and 0.99998 look alike on a linear one (quantviz.error_chart)
+    figs = [layer_error_figure(report, "isolated"), layer_error_figure(report, "accumulated"), snr_figure(report)]
     parts.append("<h2>Per-layer error</h2>")
     parts.append(
         "<p>Isolated: only that layer quantized (inputs quantized from float values). "

@@ -159,3 +159,39 @@ def test_a_per_tensor_weight_with_one_huge_channel_makes_the_weights_part_worst(
     _, per_channel = _analyse(tmp_path, w, b, x, "minmax", per_channel=True)
     assert per_channel.parts is not None and per_channel.parts.weights.cosine > le.parts.weights.cosine
     assert PARTS == ("input", "weights", "output")
+
+
+def test_the_method_that_fixes_the_input_part(tmp_path) -> None:
+    """KL clips the input's outlier; MinMax keeps it: among the candidates, a method that does not clip
+    it wins, and each candidate's figure is the numpy figure with that method's input scale."""
+    from quantviz.calib import METHODS, MethodConfig
+    from quantviz.errors import CancelledError
+    from quantviz.progress import CancelToken, Step
+    from quantviz.review import Review
+    from quantviz.sensitivity_fix import fix_candidates
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(F32)
+    b = (rng.standard_normal(4) * 0.1).astype(F32)
+    x = rng.standard_normal((24, 3, 8, 8)).astype(F32)
+    x[:, 0, 4, 4] = 60.0
+    model = load_model(_conv_model(w, b).SerializeToString())
+    np.savez(tmp_path / "x.npz", x=x)
+    source = open_source(tmp_path / "x.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(batch_size=16))
+    steps: list[Step] = []
+    fix = fix_candidates(model, stats, Review(default_method="kl"), "conv", "input", source, ["kl", "minmax", "percentile"], steps=steps.append)
+    assert fix.tensors == ("x",)
+    xd, wd, bd = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    ref = conv2d(xd, wd, bd)
+    for m, got in fix.by_method.items():
+        t = METHODS[m](stats.tensors["x"], MethodConfig()).threshold
+        want = cos_snr_mse(ref, conv2d(fq(xd, float(F32(t) / F32(127))), wd, bd))[0]
+        assert got.cosine == pytest.approx(want, abs=1e-7), m
+    assert fix.current == fix.by_method["kl"]  # the review as it is: KL everywhere
+    assert fix.best == "minmax" and fix.by_method["minmax"].cosine > 0.999 > fix.current.cosine
+    assert steps[-1] == Step(steps[-1].phase, 4 * 24, 4 * 24, "samples") and "Percentile" in steps[-1].phase
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        fix_candidates(model, stats, Review(), "conv", "input", source, ["minmax"], cancel=token)
