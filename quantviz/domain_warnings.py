@@ -13,7 +13,8 @@ applies the fix (apply_fix for the fixes that are review choices).
 - per-tensor weights on a layer whose output channels' abs-max differ by more than WEIGHT_SPREAD: the
   small channels get a few levels. Fix: per-channel weight scales.
 - int32 bias overflow (table.settings["bias_overflow"], quantviz.table.fit_bias_int32): the weight
-  scales were raised. Fix: MinMax on the layer's input (a larger input scale makes the bias fit).
+  scales were raised. Fix: MinMax on the layer's input when its method clips it (a larger input scale
+  makes the bias fit), otherwise keep the layer in float.
 - NaN or Inf in a tensor during collection (left out of every range). Fix: keep it in float (and look
   at the data).
 """
@@ -136,12 +137,20 @@ def _bias_overflow(table: CalibrationTable, stats: CalibrationStats) -> list[Dom
     for wname, v in dict(table.settings.get("bias_overflow") or {}).items():
         layer = str(v.get("layer", ""))
         inputs = [n for n, i in stats.infos.items() if layer in i.consumers and n in table.tensors and not table.tensors[n].float_kept]
-        fix = None
-        if inputs:
-            target = table.tensors[inputs[0]].scale_from or inputs[0]
-            fix = Fix("method", f"Use MinMax for the input {target}", tensor=target, method="minmax")
+        outputs = [n for n, i in stats.infos.items() if i.producer == layer and n in table.tensors]
         text = str(v.get("text") or f"The int32 bias of layer '{layer}' overflows: its weight scales were raised.")
-        out.append(DomainWarning(BIAS_OVERFLOW, text + " A larger input scale lets the bias fit without touching the weights.", (wname,), (layer,), fix))
+        fix = None
+        target = (table.tensors[inputs[0]].scale_from or inputs[0]) if inputs else None
+        t = stats.tensors.get(target) if target is not None else None
+        if target is not None and t is not None and not t.empty and table.tensors[target].threshold < t.absmax:
+            # the method clips the input: its full range gives a larger input scale, and the bias fits
+            fix = Fix("method", f"Use MinMax for the input {target}", tensor=target, method="minmax")
+            text += " The input's threshold clips it: MinMax gives a larger input scale, so the bias fits without touching the weights."
+        elif outputs and not table.tensors[outputs[0]].float_kept:
+            # the input really is that small: int8 cannot hold both, the layer can stay in float
+            fix = Fix("float", f"Keep {layer} in float", tensor=outputs[0])
+            text += " The input is that small over its whole range: keeping the layer in float avoids the coarser weights."
+        out.append(DomainWarning(BIAS_OVERFLOW, text, (wname,), (layer,), fix))
     return out
 
 

@@ -124,6 +124,15 @@ def test_an_int32_bias_overflow_is_shown_with_a_larger_input_scale_as_fix(tmp_pa
     table = calibrate_model(model, stats, "minmax")
     (w,) = [w for w in _warn(model, stats, table) if w.kind == BIAS_OVERFLOW]
     assert w.layers == ("fc",) and "overflows" in w.text
+    # MinMax already keeps the whole (tiny) input: the fix is the layer in float
+    assert w.fix == Fix("float", "Keep fc in float", tensor="h")
+    # a method that clips the input: MinMax on it is the fix
+    t = table.tensors["x"].threshold / 4
+    clipped = table.with_entry("x", TensorEntry("kl", -t, t, t, float(F32(t) / F32(127)), 0))
+    from quantviz.table import apply_model
+
+    clipped = apply_model(clipped, model, True)
+    (w,) = [w for w in _warn(model, stats, clipped) if w.kind == BIAS_OVERFLOW]
     assert w.fix is not None and w.fix.tensor == "x" and w.fix.method == "minmax"
     # the same layer with an ordinary input: no overflow, no warning
     clean = _stats(model, data["x"] * 1e6, tmp_path)
