@@ -89,6 +89,9 @@ report = state.stored(key)
 
 
 CANCEL = "sens_cancel_token"  # the CancelToken of the work running in this session, while it runs
+# A session runs one script at a time and the Cancel callback has already run: a token left here is
+# from a run stopped by another click, not from running work
+st.session_state.pop(CANCEL, None)
 
 
 @callback

@@ -28,6 +28,8 @@ ACCUMULATED_COLOR = "#d62728"
 BAR_HEIGHT_PX = 18
 MIN_FIGURE_HEIGHT_PX = 320
 TOP_MARGIN_PX = 130  # title, legend under it, then the value axis repeated on top of the bars
+# log-axis labels 1e-05, 2e-05, 5e-05, 1e-04 (plotly's default reads 10.00004μ on a matched top axis)
+LOG_TICKS = {"tickformat": ".0e", "dtick": "D2"}
 
 
 def one_minus_cosine(c: float) -> float:
@@ -90,6 +92,8 @@ def layer_error_figure(
         )
     axis_title = {ONE_MINUS_COS: "1 - cosine vs float (smaller is better)", SNR: "SNR vs float, dB (larger is better)", COSINE: "cosine vs float"}[measure]
     xaxis: dict[str, object] = {"title": axis_title, "type": "log" if log else "linear", "showgrid": True}
+    if log:
+        xaxis |= LOG_TICKS
     if measure == COSINE:
         finite = [v for v in (*fig.data[0].x, *fig.data[1].x) if v is not None]
         lo = min(finite) if finite else 0.0
@@ -140,16 +144,17 @@ def parts_figure(le: LayerError) -> go.Figure:
             marker_color=colors,
             customdata=[error_text(f) for _, f in rows],
             hovertemplate="%{y}<br>%{customdata}<extra></extra>",
-            text=[f"{one_minus_cosine(f.cosine):.3g}" for _, f in rows],
+            text=[f"{one_minus_cosine(f.cosine):.3e}" for _, f in rows],
             textposition="outside",
+            cliponaxis=False,
         )
     )
     fig.update_layout(
-        title={"text": f"What makes {le.layer} sensitive: 1 - cosine with only one part quantized", "x": 0.01, "xanchor": "left"},
-        xaxis={"title": "1 - cosine vs float (log scale; smaller is better)", "type": "log"},
+        title={"text": f"What makes {le.layer} sensitive", "x": 0.01, "xanchor": "left"},
+        xaxis={"title": "1 - cosine vs float with only that part quantized (log scale; smaller is better)", "type": "log", **LOG_TICKS},
         yaxis={"autorange": "reversed", "automargin": True},
         height=90 + 42 * len(rows),
-        margin={"l": 10, "r": 40, "t": 50, "b": 50},
+        margin={"l": 10, "r": 80, "t": 50, "b": 50},
         showlegend=False,
     )
     return fig
