@@ -134,7 +134,7 @@ def _long_work(phase: str, work: Any) -> Any:
 
 
 def _cancel_button(col: Any, where: str) -> None:
-    col.button("Cancel", key=f"sens_cancel::{where}", on_click=_cancel, help="Stops the running work within a batch; what was shown before is kept.")
+    col.button("Cancel", key=f"sens_cancel_{where}", on_click=_cancel, help="Stops the running work within a batch; what was shown before is kept.")
 
 
 b_run, b_cancel = st.columns([1, 6])

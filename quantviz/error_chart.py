@@ -111,7 +111,9 @@ def layer_error_figure(
         xaxis=xaxis,
         # the same axis on top: a 9,000 px chart is read from its top too
         xaxis2={**{k: v for k, v in xaxis.items() if k != "title"}, "overlaying": "x", "side": "top", "matches": "x", "showgrid": False},
-        yaxis={"autorange": "reversed", "automargin": True},
+        # worst on top; an explicit range, since the marker of the trace below would pad an autorange by
+        # 5% of the axis (550 px of nothing on a 300-layer chart)
+        yaxis={"range": [len(names) - 0.5, -0.5], "automargin": True},
         legend={"orientation": "h", "yref": "container", "y": 1 - 42 / height, "yanchor": "top", "x": 0.01, "xanchor": "left"},
         margin={"l": 10, "r": 10, "t": TOP_MARGIN_PX, "b": 50},
     )

@@ -111,6 +111,7 @@ def test_error_figure_log_one_minus_cosine_with_the_axis_on_top() -> None:
     # the legend sits under the title, both in the top margin above the plot
     assert fig.layout.title.yref == "container" and fig.layout.legend.yref == "container"
     assert fig.layout.legend.y < fig.layout.title.y and fig.layout.margin.t >= 100
+    assert tuple(fig.layout.yaxis.range) == (2.5, -0.5)  # worst on top, no padding above the first bar
     snr = layer_error_figure(report(), "accumulated", measure=SNR)
     assert snr.layout.xaxis.type == "linear" and list(snr.data[1].x) == [10.0, 12.5, 30.0]
     assert list(layer_error_figure(report(), "accumulated", measure=COSINE).data[1].x) == [0.9, 0.95, 0.999]
