@@ -16,7 +16,7 @@ from quantviz.calib import METHODS, MethodConfig
 from quantviz.calib.result import ACIQ_PRIORS
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
-from quantviz.data import ImagePreprocess, open_source
+from quantviz.data import ImagePreprocess, open_source, sample_range
 from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import LoadedModel, load_model
@@ -120,9 +120,24 @@ def load_checked(model_path: str, show: bool = False, verbose: bool = False) -> 
     return model
 
 
+def _sample_range(text: str) -> tuple[int, int]:
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise QuantvizError(f"--range must look like START:STOP (samples START..STOP-1, e.g. 0:1000), not '{text}'.") from None
+    if not 0 <= start < stop:
+        raise QuantvizError(f"--range needs 0 <= START < STOP, not {text}.")
+    return start, stop
+
+
 def _collect_from_args(args: argparse.Namespace, model_path: str) -> CalibrationStats:
     model = load_checked(model_path, show=True, verbose=bool(getattr(args, "verbose", False)))
+    rng = getattr(args, "range", None)
+    if rng is not None and args.samples is not None:
+        raise QuantvizError("Give --range or --samples, not both (--range 0:N is --samples N).")
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    if rng is not None:
+        source = sample_range(source, *_sample_range(rng))
     config = CollectConfig(samples=args.samples, bins=args.bins, batch_size=args.batch_size)
     stats = collect(model, source, config, progress=progress_bar("collect"))
     if stats.synthetic:
@@ -144,6 +159,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
     stats = _collect_from_args(args, args.model)
     save_stats(stats, args.output)
     print(f"{len(stats.tensors)} tensors, {stats.samples} samples -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from quantviz.merge import inexact_moving_average, merge_calibration_stats
+
+    if len(args.stats) < 2:
+        raise QuantvizError("merge needs at least two statistics files.")
+    _check_output(args.output)
+    parts = [load_stats(Path(p)) if Path(p).exists() else _missing(p) for p in args.stats]
+    merged = merge_calibration_stats(parts, [f"'{p}'" for p in args.stats])
+    for name in inexact_moving_average(parts)[:1]:
+        print(
+            f"note: tensor '{name}' (and maybe others) has no per-batch record in a later file: its moving-average "
+            "min/max is merged to rounding, not bit for bit.", file=sys.stderr,
+        )  # fmt: skip
+    save_stats(merged, args.output)
+    print(f"{len(parts)} files, {len(merged.tensors)} tensors, {merged.samples} samples -> {args.output}", file=sys.stderr)
     return 0
 
 
@@ -291,8 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="stream a calibration set through a model and save statistics")
     p.add_argument("model")
     _add_data_args(p, required=True)
+    p.add_argument("--range", metavar="START:STOP", help="only samples START..STOP-1 (a shard; `merge` joins shards exactly)")
     p.add_argument("-o", "--output", required=True, help="statistics file (.npz)")
     COMMANDS["collect"] = cmd_collect
+
+    p = sub.add_parser("merge", help="merge statistics files of one model and settings (e.g. shards), exactly")
+    p.add_argument("stats", nargs="+", help="statistics files, in sample order")
+    p.add_argument("-o", "--output", required=True, help="merged statistics file (.npz)")
+    COMMANDS["merge"] = cmd_merge
 
     p = sub.add_parser("calibrate", help="compute a calibration table with one method")
     p.add_argument("model", nargs="?")

@@ -88,6 +88,11 @@ def collect(
     accs = {n: TensorAccumulator(n, config.bins, config.ema_constant, config.fine_bins) for n in names}
     total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
     batch_size = effective_batch_size(model, config.batch_size, source)
+    if source.first % batch_size:
+        raise QuantvizError(
+            f"A sample range must start at a multiple of the batch size ({batch_size}), not at {source.first}: "
+            "then its batches are those of one run over all the samples, and merged statistics equal that run's."
+        )
     if fixed_batch_size(model, source) is not None and total % batch_size:
         # A fixed batch dimension (other than 1) cannot run a shorter last batch.
         usable = total - total % batch_size
@@ -148,4 +153,5 @@ def collect(
         config=config,
         tensors=stats,
         infos=infos,
+        data_range=(source.first, source.first + ran) if source.first else None,
     )
