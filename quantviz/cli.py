@@ -139,13 +139,35 @@ def _collect_from_args(args: argparse.Namespace, model_path: str) -> Calibration
     if rng is not None:
         source = sample_range(source, *_sample_range(rng))
     config = CollectConfig(samples=args.samples, bins=args.bins, batch_size=args.batch_size)
-    stats = collect(model, source, config, progress=progress_bar("collect"))
+    ray_address = getattr(args, "ray", None)
+    if ray_address is not None:
+        stats = _collect_on_ray(args, model_path, model, config, ray_address)
+    else:
+        stats = collect(model, source, config, progress=progress_bar("collect"))
     if stats.synthetic:
         print("note: the calibration data is synthetic (random), not real samples.", file=sys.stderr)
     for name in stats.nonfinite_tensors:
         t = stats.tensors[name]
         print(f"warning: tensor '{name}' had {t.nan_count} NaN and {t.posinf_count + t.neginf_count} Inf values (kept out of its range).", file=sys.stderr)
     return stats
+
+
+def _collect_on_ray(args: argparse.Namespace, model_path: str, model: LoadedModel, config: CollectConfig, address: str) -> CalibrationStats:
+    """collect --ray: shards on a Ray cluster (quantviz.distributed), statistics equal to one process's."""
+    from quantviz.distributed import ClusterConfig, collect_on_cluster
+
+    if args.range is not None:
+        raise QuantvizError("--ray collects every sample in shards of its own: give --ray or --range, not both.")
+    if args.shards is not None and args.shards < 1:
+        raise QuantvizError(f"--shards must be at least 1, not {args.shards}.")
+    cluster = ClusterConfig(address=None if address == LOCAL_RAY else address, shards=args.shards)
+    run = collect_on_cluster(model, model_path, args.data, config, cluster, preprocess=_preprocess(args), progress=progress_bar("collect"))
+    machines = f"{run.nodes} machine" + ("s" if run.nodes != 1 else "")
+    print(f"ray: {len(run.shards)} shards on {run.workers} workers ({machines}, {run.cpus} CPUs)", file=sys.stderr)
+    return run.stats
+
+
+LOCAL_RAY = "local"
 
 
 def _check_output(path: str) -> None:
@@ -325,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     _add_data_args(p, required=True)
     p.add_argument("--range", metavar="START:STOP", help="only samples START..STOP-1 (a shard; `merge` joins shards exactly)")
+    p.add_argument(
+        "--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+        help="collect in shards on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (none: a local Ray on 127.0.0.1)",
+    )  # fmt: skip
+    p.add_argument("--shards", type=int, help="with --ray: how many shards (default 4 per CPU of the cluster)")
     p.add_argument("-o", "--output", required=True, help="statistics file (.npz)")
     COMMANDS["collect"] = cmd_collect
 

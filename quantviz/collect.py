@@ -70,22 +70,9 @@ def validate_config(config: CollectConfig) -> None:
         raise QuantvizError(f"The number of samples must be at least 1, not {config.samples}.")
 
 
-def collect(
-    model: LoadedModel,
-    source: CalibrationSource,
-    config: CollectConfig | None = None,
-    progress: Progress | None = None,
-    cancel: Cancel | None = None,
-    tensors: list[str] | None = None,
-) -> CalibrationStats:
-    """Gather min/max, moving averages, NaN/Inf counts and two histograms for every float tensor."""
-    config = config or CollectConfig()
-    validate_config(config)
-    names = tensors if tensors is not None else model.tensor_names
-    session = session_with_outputs(model, names)
-    fetched = [o.name for o in session.get_outputs()]
-    input_names = [i.name for i in model.inputs]
-    accs = {n: TensorAccumulator(n, config.bins, config.ema_constant, config.fine_bins) for n in names}
+def samples_and_batch(model: LoadedModel, source: CalibrationSource, config: CollectConfig) -> tuple[int, int]:
+    """How many samples a collection runs and in batches of how many (collect; the Ray collection plans
+    its shards from the same figures)."""
     total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
     batch_size = effective_batch_size(model, config.batch_size, source)
     if source.first % batch_size:
@@ -103,6 +90,26 @@ def collect(
             )
         log.warning("The model's batch dimension is fixed at %d: the last %d of %d samples are left out.", batch_size, total - usable, total)
         total = usable
+    return total, batch_size
+
+
+def collect(
+    model: LoadedModel,
+    source: CalibrationSource,
+    config: CollectConfig | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    tensors: list[str] | None = None,
+) -> CalibrationStats:
+    """Gather min/max, moving averages, NaN/Inf counts and two histograms for every float tensor."""
+    config = config or CollectConfig()
+    validate_config(config)
+    names = tensors if tensors is not None else model.tensor_names
+    session = session_with_outputs(model, names)
+    fetched = [o.name for o in session.get_outputs()]
+    input_names = [i.name for i in model.inputs]
+    accs = {n: TensorAccumulator(n, config.bins, config.ema_constant, config.fine_bins) for n in names}
+    total, batch_size = samples_and_batch(model, source, config)
     splittable = fixed_batch_size(model, source) is None and not source.one_sample_per_run
     unbatched = {k for k, v in source.layout.items() if v != BATCHED}  # never sliced
     run = 1 if splittable else batch_size  # samples per onnxruntime run; set from the first run
