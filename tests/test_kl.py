@@ -253,3 +253,40 @@ def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch: p
         assert (got.threshold, got.scale, got.min, got.max) == (want.threshold, want.scale, want.min, want.max), name
     monkeypatch.setattr(table_mod, "CALIBRATE_THREADS", 1)
     assert table_mod.calibrate(stats, "kl").tensors == threaded.tensors
+
+
+@pytest.mark.parametrize(("n", "target", "first"), [(2048, 128, 128), (1500, 128, 300), (3000, 128, 128), (700, 100, 150)])
+def test_compiled_group_sums_equal_the_numpy_gather(n: int, target: int, first: int) -> None:
+    """kl_curve sums each candidate's group terms with quantviz.kernels.group_sums (stepping a_g =
+    ceil(g i / target) incrementally); the numpy fallback gathers them through the plan's index table.
+    Both against a direct sum written here from the definition."""
+    from quantviz import kernels
+    from quantviz.calib.kl import _group_sums_numpy, _plan
+
+    assert kernels.available()
+    rng = np.random.default_rng(n)
+    flat, width = _plan(max(n, 2048), target)
+    term = rng.random(n * width)
+    got = kernels.group_sums(term, width, first, n, target)
+    ref = _group_sums_numpy(term, flat[first - 1 : n], target)
+    direct = []
+    for i in range(first, n + 1):
+        a = [-(-g * i // target) for g in range(target + 1)]
+        direct.append(sum(term[a[g] * width + a[g + 1] - a[g] - 1] for g in range(target)))
+    np.testing.assert_allclose(got, direct, rtol=1e-12)
+    np.testing.assert_allclose(ref, direct, rtol=1e-12)
+
+
+def test_curve_without_the_compiled_loop_equals_the_slow_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numpy fallback (no numba) gives the same curves."""
+    from quantviz import kernels
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    for h in _histograms():
+        cand, div = kl_curve(h, KL_START_BIN, KL_TARGET_BINS)
+        s_cand, s_div_list = slow_kl(h.tolist())
+        np.testing.assert_array_equal(cand, s_cand)
+        s_div = np.array(s_div_list)
+        fin = np.isfinite(s_div)
+        np.testing.assert_array_equal(np.isinf(div), np.isinf(s_div))
+        np.testing.assert_allclose(div[fin], s_div[fin], rtol=1e-9, atol=1e-12)
