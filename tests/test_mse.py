@@ -153,7 +153,7 @@ def test_min_bin_limits_the_candidates() -> None:
     assert r.curve.x[0] == pytest.approx(500 * st.abs_hist.width)
     for bad in (0, -3, 2.5, True):
         with pytest.raises(QuantvizError, match="MSE"):
-            MethodConfig(mse_min_bin=bad)  # type: ignore[arg-type]
+            MethodConfig(mse_min_bin=bad)  # type: ignore[arg-type]  # wrong types on purpose: the check under test
 
 
 def test_statistics_without_histogram_are_rejected() -> None:
