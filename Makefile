@@ -35,11 +35,12 @@ test-fast: install
 bench: install
 	$(PY) bench/bench_collect.py sample_models/digits_resnet.onnx sample_models/digits32_calib.npz
 
-# ruff over every Python folder; mypy strict on the engine (mypy.ini), default checks on the app.
+# ruff and mypy over every Python folder (mypy.ini: strict everywhere).
 lint: install
 	$(PY) -m ruff check quantviz ui pages tests bench app.py
 	$(PY) -m mypy quantviz
 	$(PY) -m mypy ui pages app.py
+	$(PY) -m mypy tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,11 +34,11 @@ from quantviz.summary import clipped_fraction  # noqa: E402
 from quantviz.table import calibrate_model  # noqa: E402
 
 
-def accuracy(proto: object, eval_path: Path) -> float:
+def accuracy(proto: onnx.ModelProto, eval_path: Path) -> float:
     data = np.load(eval_path)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # Q/DQ as the spec defines (bench_eq.py)
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     probs = sess.run(None, {"input": data["input"]})[0]
     return float((probs.argmax(axis=1) == data["label"]).mean())
 
@@ -64,7 +65,7 @@ def main() -> None:
         for n, e in kl.tensors.items()
         if n in mm.tensors and n in stats.tensors and not stats.tensors[n].empty
     }
-    worst = sorted(clip, key=clip.get, reverse=True)[: args.swap]  # type: ignore[arg-type]
+    worst = sorted(clip, key=lambda n: clip[n], reverse=True)[: args.swap]
     print()
     print(f"KL with MinMax given back to one tensor (the {len(worst)} KL clips hardest), then to the first k together:")
     print(f"  {'tensor':<48} {'op':<8} {'KL T / abs-max':>14} {'clipped':>9} {'alone':>7} {'first k':>8}")

@@ -280,8 +280,8 @@ def ratios(rows: list[dict[str, Any]], samples: list[int]) -> str:
         )
         out.append(f"  quantviz collect + KL + MinMax / float inference {_ratio(qc, val(fl, 'collect')):>7}")
         q_setup, f_setup, f_run = val(q, "setup"), val(fl, "setup"), val(fl, "first_pass")
-        if None not in (q_setup, q_collect, f_setup, f_run):
-            whole = _ratio(q_setup + q_collect, f_setup + f_run)  # type: ignore[operator]
+        if q_setup is not None and q_collect is not None and f_setup is not None and f_run is not None:
+            whole = _ratio(q_setup + q_collect, f_setup + f_run)
             out.append(f"  start-up included: load + collect / session + first float pass {whole:>5}   (target <= 5x)")
     if len(samples) >= 2:
         lo, hi = min(samples), max(samples)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,13 +36,13 @@ from quantviz.model import load_model  # noqa: E402
 from quantviz.samples import SAMPLES  # noqa: E402
 
 
-def _accuracy(proto: object, eval_path: Path) -> float:
+def _accuracy(proto: onnx.ModelProto, eval_path: Path) -> float:
     data = np.load(eval_path)
     # Q/DQ run as the spec defines them: onnxruntime's fused int8 kernels saturate on x86 CPUs with
     # AVX2 and no VNNI (quantviz.qdq), which would measure the CPU instead of the scales
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     probs = sess.run(None, {"input": data["input"]})[0]
     return float((probs.argmax(axis=1) == data["label"]).mean())
 

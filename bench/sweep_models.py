@@ -35,7 +35,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -233,6 +233,9 @@ class SweepModel:
     outputs: tuple[str, ...] = ()  # outputs the task reads (default all, in graph order)
 
 
+Row = dict[str, Any]  # one model's line of the sweep, as written to JSON
+
+
 OCR = "rapidocr-onnxruntime/unz/rapidocr_onnxruntime/models/"
 
 
@@ -290,7 +293,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -> dict[str, object]:
+def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -> Row:
     import onnx
     import onnxruntime as ort
 
@@ -305,7 +308,7 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
     from quantviz.sensitivity import analyze, best_method_table
     from quantviz.table import calibrate_model
 
-    row: dict[str, object] = {"model": m.name, "family": m.family}
+    row: Row = {"model": m.name, "family": m.family}
     step = "load"
     try:
         tmp = Path("/tmp") / f"sweep_{m.name}"
@@ -394,7 +397,7 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
             f_list = [np.concatenate(task_f[k]) for k in keep]
             q_list = [np.concatenate(task_q[k]) for k in keep]
             row["task"] = m.task(f_list, q_list) if len(keep) > 1 else m.task(f_list[:1], q_list[:1])
-        row["task_ok"] = bool(row["task"][2] >= m.pass_at) if row["task"][2] == row["task"][2] else None  # type: ignore[index]
+        row["task_ok"] = bool(row["task"][2] >= m.pass_at) if row["task"][2] == row["task"][2] else None
     except QuantvizError as exc:
         row["error"] = f"{step}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a raw message is what the sweep hunts
@@ -406,16 +409,16 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
 # ---------------------------------------------------------------- the table
 
 
-def _fmt(row: dict[str, object]) -> str:
+def _fmt(row: Row) -> str:
     def f(key: str, spec: str) -> str:
         v = row.get(key)
         return format(v, spec) if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
     task = row.get("task")
     task_text = f"{task[0]} {task[2]:.1f}%" if isinstance(task, list | tuple) else "-"
-    ok = {True: "yes", False: "NO", None: "-"}[row.get("task_ok")]  # type: ignore[index]
-    loads = {True: "yes", False: "NO", None: "-"}[row.get("qdq_loads")]  # type: ignore[index]
-    agrees = {True: "yes", False: f"NO ({f('qdq_diff', '.1e')})", None: "-"}[row.get("qdq_agrees")]  # type: ignore[index]
+    ok = {True: "yes", False: "NO", None: "-"}[row.get("task_ok")]
+    loads = {True: "yes", False: "NO", None: "-"}[row.get("qdq_loads")]
+    agrees = {True: "yes", False: f"NO ({f('qdq_diff', '.1e')})", None: "-"}[row.get("qdq_agrees")]
     line = (
         f"{row['model']:<18} {f('tensors', 'd'):>7} {f('collect_s', '.1f'):>9} {f('peak_mb', '.0f'):>8} "
         f"{f('cos_kl', '.4f'):>8} {f('cos_best', '.4f'):>9} {f('cos_ort', '.4f'):>8} {loads:>5} {agrees:>7}  {task_text:<34} {ok}"
@@ -423,7 +426,7 @@ def _fmt(row: dict[str, object]) -> str:
     if row.get("error"):
         line += f"\n    {row['error']}"
     if row.get("task_ok") is False and row.get("worst"):
-        line += "\n    worst layers (best-per-layer): " + "; ".join(row["worst"])  # type: ignore[arg-type]
+        line += "\n    worst layers (best-per-layer): " + "; ".join(row["worst"])
     return line
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,7 +51,7 @@ def write_model(tmp_path: Path) -> Callable[[onnx.ModelProto, str], Path]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():  # type: ignore[no-untyped-def]
+def ray_cluster() -> Iterator[Any]:  # Ray ships no type information
     """A real local Ray (127.0.0.1, 2 CPUs, no dashboard: quantviz.distributed.connect) for the whole
     test session, shut down at its end."""
     from quantviz.distributed import connect

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,7 +24,7 @@ from quantviz.cli import main
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import ImagePreprocess, open_source
-from quantviz.distributed import ClusterConfig, collect_on_cluster, import_ray, plan_shards
+from quantviz.distributed import ClusterConfig, ClusterRun, collect_on_cluster, import_ray, plan_shards
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import load_model
 from quantviz.stats import CalibrationStats, stats_arrays
@@ -43,12 +44,12 @@ def assert_same_stats(a: CalibrationStats, b: CalibrationStats) -> None:
 
 
 def _single_and_ray(
-    model_path: Path, data: str | Path, config: CollectConfig, shards: int, **kw: object
-) -> tuple[CalibrationStats, object]:
+    model_path: Path, data: str | Path, config: CollectConfig, shards: int, **kw: Any
+) -> tuple[CalibrationStats, ClusterRun]:
     model = load_model(model_path)
     pre = kw.get("preprocess")
-    single = collect(model, open_source(data, model.inputs, preprocess=pre), config)  # type: ignore[arg-type]
-    run = collect_on_cluster(model, model_path, data, config, ClusterConfig(shards=shards), **kw)  # type: ignore[arg-type]
+    single = collect(model, open_source(data, model.inputs, preprocess=pre), config)
+    run = collect_on_cluster(model, model_path, data, config, ClusterConfig(shards=shards), **kw)
     return single, run
 
 
@@ -71,10 +72,10 @@ def test_four_shards_equal_one_process_on_the_samples(model_name: str) -> None:
     data = SAMPLES / ("digits_calib.npz" if model_name == "digits_cnn.onnx" else "digits32_calib.npz")
     seen: list[tuple[int, int]] = []
     single, run = _single_and_ray(SAMPLES / model_name, data, config, 4, progress=lambda d, t: seen.append((d, t)))
-    assert len(run.shards) == 4 and run.stats.samples == config.samples  # type: ignore[attr-defined]
-    assert_same_stats(run.stats, single)  # type: ignore[attr-defined]
+    assert len(run.shards) == 4 and run.stats.samples == config.samples
+    assert_same_stats(run.stats, single)
     assert seen[0] == (0, config.samples) and seen[-1] == (config.samples, config.samples)
-    assert 1 <= run.workers <= 2 and all(s.nbytes > 0 for s in run.shards)  # type: ignore[attr-defined]
+    assert 1 <= run.workers <= 2 and all(s.nbytes > 0 for s in run.shards)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ DEEP_CONFIG = CollectConfig(batch_size=4, fine_bins=4096)
 def test_a_generated_model_of_300_tensors(deep: tuple[Path, Path]) -> None:
     single, run = _single_and_ray(*deep, DEEP_CONFIG, 4)
     assert len(single.tensors) >= 300
-    assert_same_stats(run.stats, single)  # type: ignore[attr-defined]
+    assert_same_stats(run.stats, single)
 
 
 def _image_folder(tmp_path: Path, n: int, bad: int | None = None) -> Path:
@@ -114,8 +115,8 @@ def test_image_folder_shards_are_files(tmp_path: Path) -> None:
     folder = _image_folder(tmp_path, 40)
     pre = ImagePreprocess(color="gray")
     single, run = _single_and_ray(SAMPLES / "digits_cnn.onnx", folder, CollectConfig(batch_size=4), 3, preprocess=pre)
-    assert [(s.start, s.stop) for s in run.shards] == [(0, 12), (12, 24), (24, 40)]  # type: ignore[attr-defined]
-    assert_same_stats(run.stats, single)  # type: ignore[attr-defined]
+    assert [(s.start, s.stop) for s in run.shards] == [(0, 12), (12, 24), (24, 40)]
+    assert_same_stats(run.stats, single)
 
 
 def test_a_shard_with_bad_data_fails_the_run_naming_it(tmp_path: Path) -> None:

@@ -20,14 +20,16 @@ from quantviz.domain_warnings import (
     NONNEGATIVE,
     SATURATING,
     WEIGHT_CHANNELS,
+    DomainWarning,
     Fix,
     apply_fix,
     domain_warnings,
     for_layer,
 )
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.review import Review
-from quantviz.table import TensorEntry, calibrate_model
+from quantviz.stats import CalibrationStats
+from quantviz.table import CalibrationTable, TensorEntry, calibrate_model
 
 from .graphs import IR_VERSION, OPSET
 from .test_bias_overflow import _model as bias_overflow_model
@@ -35,7 +37,7 @@ from .test_bias_overflow import _model as bias_overflow_model
 F32 = np.float32
 
 
-def _softmax_model(spread: float):
+def _softmax_model(spread: float) -> tuple[LoadedModel, np.ndarray]:
     """x[N,8] -> Gemm(w1: row 0 scaled by `spread`) -> g -> Softmax -> p -> Gemm(w2) -> y."""
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((6, 8)) * 0.5).astype(F32)
@@ -56,12 +58,14 @@ def _softmax_model(spread: float):
     return load_model(proto.SerializeToString()), w1
 
 
-def _stats(model, x: np.ndarray, folder: Path):
+def _stats(model: LoadedModel, x: np.ndarray, folder: Path) -> CalibrationStats:
     np.savez(folder / "x.npz", x=x)
     return collect(model, open_source(folder / "x.npz", model.inputs), CollectConfig())
 
 
-def _warn(model, stats, table, per_channel=True, profile="ort"):
+def _warn(
+    model: LoadedModel, stats: CalibrationStats, table: CalibrationTable, per_channel: bool = True, profile: str = "ort"
+) -> list[DomainWarning]:
     return domain_warnings(table, stats, model.folded.weights(True), per_channel=per_channel, profile=profile)
 
 
@@ -155,4 +159,5 @@ def test_nan_in_a_tensor(tmp_path: Path) -> None:
     got = {w.tensors[0]: w for w in _warn(model, stats, calibrate_model(model, stats, "minmax")) if w.kind == NONFINITE}
     assert set(got) == {n for n in ("s", "y") if stats.tensors[n].nan_count} and "s" in got
     assert "1 NaN" in got["s"].text and got["s"].layers == ("sqrt",)
-    assert apply_fix(Review(), got["s"].fix).choice("s").float_kept
+    fix = got["s"].fix
+    assert fix is not None and apply_fix(Review(), fix).choice("s").float_kept

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -36,8 +37,9 @@ from quantviz.easyquant import (
 from quantviz.errors import QuantvizError
 from quantviz.fakequant import fake_quantize
 from quantviz.metrics import cosine
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.qdq import prepare_float_model
+from quantviz.stats import CalibrationStats
 from quantviz.weights import weight_scales
 from tests.conftest import SAMPLES, ort_run_with_outputs
 
@@ -183,7 +185,7 @@ def test_defaults_are_the_papers() -> None:
 )
 def test_bad_config_is_a_sentence(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(QuantvizError, match=words):
-        EQConfig(**kwargs)  # type: ignore[arg-type]
+        EQConfig(**kwargs)  # type: ignore[arg-type]  # wrong values and types on purpose: the checks under test
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,8 +556,16 @@ def test_cli_eq(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 # The sample model
 
 
+class Digits(TypedDict):
+    """The sample model, its calibration data and statistics."""
+
+    model: LoadedModel
+    source: CalibrationSource
+    stats: CalibrationStats
+
+
 @pytest.fixture(scope="module")
-def digits() -> dict[str, object]:
+def digits() -> Digits:
     model = load_model(SAMPLES / "digits_cnn.onnx")
     source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
     stats = collect(model, source, CollectConfig())
@@ -576,15 +586,15 @@ def _fold(proto: onnx.ModelProto, conv: onnx.NodeProto, bn: onnx.NodeProto | Non
 
 
 @pytest.mark.slow
-def test_digits_isolated_eq_beats_kl_on_a_numpy_recomputation(digits: dict[str, object]) -> None:
+def test_digits_isolated_eq_beats_kl_on_a_numpy_recomputation(digits: Digits) -> None:
     """Every searched layer's cosine (fused Relu output, float input, numpy conv) with EQ's scales is
     >= with KL's; for layers sharing an input (two branches) the mean over them is."""
     model, source, stats = digits["model"], digits["source"], digits["stats"]
-    table = calibrate_eq(model, stats, source, EQConfig(mode="isolated"))  # type: ignore[arg-type]
+    table = calibrate_eq(model, stats, source, EQConfig(mode="isolated"))
     from quantviz.table import calibrate_model
 
-    kl = calibrate_model(model, stats, "kl")  # type: ignore[arg-type]
-    proto = model.proto  # type: ignore[attr-defined]
+    kl = calibrate_model(model, stats, "kl")
+    proto = model.proto
     nodes = {n.name: n for n in proto.graph.node}
     consumer = {i: n for n in proto.graph.node for i in n.input}
     layers = table.settings["eq"]["layers"]
@@ -637,7 +647,7 @@ def test_digits_isolated_eq_beats_kl_on_a_numpy_recomputation(digits: dict[str, 
 
 
 @pytest.mark.slow
-def test_digits_accumulated_eq_per_layer_and_accuracy(digits: dict[str, object]) -> None:
+def test_digits_accumulated_eq_per_layer_and_accuracy(digits: Digits) -> None:
     """The default EQ (accumulated) on digits_cnn, measured by quantviz.sensitivity on the QDQ model
     onnxruntime's quantizer builds: every searched layer's accumulated cosine is >= KL's, and the
     accuracy on digits_eval is within 1 point of float (KL's too)."""
@@ -645,16 +655,16 @@ def test_digits_accumulated_eq_per_layer_and_accuracy(digits: dict[str, object])
     from quantviz.table import calibrate_model
 
     model, source, stats = digits["model"], digits["source"], digits["stats"]
-    table = calibrate_eq(model, stats, source)  # type: ignore[arg-type]
-    kl = calibrate_model(model, stats, "kl")  # type: ignore[arg-type]
+    table = calibrate_eq(model, stats, source)
+    kl = calibrate_model(model, stats, "kl")
     searched = table.settings["eq"]["layers"]
     assert len(searched) == 7  # 6 Conv + 1 Gemm
     for layer in searched.values():
         assert layer["cosine"] >= layer["initial_cosine"]
-    ev = open_source(SAMPLES / "digits_eval.npz", model.inputs)  # type: ignore[attr-defined]
+    ev = open_source(SAMPLES / "digits_eval.npz", model.inputs)
     labels = np.load(SAMPLES / "digits_eval.npz")["label"]
-    r_kl = analyze(model, kl, ev, labels=labels)  # type: ignore[arg-type]
-    r_eq = analyze(model, table, ev, labels=labels)  # type: ignore[arg-type]
+    r_kl = analyze(model, kl, ev, labels=labels)
+    r_eq = analyze(model, table, ev, labels=labels)
     kl_layers = {le.layer: le for le in r_kl.layers}
     for le in r_eq.layers:
         if le.layer in searched:

@@ -4,6 +4,8 @@ that part quantized; all three together are the isolated figure; on layers where
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -13,22 +15,22 @@ from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import open_source
 from quantviz.model import load_model
-from quantviz.sensitivity import analyze
+from quantviz.sensitivity import LayerError, analyze
 from quantviz.sensitivity_plan import PARTS
 from quantviz.table import CalibrationTable, calibrate_model
 
 from .graphs import IR_VERSION, OPSET
-from .test_sensitivity import OUT, conv2d, cos_snr_mse, fq, fq_bias, fq_weight, make_tiny
+from .test_sensitivity import OUT, Tiny, conv2d, cos_snr_mse, fq, fq_bias, fq_weight, make_tiny
 
 F32 = np.float32
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return make_tiny(tmp_path_factory)
 
 
-def test_parts_equal_numpy_on_the_tiny_graph(tiny) -> None:
+def test_parts_equal_numpy_on_the_tiny_graph(tiny: Tiny) -> None:
     model, source, table, arrays, x, _, ref, _ = tiny
     report = analyze(model, table, source, batch_size=4)
     e = table.tensors
@@ -67,7 +69,7 @@ def test_parts_equal_numpy_on_the_tiny_graph(tiny) -> None:
             assert fig.snr_db == pytest.approx(snr, abs=1e-4), (layer, part)
 
 
-def test_parts_recombine_to_the_isolated_error(tiny) -> None:
+def test_parts_recombine_to_the_isolated_error(tiny: Tiny) -> None:
     """Quantizing all three parts is the isolated copy itself, and the parts' noise powers add up to
     the isolated one (the three roundings are nearly independent)."""
     model, source, table, *_ = tiny
@@ -115,7 +117,9 @@ def _expected_parts(table: CalibrationTable, x: np.ndarray, w: np.ndarray, b: np
     return {k: cos_snr_mse(ref, v)[0] for k, v in parts.items()}
 
 
-def _analyse(tmp_path, w: np.ndarray, b: np.ndarray, x: np.ndarray, method: str, per_channel: bool):
+def _analyse(
+    tmp_path: Path, w: np.ndarray, b: np.ndarray, x: np.ndarray, method: str, per_channel: bool
+) -> tuple[CalibrationTable, LayerError]:
     model = load_model(_conv_model(w, b).SerializeToString())
     np.savez(tmp_path / "x.npz", x=x)
     source = open_source(tmp_path / "x.npz", model.inputs)
@@ -126,7 +130,7 @@ def _analyse(tmp_path, w: np.ndarray, b: np.ndarray, x: np.ndarray, method: str,
     return table, le
 
 
-def test_an_input_outlier_that_kl_clips_makes_the_input_part_worst(tmp_path) -> None:
+def test_an_input_outlier_that_kl_clips_makes_the_input_part_worst(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(F32)
     b = (rng.standard_normal(4) * 0.1).astype(F32)
@@ -141,10 +145,11 @@ def test_an_input_outlier_that_kl_clips_makes_the_input_part_worst(tmp_path) -> 
     for part, cos in want.items():
         assert getattr(le.parts, part).cosine == pytest.approx(cos, abs=1e-7), part
     assert min(want, key=lambda k: want[k]) == "input" and le.parts.worst == "input"
+    assert le.parts.input is not None and le.parts.weights is not None and le.parts.output is not None
     assert le.parts.input.cosine < 0.99 < min(le.parts.weights.cosine, le.parts.output.cosine)
 
 
-def test_a_per_tensor_weight_with_one_huge_channel_makes_the_weights_part_worst(tmp_path) -> None:
+def test_a_per_tensor_weight_with_one_huge_channel_makes_the_weights_part_worst(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     w = (rng.standard_normal((4, 3, 3, 3)) * 0.05).astype(F32)
     # output channel 0 spans 25x the others (one per-tensor scale leaves them a few levels), on an
@@ -162,11 +167,12 @@ def test_a_per_tensor_weight_with_one_huge_channel_makes_the_weights_part_worst(
     assert min(want, key=lambda k: want[k]) == "weights" and le.parts.worst == "weights"
     # per-channel weights remove that part's error
     _, per_channel = _analyse(tmp_path, w, b, x, "minmax", per_channel=True)
-    assert per_channel.parts is not None and per_channel.parts.weights.cosine > le.parts.weights.cosine
+    assert per_channel.parts is not None and per_channel.parts.weights is not None and le.parts.weights is not None
+    assert per_channel.parts.weights.cosine > le.parts.weights.cosine
     assert PARTS == ("input", "weights", "output")
 
 
-def test_the_method_that_fixes_the_input_part(tmp_path) -> None:
+def test_the_method_that_fixes_the_input_part(tmp_path: Path) -> None:
     """KL clips the input's outlier; MinMax keeps it: among the candidates, a method that does not clip
     it wins, and each candidate's figure is the numpy figure with that method's input scale."""
     from quantviz.calib import METHODS, MethodConfig

@@ -19,7 +19,7 @@ from quantviz.data import open_source
 from quantviz.errors import QuantvizError
 from quantviz.export import csv_format, ncnn, ort_tables, qdq_model, qv_json, tensorrt
 from quantviz.export.registry import ExportOptions, export_bytes, import_bytes
-from quantviz.model import InputSpec, load_model
+from quantviz.model import InputSpec, LoadedModel, load_model
 from quantviz.review import Review, load_review, review_bytes
 from quantviz.schema import SCALE_MIN, check_stats, check_table
 from quantviz.stats import load_stats, save_stats
@@ -70,8 +70,8 @@ def _tables_ok(result: object) -> None:
         check_table(result)
 
 
-def _ncnn_with(model: object) -> Callable[[bytes], object]:
-    return lambda d: ncnn.loads_ncnn(d, model)  # type: ignore[arg-type]
+def _ncnn_with(model: LoadedModel) -> Callable[[bytes], object]:
+    return lambda d: ncnn.loads_ncnn(d, model)
 
 
 READERS: dict[str, tuple[str, Callable[[bf.Valid], Callable[[bytes], object]]]] = {

@@ -1,4 +1,4 @@
-"""Habits the suite enforces: ruff over every Python folder, mypy (strict on the engine), and layering.
+"""Habits the suite enforces: ruff and mypy over every Python folder (strict, mypy.ini), and layering.
 
 The linters run as the user would run them (`make lint`); a failure shows the tool's own output.
 The layering rule: quantviz/calib/ holds pure functions of statistics, so it never imports the table,
@@ -42,11 +42,28 @@ def test_mypy_on_the_app() -> None:
     assert "Success" in r.stdout
 
 
+def test_mypy_on_the_tests_and_the_benches() -> None:
+    r = _run("mypy", "tests", "bench")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success" in r.stdout
+
+
+def test_make_lint_types_every_python_folder() -> None:
+    """`make lint` runs mypy over the same folders as ruff (CI runs it; this suite runs mypy itself above)."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    typed = {word for line in lint.splitlines() if "-m mypy" in line for word in line.split("-m mypy", 1)[1].split()}
+    assert typed == set(PYTHON_FOLDERS), lint
+
+
 def test_mypy_config_is_strict_on_the_engine() -> None:
     text = (ROOT / "mypy.ini").read_text(encoding="utf-8")
     section = text.split("[mypy-quantviz.*]", 1)[1].split("[", 1)[0]
     assert "strict = True" in section
     assert "ignore_errors" not in text  # no module is excused wholesale
+    main = text.split("[mypy]", 1)[1].split("[", 1)[0]
+    assert "strict = True" in main  # every folder is held to the engine's flags
+    assert "ignore-without-code" in main  # an ignore names the error it silences
 
 
 def _imports(path_text: str, package: str) -> list[str]:

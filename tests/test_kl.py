@@ -277,16 +277,16 @@ def test_compiled_group_sums_equal_the_numpy_gather(n: int, target: int, first: 
     np.testing.assert_allclose(ref, direct, rtol=1e-12)
 
 
-def test_curve_without_the_compiled_loop_equals_the_slow_loop(monkeypatch) -> None:
+def test_curve_without_the_compiled_loop_equals_the_slow_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The numpy fallback (no numba) gives the same curves."""
     from quantviz import kernels
 
     monkeypatch.setattr(kernels, "available", lambda: False)
     for h in _histograms():
         cand, div = kl_curve(h, KL_START_BIN, KL_TARGET_BINS)
-        s_cand, s_div = slow_kl(h.tolist())
+        s_cand, s_div_list = slow_kl(h.tolist())
         np.testing.assert_array_equal(cand, s_cand)
-        s_div = np.array(s_div)
+        s_div = np.array(s_div_list)
         fin = np.isfinite(s_div)
         np.testing.assert_array_equal(np.isinf(div), np.isinf(s_div))
         np.testing.assert_allclose(div[fin], s_div[fin], rtol=1e-9, atol=1e-12)

@@ -90,6 +90,7 @@ def test_symmetric_at_2048_bins_matches_brute_force(kind: str) -> None:
     st = stats_of(x)
     r = threshold_mse(st, MethodConfig())
     c = r.curve
+    assert c is not None
     sel = np.unique(np.linspace(0, c.x.size - 1, 60).astype(int))
     brute = np.array([brute_symmetric(x, t) for t in c.x[sel]])
     assert np.allclose(c.y[sel], brute, rtol=0.03)
@@ -148,10 +149,11 @@ def test_does_not_modify_the_statistics() -> None:
 def test_min_bin_limits_the_candidates() -> None:
     st = stats_of(_data("laplace", 10_000))
     r = threshold_mse(st, MethodConfig(mse_min_bin=500))
+    assert r.curve is not None
     assert r.curve.x[0] == pytest.approx(500 * st.abs_hist.width)
     for bad in (0, -3, 2.5, True):
         with pytest.raises(QuantvizError, match="MSE"):
-            MethodConfig(mse_min_bin=bad)  # type: ignore[arg-type]
+            MethodConfig(mse_min_bin=bad)  # type: ignore[arg-type]  # wrong types on purpose: the check under test
 
 
 def test_statistics_without_histogram_are_rejected() -> None:

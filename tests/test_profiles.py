@@ -13,19 +13,20 @@ from onnx import TensorProto, helper, numpy_helper
 from quantviz.cli import main
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
-from quantviz.data import open_source
-from quantviz.model import load_model
+from quantviz.data import CalibrationSource, open_source
+from quantviz.model import LoadedModel, load_model
 from quantviz.profiles import PROFILES, placement
 from quantviz.qdq import build_qdq_model
 from quantviz.review import Review, build_table, load_review, review_bytes
 from quantviz.sensitivity import analyze
+from quantviz.stats import CalibrationStats
 from quantviz.table import apply_model, calibrate_model
 from tests.corpus import _save, batch_case, layernorm_decomposed
 
 LN_INSIDE = {"mu", "d", "d2", "var", "ve", "sd", "n", "ng"}
 
 
-def _stats(path: Path, data: dict[str, np.ndarray], tmp: Path):
+def _stats(path: Path, data: dict[str, np.ndarray], tmp: Path) -> tuple[LoadedModel, CalibrationSource, CalibrationStats]:
     model = load_model(path)
     # numpy's stub lets **arrays fill its allow_pickle: bool parameter
     np.savez(tmp / "data.npz", **data)  # type: ignore[arg-type]
@@ -159,11 +160,13 @@ def test_output_figures_judge_decisions_and_one_value_outputs(tmp_path: Path) ->
     p_f, p_q, l_f, l_q = f[0].ravel(), q[0].ravel(), f[1].ravel().astype(np.float64), q[1].ravel().astype(np.float64)
     d = by["p"].detail
     assert d is not None and d.kind == "probability"
+    assert d.decision_agreement is not None
     assert d.decision_agreement == pytest.approx(np.mean((p_f >= 0.5) == (p_q >= 0.5)))
     assert d.decision_agreement < 0.99  # clipped logits flip the rare positive decisions
     assert by["p"].figures.cosine == 1.0 or by["p"].figures.cosine > d.decision_agreement  # cosine alone hides it
     dl = by["logit"].detail
     assert dl is not None and dl.kind == "one per sample"
+    assert dl.saturated_share is not None
     assert dl.across_cosine == pytest.approx(l_f @ l_q / (np.linalg.norm(l_f) * np.linalg.norm(l_q)), rel=1e-9)
     assert dl.max_abs_error == pytest.approx(np.abs(l_f - l_q).max(), rel=1e-5)
     assert dl.mean_abs_error == pytest.approx(np.abs(l_f - l_q).mean(), rel=1e-5)
@@ -309,7 +312,10 @@ def _gelu_model(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """x -> MatMul -> h; the tanh-form GELU of h (jax2tf's order: c * h, h * ., h * ., h + ., * sqrt(2/pi),
     Tanh, 1 + ., 0.5 * ., h * .) -> MatMul -> y; the erf-form GELU of h (PyTorch's: h / sqrt 2, Erf, + 1,
     h * ., * 0.5) -> MatMul -> z."""
-    c = lambda v, n: numpy_helper.from_array(np.array(v, np.float32), n)  # noqa: E731
+
+    def c(v: float, n: str) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(v, np.float32), n)
+
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
         helper.make_node("Mul", ["k", "h"], ["t1"], name="t_mul"),

@@ -11,12 +11,13 @@ import pytest
 from quantviz.calib import METHOD_LABELS
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
-from quantviz.data import open_source
+from quantviz.data import CalibrationSource, open_source
 from quantviz.easyquant import EQConfig, calibrate_eq
 from quantviz.errors import CancelledError
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.progress import CancelToken, Eta, Step, duration_text, phased, text
 from quantviz.sensitivity import analyze, best_method_picks
+from quantviz.stats import CalibrationStats
 from quantviz.table import calibrate_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -43,15 +44,18 @@ def test_phased_counts_one_stretch_of_a_longer_run() -> None:
     assert got == [Step("Analysis with KL (2 of 3)", 40, 96, "samples")]
 
 
+Digits = tuple[LoadedModel, CalibrationSource, CalibrationStats]  # the sample model, its data, statistics
+
+
 @pytest.fixture(scope="module")
-def digits():
+def digits() -> Digits:
     model = load_model(SAMPLES / "digits_cnn.onnx")
     source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
     stats = collect(model, source, CollectConfig(samples=64))
     return model, source, stats
 
 
-def test_best_method_search_names_each_method_and_cancels_within_the_run(digits) -> None:
+def test_best_method_search_names_each_method_and_cancels_within_the_run(digits: Digits) -> None:
     model, source, stats = digits
     steps: list[Step] = []
     token = CancelToken()
@@ -73,7 +77,7 @@ def test_best_method_search_names_each_method_and_cancels_within_the_run(digits)
     assert n == 16 and picks
 
 
-def test_a_cancelled_analysis_leaves_what_was_there(digits) -> None:
+def test_a_cancelled_analysis_leaves_what_was_there(digits: Digits) -> None:
     model, source, stats = digits
     table = calibrate_model(model, stats, "kl")
     before = analyze(model, table, source, samples=16)
@@ -85,7 +89,7 @@ def test_a_cancelled_analysis_leaves_what_was_there(digits) -> None:
     assert kept["analysis"] is before and before.layers[0].isolated.samples == 16
 
 
-def test_eq_counts_layer_groups_and_cancels_between_them(digits) -> None:
+def test_eq_counts_layer_groups_and_cancels_between_them(digits: Digits) -> None:
     model, source, stats = digits
     seen: list[tuple[int, int]] = []
     token = CancelToken()

@@ -17,8 +17,9 @@ from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import open_source
 from quantviz.errors import QuantvizError
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.qdq import build, build_qdq_model, int8_kernels_saturate
+from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable, TensorEntry, calibrate, calibrate_model
 
 from .conftest import ort_run_with_outputs, spec_session
@@ -27,11 +28,11 @@ from .graphs import conv_bn_relu
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
-def q_scales(proto: onnx.ModelProto) -> dict[str, tuple[np.float32, int]]:
+def q_scales(proto: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int]]:
     """Activation QuantizeLinear nodes: quantized float tensor -> (scale, zero point), read directly.
     onnxruntime renames a quantized graph output 'y' to 'y_QuantizeLinear_Input'."""
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    out: dict[str, tuple[np.float32, int]] = {}
+    out: dict[str, tuple[np.ndarray, int]] = {}  # a 0-d float32 array: the scale as stored
     for n in proto.graph.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
             name = n.input[0].removesuffix("_QuantizeLinear_Input")
@@ -55,8 +56,11 @@ def node_inputs_dequantized(proto: onnx.ModelProto, node_name: str) -> bool:
     return any(i in producers and producers[i].op_type == "DequantizeLinear" for i in node.input)
 
 
+Cnn = tuple[LoadedModel, CalibrationStats]  # the sample model and its statistics
+
+
 @pytest.fixture(scope="module")
-def cnn():
+def cnn() -> Cnn:
     model = load_model(SAMPLES / "digits_cnn.onnx")
     source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
     stats = collect(model, source, CollectConfig(samples=64))
@@ -72,7 +76,7 @@ def check_scales_equal_table(proto: onnx.ModelProto, table: CalibrationTable) ->
     return len(got)
 
 
-def test_sample_model_scales_are_the_tables(cnn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sample_model_scales_are_the_tables(cnn: Cnn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, stats = cnn
     table = calibrate_model(model, stats, "kl")
     monkeypatch.chdir(tmp_path)
@@ -95,7 +99,7 @@ def test_sample_model_scales_are_the_tables(cnn, tmp_path: Path, monkeypatch: py
     assert q.shape == f.shape and np.abs(q - f).max() < 0.1
 
 
-def test_asymmetric_table_gets_uint8_zero_points(cnn) -> None:
+def test_asymmetric_table_gets_uint8_zero_points(cnn: Cnn) -> None:
     model, stats = cnn
     table = calibrate(stats, "minmax", MethodConfig(symmetric=False))
     proto = build_qdq_model(model, table)
@@ -186,7 +190,7 @@ def test_table_for_another_model_is_refused() -> None:
         build_qdq_model(model, small_table(CBR_SCALES), float_nodes={"bn"})  # folded away
 
 
-def test_reduce_range_gives_7bit_weights_that_fused_kernels_run_as_written(cnn) -> None:
+def test_reduce_range_gives_7bit_weights_that_fused_kernels_run_as_written(cnn: Cnn) -> None:
     """reduce_range: every int8 weight within -63..63, its scale the table's times 127/63, and the
     model computes the same in onnxruntime's fused int8 kernels (default session) as with its Q/DQ
     nodes run as the spec defines them, on any x86 CPU (with 8-bit weights the fused u8s8 kernels

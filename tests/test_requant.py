@@ -28,8 +28,8 @@ from quantviz.data import open_source
 from quantviz.export.qv_json import dumps, loads
 from quantviz.fakequant import quantize_multiplier, requantize
 from quantviz.fold import fold_batchnorm
-from quantviz.model import load_model
-from quantviz.table import calibrate_model
+from quantviz.model import LoadedModel, load_model
+from quantviz.table import CalibrationTable, calibrate_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "sample_models" / "digits_cnn.onnx"
@@ -143,7 +143,7 @@ def im2col_conv(qx: np.ndarray, qw: np.ndarray, pads: list[int], strides: list[i
     for i in range(kh):
         for j in range(kw):
             cols[:, :, i, j] = xp[:, :, i : i + strides[0] * oh : strides[0], j : j + strides[1] * ow : strides[1]]
-    return np.einsum("ncijhw,mcij->nmhw", cols, qw.astype(np.int64))
+    return np.asarray(np.einsum("ncijhw,mcij->nmhw", cols, qw.astype(np.int64)))
 
 
 def ort_conv_on_integers(qx: np.ndarray, qw: np.ndarray, pads: list[int], strides: list[int]) -> np.ndarray:
@@ -157,7 +157,7 @@ def ort_conv_on_integers(qx: np.ndarray, qw: np.ndarray, pads: list[int], stride
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": qx.astype(np.float32)})[0]
+    return np.asarray(sess.run(None, {"x": qx.astype(np.float32)})[0])
 
 
 def float_tensors(proto: onnx.ModelProto, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -171,7 +171,7 @@ def float_tensors(proto: onnx.ModelProto, names: list[str], x: np.ndarray) -> di
 
 
 @pytest.fixture(scope="module")
-def digits_table():  # noqa: ANN201 - (model, table)
+def digits_table() -> tuple[LoadedModel, CalibrationTable]:
     model = load_model(DIGITS)
     stats = collect(model, open_source(CALIB, model.inputs), CollectConfig(samples=128))
     return model, calibrate_model(model, stats, "kl")
@@ -179,7 +179,7 @@ def digits_table():  # noqa: ANN201 - (model, table)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rounding", ["gemmlowp", "single"])
-def test_integer_requant_reproduces_float_on_real_layers(digits_table, rounding: str) -> None:  # noqa: ANN001
+def test_integer_requant_reproduces_float_on_real_layers(digits_table: tuple[LoadedModel, CalibrationTable], rounding: str) -> None:
     model, table = digits_table
     folded, _ = fold_batchnorm(model.proto)
     consts = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
@@ -196,6 +196,7 @@ def test_integer_requant_reproduces_float_on_real_layers(digits_table, rounding:
         s_w = np.array(table.weights[node.input[1]]["scales"], dtype=np.float64)
         qx = np.clip(np.round(acts[node.input[0]] / s_x), -127, 127).astype(np.int64)
         w, b = consts[node.input[1]].astype(np.float64), consts[node.input[2]].astype(np.float64)
+        shape: tuple[int, ...]
         if node.op_type == "Conv":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             qw = np.clip(np.round(w / s_w[:, None, None, None]), -127, 127).astype(np.int64)
@@ -227,7 +228,7 @@ def test_integer_requant_reproduces_float_on_real_layers(digits_table, rounding:
 
 
 @pytest.mark.slow
-def test_digits_table_weights_and_requant_entries(digits_table) -> None:  # noqa: ANN001
+def test_digits_table_weights_and_requant_entries(digits_table: tuple[LoadedModel, CalibrationTable]) -> None:
     model, table = digits_table
     assert set(table.weights) == {"stem.0.weight", "res1.0.weight", "res2.0.weight", "branch_a.0.weight", "branch_b.0.weight", "head.0.weight", "fc.weight"}
     for name, r in table.requant.items():
@@ -293,7 +294,7 @@ def test_weight_overrides_reach_the_table_and_its_requantization() -> None:
     wname = next(iter(base.weights))
     absmax = np.asarray(base.weights[wname]["scales"], dtype=np.float32)
     chosen = (absmax * np.linspace(0.6, 0.9, absmax.size)).astype(np.float32)
-    table = apply_model(calibrate(stats, "kl"), model, weight_overrides={wname: chosen, "nope": [1.0]}, weight_method="eq")
+    table = apply_model(calibrate(stats, "kl"), model, weight_overrides={wname: chosen.tolist(), "nope": [1.0]}, weight_method="eq")
     w = table.weights[wname]
     assert w["method"] == "eq" and np.array_equal(np.asarray(w["scales"], np.float32), chosen)
     assert np.array_equal(np.asarray(w["absmax_scales"], np.float32), absmax)
@@ -307,5 +308,5 @@ def test_weight_overrides_reach_the_table_and_its_requantization() -> None:
     np.testing.assert_allclose(np.asarray(layer["real_multiplier"]), want, rtol=1e-6)
     np.testing.assert_allclose(m0 * 2.0 ** (-k), want, rtol=1e-8)  # M0 in [2^30, 2^31), right shift k
     # a wrong length is ignored, not half-applied
-    bad = apply_model(calibrate(stats, "kl"), model, weight_overrides={wname: chosen[:1]})
+    bad = apply_model(calibrate(stats, "kl"), model, weight_overrides={wname: chosen[:1].tolist()})
     assert bad.weights[wname]["scales"] == base.weights[wname]["scales"] and wname in bad.settings["weight_overrides_ignored"]

@@ -14,17 +14,17 @@ from quantviz.data import open_source
 from quantviz.errors import QuantvizError
 from quantviz.model import load_model
 from quantviz.review import Choice, Review, build_table, load_review, review_bytes
-from quantviz.stats import save_stats
+from quantviz.stats import CalibrationStats, save_stats
 from tests.graphs import conv_bn_relu
 
 
 @pytest.fixture(scope="module")
-def stats():
+def stats() -> CalibrationStats:
     model = load_model(conv_bn_relu().SerializeToString())
     return collect(model, open_source("synthetic:32", model.inputs))
 
 
-def test_choices_override_method_and_notes_reach_the_table(stats):
+def test_choices_override_method_and_notes_reach_the_table(stats: CalibrationStats) -> None:
     review = Review(default_method="kl")
     review = review.with_choice("relu_out", method="minmax", note="keep full range")
     review = review.with_choice("conv_out", override=1.25)
@@ -41,7 +41,7 @@ def test_choices_override_method_and_notes_reach_the_table(stats):
     assert table.tensors["bn_out"].method == "kl"
 
 
-def test_review_file_round_trip_keeps_stats_choices_and_notes(stats):
+def test_review_file_round_trip_keeps_stats_choices_and_notes(stats: CalibrationStats) -> None:
     review = Review("minmax", MethodConfig(percentile=99.9)).with_choice("add_out", note="look at this Add", override=3.0)
     stats2, review2 = load_review(review_bytes(stats, review))
     assert review2 == review
@@ -49,14 +49,14 @@ def test_review_file_round_trip_keeps_stats_choices_and_notes(stats):
     np.testing.assert_array_equal(stats2.tensors["add_out"].abs_hist.counts, stats.tensors["add_out"].abs_hist.counts)
 
 
-def test_plain_stats_file_opens_with_empty_review(stats):
+def test_plain_stats_file_opens_with_empty_review(stats: CalibrationStats) -> None:
     buf = io.BytesIO()
     save_stats(stats, buf)
     _, review = load_review(buf.getvalue())
     assert review == Review()
 
 
-def test_corrupt_review_gives_a_sentence(stats, tmp_path: Path):
+def test_corrupt_review_gives_a_sentence(stats: CalibrationStats, tmp_path: Path) -> None:
     raw = review_bytes(stats, Review())
     with pytest.raises(QuantvizError, match="statistics file"):
         load_review(raw[: len(raw) // 2])
@@ -64,13 +64,13 @@ def test_corrupt_review_gives_a_sentence(stats, tmp_path: Path):
         load_review(b"not a zip at all")
 
 
-def test_bad_override_is_refused(stats):
+def test_bad_override_is_refused(stats: CalibrationStats) -> None:
     review = Review().with_choice("x", override=-1.0)
     with pytest.raises(QuantvizError, match="positive"):
         build_table(stats, review)
 
 
-def test_resetting_a_choice_removes_it():
+def test_resetting_a_choice_removes_it() -> None:
     r = Review().with_choice("a", method="minmax").with_choice("a", method=None)
     assert r.choices == {} and r.choice("a") == Choice()
 

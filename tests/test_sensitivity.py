@@ -14,11 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
-from quantviz.data import CalibrationSource, open_source
+from quantviz.data import Batch, CalibrationSource, open_source
 from quantviz.errors import CancelledError, QuantvizError
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.qdq import build_qdq_model
-from quantviz.sensitivity import analyze, layer_error
+from quantviz.sensitivity import LayerReport, analyze, layer_error
 from quantviz.table import CalibrationTable, TensorEntry, calibrate_model
 
 from .conftest import spec_session
@@ -26,6 +26,9 @@ from .graphs import IR_VERSION, OPSET
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 F32 = np.float32
+Arrays = dict[str, np.ndarray]
+# the tiny graph: model, source, table, weights, x, labels, float reference per tensor, asymmetric table
+Tiny = tuple[LoadedModel, CalibrationSource, CalibrationTable, Arrays, np.ndarray, np.ndarray, Arrays, CalibrationTable]
 
 # ---------------------------------------------------------------------------------------------
 # x[N,2,6,6] -> Conv(w[3,2,3,3], b, pad 1) -> c -> Relu -> r -> Flatten -> f -> Gemm(W[5,108]^T, bias) -> y
@@ -64,7 +67,7 @@ def tiny_graph(seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 
 
 def fq(v: np.ndarray, s: float, zp: int = 0, qrange: tuple[int, int] = (-128, 127)) -> np.ndarray:
-    q = np.clip(np.round(v.astype(F32) / F32(s)) + zp, *qrange)
+    q: np.ndarray = np.clip(np.round(v.astype(F32) / F32(s)) + zp, *qrange)
     return ((q - zp).astype(F32) * F32(s)).astype(np.float64)
 
 
@@ -91,14 +94,14 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         for j in range(kw):
             patch = xp[:, :, i : i + h, j : j + wd]  # [n, c, h, w]
             out += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
-    return out + b.reshape(1, -1, 1, 1)
+    return np.asarray(out + b.reshape(1, -1, 1, 1))
 
 
 def cos_snr_mse(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
     cos = np.mean([float(p @ q / (np.linalg.norm(p) * np.linalg.norm(q))) for p, q in zip(a2, b2, strict=True)])
     snr = 10 * math.log10(float(np.sum(a2**2)) / float(np.sum((a2 - b2) ** 2)))
-    return cos, snr, float(np.mean((a2 - b2) ** 2))
+    return float(cos), snr, float(np.mean((a2 - b2) ** 2))
 
 
 def table_for(tensors: dict[str, np.ndarray], arrays: dict[str, np.ndarray], clip: float) -> CalibrationTable:
@@ -128,11 +131,11 @@ def asymmetric(table: CalibrationTable, tensors: dict[str, np.ndarray]) -> Calib
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     return make_tiny(tmp_path_factory)
 
 
-def make_tiny(tmp_path_factory: pytest.TempPathFactory):
+def make_tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     """The tiny graph loaded, 10 samples, a table clipping at 0.8 of each range, the numpy references."""
     proto, arrays = tiny_graph()
     rng = np.random.default_rng(1)
@@ -152,7 +155,7 @@ def make_tiny(tmp_path_factory: pytest.TempPathFactory):
     return model, source, table, arrays, x, labels, refs, asymmetric(table, {"x": x, **refs})
 
 
-def oracle(table: CalibrationTable, arrays: dict[str, np.ndarray], x: np.ndarray, ref: dict[str, np.ndarray]):
+def oracle(table: CalibrationTable, arrays: Arrays, x: np.ndarray, ref: Arrays) -> tuple[Arrays, Arrays]:
     """Isolated and accumulated outputs of every layer, by hand (see the notes above fq)."""
     qrange = (-128, 127) if table.settings["symmetric"] else (0, 255)
 
@@ -192,7 +195,7 @@ def oracle(table: CalibrationTable, arrays: dict[str, np.ndarray], x: np.ndarray
 OUT = {"conv": "c", "relu": "r", "flatten": "f", "gemm": "y"}
 
 
-def check_against_oracle(report, table, arrays, x, ref) -> dict[str, np.ndarray]:
+def check_against_oracle(report: LayerReport, table: CalibrationTable, arrays: Arrays, x: np.ndarray, ref: Arrays) -> Arrays:
     isolated, accumulated = oracle(table, arrays, x, ref)
     for le in report.layers:
         assert le.output_tensor == OUT[le.layer]
@@ -206,7 +209,7 @@ def check_against_oracle(report, table, arrays, x, ref) -> dict[str, np.ndarray]
     return accumulated
 
 
-def test_tiny_graph_equals_numpy(tiny) -> None:
+def test_tiny_graph_equals_numpy(tiny: Tiny) -> None:
     model, source, table, arrays, x, labels, ref, _ = tiny
     report = analyze(model, table, source, batch_size=4, labels=labels)  # 10 samples: batches 4, 4, 2
     assert [le.layer for le in report.layers] == ["conv", "relu", "flatten", "gemm"]
@@ -224,7 +227,7 @@ def test_tiny_graph_equals_numpy(tiny) -> None:
     assert out.accuracy_quantized == pytest.approx(np.mean(y_a.argmax(1) == labels))
 
 
-def test_asymmetric_uint8_equals_numpy(tiny) -> None:
+def test_asymmetric_uint8_equals_numpy(tiny: Tiny) -> None:
     model, source, _, arrays, x, _, ref, table = tiny
     assert any(e.zero_point not in (0, 255) for e in table.tensors.values())
     report = analyze(model, table, source, batch_size=5)
@@ -232,7 +235,7 @@ def test_asymmetric_uint8_equals_numpy(tiny) -> None:
     check_against_oracle(report, table, arrays, x, ref)
 
 
-def test_layer_error_matches_analysis(tiny) -> None:
+def test_layer_error_matches_analysis(tiny: Tiny) -> None:
     model, source, table, arrays, x, _, ref, _ = tiny
     isolated, _ = oracle(table, arrays, x, ref)
     for layer in ("relu", "gemm"):
@@ -243,7 +246,7 @@ def test_layer_error_matches_analysis(tiny) -> None:
         layer_error(model, table, "nope", source)
 
 
-def test_threshold_change_moves_only_what_it_should(tiny) -> None:
+def test_threshold_change_moves_only_what_it_should(tiny: Tiny) -> None:
     """Halving the Relu output's threshold changes the Relu's isolated error (its output scale) and the
     accumulated error downstream, and the Flatten's (it reads r), but not the isolated error of the
     Conv or the Gemm (they neither read nor write r)."""
@@ -270,14 +273,14 @@ class Recorder:
         self.source = source
 
     def wrap(self) -> CalibrationSource:
-        def fetch(start: int, stop: int):
+        def fetch(start: int, stop: int) -> Batch:
             self.calls.append((start, stop))
             return self.source.fetch(start, stop)
 
         return CalibrationSource("rec", "rec", self.source.num_samples, False, fetch)
 
 
-def test_streams_and_reports_progress_and_cancels(tiny) -> None:
+def test_streams_and_reports_progress_and_cancels(tiny: Tiny) -> None:
     model, source, table, *_ = tiny
     rec = Recorder(source)
     seen: list[tuple[int, int]] = []
@@ -296,7 +299,7 @@ def test_streams_and_reports_progress_and_cancels(tiny) -> None:
         analyze(model, table, source, batch_size=2, cancel=lambda: next(calls))
 
 
-def test_bad_input(tiny) -> None:
+def test_bad_input(tiny: Tiny) -> None:
     model, source, table, *_ = tiny
     bad = table.with_entry("ghost", TensorEntry("test", -1, 1, 1, 1 / 127, 0))
     with pytest.raises(QuantvizError, match="does not have"):
@@ -329,7 +332,7 @@ def test_sample_model_accuracy_with_kl_and_minmax() -> None:
         assert out.accuracy_quantized == pytest.approx(float(np.mean(q_probs.argmax(1) == ev["label"])))
         assert out.top1_agreement == pytest.approx(float(np.mean(q_probs.argmax(1) == float_probs.argmax(1))))
         assert out.figures.cosine > 0.99
-        assert abs(out.accuracy_quantized - float_acc) <= 0.01
+        assert out.accuracy_quantized is not None and abs(out.accuracy_quantized - float_acc) <= 0.01
         assert {le.op_type for le in report.layers} >= {"Conv", "Relu", "Add", "Concat", "Gemm"}
         assert sum(le.op_type == "Conv" for le in report.layers) == 6
         figures[method] = out.accuracy_quantized
@@ -373,9 +376,9 @@ def test_sample_model_isolated_gemm_equals_numpy() -> None:
     assert first.isolated.cosine == pytest.approx(first.accumulated.cosine, abs=1e-9)
 
 
-def _report(cosines: dict[str, tuple[float, float]]):
+def _report(cosines: dict[str, tuple[float, float]]) -> LayerReport:
     from quantviz.metrics import ErrorFigures
-    from quantviz.sensitivity import LayerError, LayerReport
+    from quantviz.sensitivity import LayerError
 
     def fig(c: float) -> ErrorFigures:
         return ErrorFigures(cosine=c, snr_db=0.0, mse=0.0, samples=1)

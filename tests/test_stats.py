@@ -6,6 +6,7 @@ import io
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +35,18 @@ def _batches(seed: int = 0) -> list[np.ndarray]:
 
 def _ema_loop(batches: list[np.ndarray], c: float) -> tuple[float, float]:
     """x <- (1 - c) x + c * batch_x over batches with finite values; the first initialises."""
-    lo = hi = None
+    lo: float | None = None
+    hi: float | None = None
     for b in batches:
         f = b[np.isfinite(b)]
         if f.size == 0:
             continue
-        if lo is None:
+        if lo is None or hi is None:
             lo, hi = float(f.min()), float(f.max())
         else:
             lo = (1 - c) * lo + c * float(f.min())
             hi = (1 - c) * hi + c * float(f.max())
+    assert lo is not None and hi is not None, "no finite value in any batch"
     return lo, hi
 
 
@@ -196,7 +199,7 @@ def _saved(stats: CalibrationStats) -> bytes:
     return buf.getvalue()
 
 
-def _rewrite(raw: bytes, edit) -> bytes:
+def _rewrite(raw: bytes, edit: Callable[[dict[str, np.ndarray]], object]) -> bytes:
     """The same .npz with its arrays passed through edit(dict) (for damaged/forged files)."""
     with np.load(io.BytesIO(raw), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -223,7 +226,7 @@ def test_load_rejects_truncated_file(tmp_path: Path) -> None:
 
 
 def test_load_rejects_pickles() -> None:
-    def add_object(a: dict) -> None:
+    def add_object(a: dict[str, np.ndarray]) -> None:
         a["scalars"] = np.array([{"evil": 1}], dtype=object)
 
     with np.errstate(all="ignore"):
@@ -238,7 +241,7 @@ def test_load_rejects_pickles() -> None:
 
 
 def test_load_rejects_newer_version() -> None:
-    def bump(a: dict) -> None:
+    def bump(a: dict[str, np.ndarray]) -> None:
         h = json.loads(str(a["header"]))
         h["version"] = STATS_VERSION + 1
         a["header"] = np.array(json.dumps(h))
@@ -248,13 +251,13 @@ def test_load_rejects_newer_version() -> None:
 
 
 def test_load_rejects_damaged_header_and_arrays() -> None:
-    def numeric_header(a: dict) -> None:
+    def numeric_header(a: dict[str, np.ndarray]) -> None:
         a["header"] = np.array(3)
 
     with pytest.raises(QuantvizError, match="not a quantviz statistics file"):
         load_stats(_rewrite(_saved(_stats()), numeric_header))
 
-    def drop(a: dict) -> None:
+    def drop(a: dict[str, np.ndarray]) -> None:
         del a["abs_counts"]
 
     with pytest.raises(QuantvizError, match="damaged"):

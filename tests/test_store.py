@@ -30,7 +30,7 @@ def _model(seed: int) -> bytes:
         [numpy_helper.from_array(w, "w")],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
 def test_deep_size_counts_arrays_and_protobufs_once() -> None:

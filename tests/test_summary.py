@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from quantviz.calib import MethodConfig
-from quantviz.stats import TensorAccumulator
+from quantviz.stats import TensorAccumulator, TensorStats
 from quantviz.summary import all_thresholds, clipped_fraction, curve_value_at, method_table
 
 
-def _stats(x: np.ndarray, bins: int = 2048):
+def _stats(x: np.ndarray, bins: int = 2048) -> TensorStats:
     acc = TensorAccumulator("t", bins)
     for chunk in np.array_split(x, 7):
         acc.update(chunk)
@@ -18,7 +18,7 @@ def _stats(x: np.ndarray, bins: int = 2048):
 
 
 @pytest.mark.parametrize("frac", [0.5, 0.8, 0.95])
-def test_clipped_fraction_matches_numpy_within_a_bin(frac):
+def test_clipped_fraction_matches_numpy_within_a_bin(frac: float) -> None:
     rng = np.random.default_rng(3)
     x = rng.laplace(0.2, 1.0, 200_000).astype(np.float32)
     t = _stats(x)
@@ -30,14 +30,14 @@ def test_clipped_fraction_matches_numpy_within_a_bin(frac):
     assert abs(clipped_fraction(t, lo, hi) - expected) <= slack + 1e-12
 
 
-def test_clip_at_observed_range_cuts_nothing():
+def test_clip_at_observed_range_cuts_nothing() -> None:
     x = np.random.default_rng(0).standard_normal(10_000).astype(np.float32)
     t = _stats(x)
     assert clipped_fraction(t, t.min, t.max) == 0.0
     assert clipped_fraction(t, -t.absmax, t.absmax) == 0.0
 
 
-def test_method_table_has_a_row_per_method_with_clips_consistent():
+def test_method_table_has_a_row_per_method_with_clips_consistent() -> None:
     x = np.random.default_rng(1).standard_normal(50_000).astype(np.float32)
     t = _stats(x)
     results = all_thresholds(t, MethodConfig())
@@ -48,7 +48,7 @@ def test_method_table_has_a_row_per_method_with_clips_consistent():
     assert minmax["threshold"] == pytest.approx(np.abs(x).max())
 
 
-def test_curve_value_at_interpolates_and_clamps():
+def test_curve_value_at_interpolates_and_clamps() -> None:
     from quantviz.calib import Curve
 
     c = Curve(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, np.inf]), "x", "y", 1.0)
@@ -59,7 +59,7 @@ def test_curve_value_at_interpolates_and_clamps():
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_expected_mse_matches_fake_quantizing_the_raw_values(symmetric):
+def test_expected_mse_matches_fake_quantizing_the_raw_values(symmetric: bool) -> None:
     from quantviz.calib import METHODS
     from quantviz.fakequant import fake_quantize
     from quantviz.summary import expected_mse

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from quantviz.weights import scales_from_absmax, weight_scales
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
 
-def one_op(op: str, w: np.ndarray, x_shape: list[int], **attrs: int) -> onnx.ModelProto:
+def one_op(op: str, w: np.ndarray, x_shape: list[int], **attrs: Any) -> onnx.ModelProto:  # ONNX attributes of any kind
     """x -> op(x, W) -> y."""
     g = helper.make_graph(
         [helper.make_node(op, ["x", "W"], ["y"], name="layer", **attrs)],

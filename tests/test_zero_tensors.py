@@ -27,11 +27,15 @@ from quantviz.stats import CalibrationStats
 from quantviz.table import ZERO_TENSOR_NOTE, CalibrationTable, TensorEntry, calibrate, calibrate_model
 
 ZERO = "z"
+Setup = tuple[LoadedModel, CalibrationStats, CalibrationTable]  # the model, its statistics and KL table
 
 
 def _zero_model(folder: Path) -> Path:
     rng = np.random.default_rng(0)
-    w = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float32)  # noqa: E731
+
+    def w(*s: int) -> np.ndarray:
+        return (rng.standard_normal(s) * 0.5).astype(np.float32)
+
     inits = [
         numpy_helper.from_array(w(4, 4), "w1"), numpy_helper.from_array(w(4), "b1"),
         numpy_helper.from_array(np.zeros((4, 4), np.float32), "wz"), numpy_helper.from_array(np.zeros(4, np.float32), "bz"),
@@ -56,7 +60,7 @@ def _zero_model(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, CalibrationStats, CalibrationTable]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     folder = tmp_path_factory.mktemp("zero")
     model = load_model(_zero_model(folder))
     np.savez(folder / "d.npz", x=np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32))
@@ -66,7 +70,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, Calibr
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_keeps_the_zero_tensor_in_float(setup: tuple, name: str) -> None:
+def test_every_method_keeps_the_zero_tensor_in_float(setup: Setup, name: str) -> None:
     _, stats, _ = setup
     for symmetric in (True, False):
         table = calibrate(stats, name, MethodConfig(symmetric=symmetric))
@@ -75,14 +79,14 @@ def test_every_method_keeps_the_zero_tensor_in_float(setup: tuple, name: str) ->
         assert not any(t.float_kept for n, t in table.tensors.items() if n != ZERO)
 
 
-def test_a_review_cannot_unmark_it(setup: tuple) -> None:
+def test_a_review_cannot_unmark_it(setup: Setup) -> None:
     _, stats, _ = setup
     review = Review(default_method="kl", choices={ZERO: Choice(float_kept=False, note="")})
     e = build_table(stats, review).tensors[ZERO]
     assert e.float_kept and e.threshold == 0 and e.note == ZERO_TENSOR_NOTE
 
 
-def test_quantviz_json_and_csv_write_float_with_threshold_0(setup: tuple) -> None:
+def test_quantviz_json_and_csv_write_float_with_threshold_0(setup: Setup) -> None:
     model, _, table = setup
     doc = json.loads(export_bytes(table, "json", ExportOptions(model=model)))
     assert doc["tensors"][ZERO]["float"] is True and doc["tensors"][ZERO]["threshold"] == 0
@@ -96,7 +100,7 @@ def test_quantviz_json_and_csv_write_float_with_threshold_0(setup: tuple) -> Non
 
 
 @pytest.mark.parametrize("fmt", ["trt", "ort-json", "ort-flatbuffers", "ort-cache"])
-def test_engine_tables_leave_it_out_and_never_read_127(setup: tuple, fmt: str) -> None:
+def test_engine_tables_leave_it_out_and_never_read_127(setup: Setup, fmt: str) -> None:
     model, _, table = setup
     data = export_bytes(table, fmt, ExportOptions(model=model))
     back = import_bytes(data, fmt, ExportOptions(model=model))
@@ -110,7 +114,7 @@ def test_a_trt_cache_with_scale_0_reads_as_zero_kept_float() -> None:
     assert back.tensors["h"].threshold == pytest.approx(1.0, rel=1e-6) and not back.tensors["h"].float_kept
 
 
-def test_ncnn_writes_it_commented_with_0_and_reads_it_back(setup: tuple) -> None:
+def test_ncnn_writes_it_commented_with_0_and_reads_it_back(setup: Setup) -> None:
     model, _, table = setup
     text = export_bytes(table, "ncnn", ExportOptions(model=model)).decode()
     assert "#fc3 0.000000" in text.splitlines() or "#fc3 0.000000 " in text.splitlines()
@@ -118,7 +122,7 @@ def test_ncnn_writes_it_commented_with_0_and_reads_it_back(setup: tuple) -> None
     assert back.tensors[ZERO].threshold == 0 and back.tensors[ZERO].float_kept
 
 
-def test_qdq_model_has_no_quantizer_on_it_and_runs(setup: tuple) -> None:
+def test_qdq_model_has_no_quantizer_on_it_and_runs(setup: Setup) -> None:
     model, _, table = setup
     raw = export_bytes(table, "qdq", ExportOptions(model=model))
     qdq = onnx.load_from_string(raw)

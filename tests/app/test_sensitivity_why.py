@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Button
 
+from quantviz.sensitivity import LayerReport
 from tests.app.figs import array, figure, review_of, session_of, stored_in, work_of
 from tests.graphs import IR_VERSION, OPSET
 
@@ -28,8 +30,9 @@ def _sample_page() -> AppTest:
     return at
 
 
-def _report(at: AppTest):
-    return stored_in(at, work_of(at).last_analysis)
+def _report(at: AppTest) -> LayerReport:
+    report: LayerReport = stored_in(at, work_of(at).last_analysis)
+    return report
 
 
 def _warnings(at: AppTest) -> dict[str, list[str]]:
@@ -43,7 +46,7 @@ def _warnings(at: AppTest) -> dict[str, list[str]]:
     return out
 
 
-def _fix_buttons(at: AppTest, kind: str) -> list:
+def _fix_buttons(at: AppTest, kind: str) -> list[Button]:
     return [b for b in at.button if str(b.key).startswith("warn_fix::all::") and str(b.key).endswith("::" + kind)]
 
 
@@ -51,6 +54,7 @@ def test_the_open_layer_shows_its_parts_and_the_worst_one(tmp_path: Path) -> Non
     at = _sample_page()
     report = _report(at)
     conv = next(le for le in report.layers if le.op_type == "Conv" and le.parts is not None and le.parts.weights is not None)
+    assert conv.parts is not None and conv.parts.input is not None  # what the search above asked for
     at.selectbox(key="sens_layer").set_value(conv.layer).run()
     assert not at.exception
     fig = figure(next(c for c in at.get("plotly_chart") if "What makes" in figure(c)["layout"]["title"]["text"]))
@@ -77,6 +81,7 @@ def test_the_method_that_fixes_an_input_or_output_part_is_one_click_away() -> No
     at = _sample_page()
     report = _report(at)
     layer = next(le for le in report.worst_first() if le.parts is not None and le.parts.worst in ("input", "output"))
+    assert layer.parts is not None and layer.parts.worst is not None  # what the search above asked for
     at.selectbox(key="sens_layer").set_value(layer.layer).run()
     at.button(key="sens_find_fix").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

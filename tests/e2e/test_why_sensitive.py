@@ -33,7 +33,9 @@ def test_parts_of_a_layer_its_fix_and_a_warning(page: Page, app_url: str) -> Non
         expect(parts.get_by_text(label)).to_be_visible()
     said = page.get_by_text(re.compile(r"The (input|weights|output) part makes it sensitive"))
     expect(said).to_be_visible()
-    worst = re.search(r"The (\w+) part", said.inner_text()).group(1)
+    found = re.search(r"The (\w+) part", said.inner_text())
+    assert found is not None
+    worst = found.group(1)
     # the layer's own warning (its Relu output never goes below 0) with its fix beside it
     expect(page.get_by_text("non-negative symmetric").first).to_be_visible()
     fix = page.get_by_role("button", name="Quantize the table asymmetric (uint8 with a zero point)").last  # the layer's own
