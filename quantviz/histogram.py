@@ -255,11 +255,11 @@ def add_pair_counts(
     return zeros
 
 
-def _fine_scratch(bins: int) -> npt.NDArray[np.int64]:
-    """This thread's 2 * bins int64 of scratch for the compiled loop (zeroed by it on each use)."""
+def _fine_scratch(bins: int) -> npt.NDArray[np.int32]:
+    """This thread's 2 * bins int32 of scratch for the compiled loop (zeroed by it on each use)."""
     have = getattr(_SCRATCH, "fine", None)
     if have is None or have.size != 2 * bins:
-        have = np.empty(2 * bins, np.int64)
+        have = np.empty(2 * bins, np.int32)
         _SCRATCH.fine = have
     return have
 
