@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,13 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 from onnxruntime.quantization.calibrate import HistogramCollector  # noqa: E402
 
-from quantviz.calib import MethodConfig  # noqa: E402
+from quantviz.calib import MethodConfig, Threshold  # noqa: E402
 from quantviz.calib.kl import kl_curve, threshold_kl  # noqa: E402
 from quantviz.collect import collect  # noqa: E402
 from quantviz.config import KL_TARGET_BINS, CollectConfig  # noqa: E402
-from quantviz.data import open_source  # noqa: E402
-from quantviz.model import load_model, session_with_outputs  # noqa: E402
-from quantviz.stats import CalibrationStats  # noqa: E402
+from quantviz.data import CalibrationSource, open_source  # noqa: E402
+from quantviz.model import LoadedModel, load_model, session_with_outputs  # noqa: E402
+from quantviz.stats import CalibrationStats, TensorStats  # noqa: E402
 from quantviz.table import calibrate  # noqa: E402
 from tests import kl_reference  # noqa: E402
 
@@ -64,7 +65,9 @@ def pick(names: list[str], k: int) -> list[str]:
     return [names[i] for i in sorted(set(idx.tolist()))]
 
 
-def ort_histograms(model, source, names: list[str], samples: int, batch_size: int, bins: int) -> dict:
+def ort_histograms(
+    model: LoadedModel, source: CalibrationSource, names: list[str], samples: int, batch_size: int, bins: int
+) -> dict[str, tuple[Any, ...]]:
     """onnxruntime's own histograms of these tensors (collect_value, as its Entropy calibrator)."""
     session = session_with_outputs(model, names)
     fetched = [o.name for o in session.get_outputs()]
@@ -82,10 +85,11 @@ def ort_histograms(model, source, names: list[str], samples: int, batch_size: in
     whole = {n: np.concatenate([a.ravel() for a in arrays]) for n, arrays in outs.items()}
     with contextlib.redirect_stdout(io.StringIO()):
         collector.collect(whole)
-    return collector.histogram_dict
+    hists: dict[str, tuple[Any, ...]] = collector.histogram_dict  # (counts, edges, min, max) per tensor
+    return hists
 
 
-def threshold_before(t) -> float:
+def threshold_before(t: TensorStats) -> float:
     """The search as quantviz ran it before issue 11: on the power-of-two |x| histogram's own bins (zeros
     left out of bin 0, cut after the last non-empty bin), threshold at the right edge of the argmin bin."""
     h = t.abs_hist
@@ -99,7 +103,7 @@ def threshold_before(t) -> float:
     return float(min(best * h.width, t.absmax))
 
 
-def reference_table(args, source, stats, results) -> None:
+def reference_table(args: argparse.Namespace, source: CalibrationSource, stats: CalibrationStats, results: dict[str, Threshold]) -> None:
     batches = list(source.batches(args.batch_size, args.samples))
     s = time.perf_counter()
     refs = kl_reference.reference_histograms(args.model, batches, args.bins)

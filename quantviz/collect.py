@@ -100,6 +100,29 @@ def update_all(work: list[tuple[TensorAccumulator, np.ndarray]], same_batch: boo
         f.result()
 
 
+def samples_and_batch(model: LoadedModel, source: CalibrationSource, config: CollectConfig) -> tuple[int, int]:
+    """How many samples a collection runs and in batches of how many (collect; the Ray collection plans
+    its shards from the same figures)."""
+    total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
+    batch_size = effective_batch_size(model, config.batch_size, source)
+    if source.first % batch_size:
+        raise QuantvizError(
+            f"A sample range must start at a multiple of the batch size ({batch_size}), not at {source.first}: "
+            "then its batches are those of one run over all the samples, and merged statistics equal that run's."
+        )
+    if fixed_batch_size(model, source) is not None and total % batch_size:
+        # A fixed batch dimension (other than 1) cannot run a shorter last batch.
+        usable = total - total % batch_size
+        if usable == 0:
+            raise QuantvizError(
+                f"The model's batch dimension is fixed at {batch_size}, but only {total} samples were given: "
+                f"give at least {batch_size} samples, or export the model with a dynamic batch dimension."
+            )
+        log.warning("The model's batch dimension is fixed at %d: the last %d of %d samples are left out.", batch_size, total - usable, total)
+        total = usable
+    return total, batch_size
+
+
 def collect(
     model: LoadedModel,
     source: CalibrationSource,
@@ -116,18 +139,7 @@ def collect(
     fetched = [o.name for o in session.get_outputs()]
     input_names = [i.name for i in model.inputs]
     accs = {n: TensorAccumulator(n, config.bins, config.ema_constant, config.fine_bins) for n in names}
-    total = source.num_samples if config.samples is None else min(config.samples, source.num_samples)
-    batch_size = effective_batch_size(model, config.batch_size, source)
-    if fixed_batch_size(model, source) is not None and total % batch_size:
-        # A fixed batch dimension (other than 1) cannot run a shorter last batch.
-        usable = total - total % batch_size
-        if usable == 0:
-            raise QuantvizError(
-                f"The model's batch dimension is fixed at {batch_size}, but only {total} samples were given: "
-                f"give at least {batch_size} samples, or export the model with a dynamic batch dimension."
-            )
-        log.warning("The model's batch dimension is fixed at %d: the last %d of %d samples are left out.", batch_size, total - usable, total)
-        total = usable
+    total, batch_size = samples_and_batch(model, source, config)
     splittable = fixed_batch_size(model, source) is None and not source.one_sample_per_run
     unbatched = {k for k, v in source.layout.items() if v != BATCHED}  # never sliced
     run = 1 if splittable else batch_size  # samples per onnxruntime run; set from the first run
@@ -179,4 +191,5 @@ def collect(
         config=config,
         tensors=stats,
         infos=infos,
+        data_range=(source.first, source.first + ran) if source.first else None,
     )

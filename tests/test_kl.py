@@ -9,6 +9,7 @@ normalised; KL(P || Q) with P = 0 terms skipped, infinite where P > 0 and Q = 0.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -85,9 +86,9 @@ def _histograms() -> list[np.ndarray]:
 def test_curve_equals_slow_loop(k: int) -> None:
     h = _histograms()[k]
     cand, div = kl_curve(h, KL_START_BIN, KL_TARGET_BINS)
-    s_cand, s_div = slow_kl(h.tolist())
+    s_cand, s_div_list = slow_kl(h.tolist())
     np.testing.assert_array_equal(cand, s_cand)
-    s_div = np.array(s_div)
+    s_div = np.array(s_div_list)
     np.testing.assert_array_equal(np.isinf(div), np.isinf(s_div))
     fin = np.isfinite(s_div)
     np.testing.assert_allclose(div[fin], s_div[fin], rtol=1e-9, atol=1e-12)
@@ -160,6 +161,7 @@ def test_zeros_removed_without_mutating_stats() -> None:
     acc = TensorAccumulator("t", bins=2048, fine_bins=16384)
     acc.update(x)
     stats = acc.result()
+    assert stats.fine_hist is not None
     before = stats.fine_hist.counts.copy()
     assert stats.zero_count == int((x == 0).sum()) > 15000
     r = threshold_kl(stats, MethodConfig())
@@ -179,10 +181,10 @@ def test_zeros_removed_without_mutating_stats() -> None:
 
 def test_fewer_bins_than_target_gives_absmax() -> None:
     acc = TensorAccumulator("t", bins=64)
-    acc.update(np.float32([0.1, -2.5, 1.7, 0.0, 3.2]))
+    acc.update(np.array([0.1, -2.5, 1.7, 0.0, 3.2], np.float32))
     stats = acc.result()
     r = threshold_kl(stats, MethodConfig(kl_bins=64))
-    assert r.threshold == float(np.abs(np.float32([0.1, -2.5, 1.7, 3.2])).max())
+    assert r.threshold == float(np.abs(np.array([0.1, -2.5, 1.7, 3.2], np.float32)).max())
     assert r.curve is not None and r.curve.x.size == 1
 
 
@@ -226,7 +228,7 @@ def test_full_2048_bins_against_two_pass_slow_loop() -> None:
     assert abs(chosen - best) <= 1 or s_div[chosen - s_cand[0]] <= 1.02 * min(s_div), (chosen, best)
 
 
-def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -> None:
+def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     """calibrate() spreads tensors over threads: every entry must equal threshold_kl on that tensor,
     in the statistics' order, as with one thread."""
     from pathlib import Path
@@ -242,7 +244,7 @@ def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -
     samples = Path(__file__).resolve().parent.parent / "sample_models"
     model = load_model(samples / "digits_cnn.onnx")
     stats = collect(model, open_source(samples / "digits_calib.npz", model.inputs), CollectConfig(samples=64))
-    monkeypatch.setattr(table_mod.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     threaded = table_mod.calibrate(stats, "kl")
     assert list(threaded.tensors) == list(stats.tensors)
     for name, t in stats.tensors.items():
