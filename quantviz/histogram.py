@@ -217,9 +217,9 @@ def abs_and_signed_counts(
 
     Speed: float32 values on a grid of width <= 1 (all activations but the huge ones) go through
     one compiled loop instead (quantviz.kernels.add_counts, same counts: the tests compare both):
-    about 2.5x faster on a real OCR recogniser's activations. The numpy path below takes the values
-    CHUNK at a time through per-thread scratch buffers that are reused from call to call
-    (quantviz.histogram._scratch). Fresh temporaries of each tensor's size cost more
+    1.7-2.5x faster on a real OCR recogniser's activations (bench/README.md). The numpy path
+    below takes the values CHUNK at a time through per-thread scratch buffers that are reused from
+    call to call (quantviz.histogram._scratch). Fresh temporaries of each tensor's size cost more
     than the arithmetic: every one is new memory the kernel must map and zero. Measured on a real
     OCR recogniser's 403 activations of one sample (50 M values): the elementwise product alone took
     0.23 s into new arrays and 0.035 s into a reused buffer; every tensor's update went from 0.65 to
