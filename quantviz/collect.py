@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 # RSS 245 -> 185 MB, same time; a 357-tensor model with 52 MB a sample (bench/make_wide_model.py)
 # runs one sample at a time: 601 -> 232 MB, collection 3.9 -> 5.0 s.
 RUN_BYTES = 64 * 2**20
-# Threads adding one run's tensors to their accumulators (see collect). Measured on a real OCR
-# recogniser (bench/README.md): 2 threads on 2 cores take the updates from X to Y s.
+# Threads adding one run's tensors to their accumulators (see collect): onnxruntime is idle while
+# they run, so on an idle machine the updates use every core it used (bench/README.md measures it).
 UPDATE_THREADS = max(1, min(4, os.cpu_count() or 1))
 # The fine |x| histogram: 8 bytes a bin and tensor (2**18 bins: 2 MB per tensor).
 MAX_FINE_BINS = 1 << 18

@@ -213,6 +213,16 @@ def _edge_heavy(rng: np.random.Generator, size: int, width: float) -> np.ndarray
 @pytest.mark.parametrize("sbins", [2048, 4096, 32768])  # signed bins of 16, 8 and 1 fine bins
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_compiled_counts_equal_numpy_and_the_oracle(size: int, sbins: int, nonnegative: bool) -> None:
+    _compare_compiled(size, sbins, nonnegative)
+
+
+def test_compiled_counts_in_several_passes(monkeypatch) -> None:
+    """The int32 fine layout is folded every FINE_MAX_VALUES values (2**30 in use): the same counts."""
+    monkeypatch.setattr(kernels, "FINE_MAX_VALUES", 50_000)
+    _compare_compiled(600_000, 2048, False)
+
+
+def _compare_compiled(size: int, sbins: int, nonnegative: bool) -> None:
     assert kernels.available()  # numba is a requirement: the fast path must be the one tested
     rng = np.random.default_rng(size + sbins)
     fine = 16384

@@ -41,9 +41,11 @@ from quantviz.stats import TensorStats
 
 
 def _xlogx(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    out = np.zeros_like(v, dtype=np.float64)
+    """v log v, 0 where v <= 0 (masked ufuncs: no boolean gathers and scatters)."""
+    v = np.asarray(v, dtype=np.float64)
     pos = v > 0
-    out[pos] = v[pos] * np.log(v[pos])
+    out = np.log(v, out=np.zeros_like(v), where=pos)
+    np.multiply(out, v, out=out)
     return out
 
 
