@@ -80,9 +80,9 @@ def _decomposed_softmax_input(div: onnx.NodeProto, producer: Mapping[str, onnx.N
     """The logits of a decomposed Softmax ending at this node, Div(Exp(x [- max]), sum), or None."""
     if div.op_type != "Div" or not div.input or div.input[0] not in producer or producer[div.input[0]].op_type != "Exp":
         return None
-    x = producer[div.input[0]].input[0]
+    x: str = producer[div.input[0]].input[0]
     sub = producer.get(x)
-    return sub.input[0] if sub is not None and sub.op_type == "Sub" else x
+    return str(sub.input[0]) if sub is not None and sub.op_type == "Sub" else x
 
 
 def probability_tensors(proto: onnx.ModelProto) -> set[str]:
