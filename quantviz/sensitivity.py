@@ -459,7 +459,10 @@ def best_method_picks(
     return picks, reports[methods[0]].samples
 
 
-WHOLE_MODEL_TOLERANCE = 1e-6
+# a single method replaces the picks only when it wins end to end by more than this: on the few samples
+# best-method analyses (4 in the sweep), smaller gaps are noise (PP-OCR's classifier: percentile 1.000000
+# against the picks' 0.999064 on 4 calibration samples, then 0.985 against 0.999 on the evaluation set)
+WHOLE_MODEL_TOLERANCE = 0.005
 
 
 def _end_to_end(report: LayerReport) -> float:

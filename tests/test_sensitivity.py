@@ -461,7 +461,7 @@ def test_best_method_is_never_worse_end_to_end_than_one_method_everywhere() -> N
         return float(np.mean([o.figures.cosine for o in r.outputs]))
 
     singles = {m: end_to_end(calibrate_model(model, stats, m)) for m in methods}
-    assert end_to_end(table) >= max(singles.values()) - 1e-6
+    assert end_to_end(table) >= max(singles.values()) - 0.005  # WHOLE_MODEL_TOLERANCE
     note = table.settings["best"].get("whole_model", "")
     assert all(p.note == note for p in picks.values())
     if note:  # one method everywhere: the table is that method's own
