@@ -28,7 +28,8 @@ LN_INSIDE = {"mu", "d", "d2", "var", "ve", "sd", "n", "ng"}
 
 def _stats(path: Path, data: dict[str, np.ndarray], tmp: Path):
     model = load_model(path)
-    np.savez(tmp / "data.npz", **data)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(tmp / "data.npz", **data)  # type: ignore[arg-type]
     source = open_source(str(tmp / "data.npz"), model.inputs)
     return model, source, collect(model, source, CollectConfig())
 
@@ -174,7 +175,8 @@ def test_output_figures_judge_decisions_and_one_value_outputs(tmp_path: Path) ->
 
 def test_cli_profile_and_clip_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, data = _logit_model(tmp_path)
-    np.savez(tmp_path / "d.npz", **data)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(tmp_path / "d.npz", **data)  # type: ignore[arg-type]
     out = tmp_path / "t.json"
     assert main(["calibrate", str(path), "--data", str(tmp_path / "d.npz"), "--method", "kl", "--clip-outputs", "-o", str(out)]) == 0
     err = capsys.readouterr().err
