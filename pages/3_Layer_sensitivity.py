@@ -518,12 +518,15 @@ if best_clicked:
     )  # fmt: skip
     found = result[0] if result is not None else None
     if found is not None:
-        applied = apply_method_picks(
-            state.review(), {p.output_tensor: p.method for p in found.values()}, stats, fused=fused_tensors(table)
-        )
+        note = next((p.note for p in found.values() if p.note), "")
+        start = state.review()
+        if note:  # the whole-model check put one method everywhere (quantviz.sensitivity.best_method_picks)
+            start = replace(start, default_method=next(iter(found.values())).method)
+        applied = apply_method_picks(start, {p.output_tensor: p.method for p in found.values()}, stats, fused=fused_tensors(table))
         state.set_review(applied.review)
         w.best_picks[key.stats] = found
-        state.flash("success", f"{len(applied.changed)} tensors changed method. Press Analyse to see the whole model with them.")
+        done = f"{len(applied.changed)} tensors changed method. Press Analyse to see the whole model with them."
+        state.flash("success", f"{note[:1].upper()}{note[1:]}. {done}" if note else done)
         st.rerun()
 if picks:
     method_cols = list(dict.fromkeys(f"1 - cos {METHOD_LABELS.get(k, k)}" for p in picks.values() for k in p.cosines))

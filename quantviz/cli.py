@@ -285,6 +285,9 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
     )  # fmt: skip
     counts = Counter(p.method for p in picks.values())
     print("best method per layer: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()), file=sys.stderr)
+    note = table.settings.get("best", {}).get("whole_model")
+    if note:
+        print(f"whole-model check: {note}.", file=sys.stderr)
     return table
 
 

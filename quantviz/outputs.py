@@ -71,7 +71,18 @@ def output_feeders(proto: onnx.ModelProto) -> dict[str, str]:
             if p.op_type in PROBABILITY_OPS or p.op_type in PASS_THROUGH_OPS:
                 data = p.input[:1] if p.op_type not in ("Concat",) else p.input
                 stack.extend(i for i in data if i)
+            elif (logits := _decomposed_softmax_input(p, producer)) is not None:
+                stack.append(logits)
     return out
+
+
+def _decomposed_softmax_input(div: onnx.NodeProto, producer: Mapping[str, onnx.NodeProto]) -> str | None:
+    """The logits of a decomposed Softmax ending at this node, Div(Exp(x [- max]), sum), or None."""
+    if div.op_type != "Div" or not div.input or div.input[0] not in producer or producer[div.input[0]].op_type != "Exp":
+        return None
+    x: str = producer[div.input[0]].input[0]
+    sub = producer.get(x)
+    return str(sub.input[0]) if sub is not None and sub.op_type == "Sub" else x
 
 
 def probability_tensors(proto: onnx.ModelProto) -> set[str]:

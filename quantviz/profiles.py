@@ -237,9 +237,18 @@ def _softmaxes(graph: onnx.GraphProto) -> list[tuple[list[onnx.NodeProto], str]]
         cs = consumers.get(e, [])
         red = next((n for n in cs if n.op_type == "ReduceSum"), None)
         div = next((n for n in cs if n.op_type == "Div" and list(n.input[:1]) == [e]), None)
-        if red is None or div is None or red.output[0] not in div.input:
+        if red is None or div is None:
             continue
-        found.append(([exp, red, div], div.output[0]))
+        total, between = red.output[0], []
+        while total not in div.input:  # jax2tf broadcasts the sum with Reshape / Expand before the Div
+            nxt = _only(consumers, total, ("Reshape", "Expand", "Unsqueeze"))
+            if nxt is None:
+                break
+            between.append(nxt)
+            total = nxt.output[0]
+        if total not in div.input:
+            continue
+        found.append(([exp, red, *between, div], div.output[0]))
     return found
 
 
@@ -259,6 +268,84 @@ def _sigmoids(graph: onnx.GraphProto) -> list[tuple[list[onnx.NodeProto], str]]:
         if last is None or (last.op_type == "Div" and last.input[1] != add.output[0]):
             continue
         found.append(([neg, exp, add, last], last.output[0]))
+    return found
+
+
+NORM_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Pow", "ReduceMean", "ReduceSum", "Reshape", "Expand", "Unsqueeze", "Squeeze"})
+SHAPE_ONLY = {"Reshape": 1, "Expand": 1, "Unsqueeze": 1, "Squeeze": 1, "ReduceMean": 1, "ReduceSum": 1}  # inputs from this index on are shapes / axes
+
+
+def _walk_back(producer: Mapping[str, onnx.NodeProto], consts: Mapping[str, object], start: str, stop: str | None, limit: int = 24) -> tuple[list[onnx.NodeProto], set[str]] | None:
+    """Nodes of NORM_OPS from `start` back to `stop` (excluded) and the non-constant leaves reached; None past `limit` nodes."""
+    nodes: list[onnx.NodeProto] = []
+    leaves: set[str] = set()
+    stack, seen = [start], set()
+    while stack:
+        u = stack.pop()
+        if u in seen or u in consts or not u:
+            continue
+        seen.add(u)
+        p = producer.get(u)
+        if u == stop or p is None or p.op_type not in NORM_OPS:
+            leaves.add(u)
+            continue
+        nodes.append(p)
+        if len(nodes) > limit:
+            return None
+        stack.extend(p.input[: SHAPE_ONLY.get(p.op_type, len(p.input))])
+    return nodes, leaves
+
+
+def _normalisations(graph: onnx.GraphProto) -> list[tuple[list[onnx.NodeProto], str]]:
+    """LayerNorms decomposed in other orders than _layernorms' (Flax / jax2tf: mean = Sum(x) / n,
+    var = max(Sum(x * x) / n - mean^2, 0), rsqrt by Sqrt + Reciprocal, the scale folded into gamma,
+    broadcasts by Reshape / Expand): from each Sqrt, back to the statistics' input x (the input of a
+    Reduce that is an ancestor of every other Reduce's input), forward through Reciprocal and
+    constant factors to the Mul / Div by the centred values Sub(x, mean), then the affine."""
+    producer, consumers = _index(graph)
+    consts = constant_values(graph)
+    found: list[tuple[list[onnx.NodeProto], str]] = []
+    for root in graph.node:
+        if root.op_type != "Sqrt":
+            continue
+        first = _walk_back(producer, consts, root.input[0], None)
+        if first is None:
+            continue
+        reduce_inputs = [n.input[0] for n in first[0] if n.op_type in ("ReduceMean", "ReduceSum")]
+        x = next((r for r in reduce_inputs if all(r == o or r in (_walk_back(producer, consts, o, r) or ([], set()))[1] for o in reduce_inputs)), None)
+        if x is None:
+            continue
+        back = _walk_back(producer, consts, root.input[0], x)
+        if back is None or back[1] != {x}:
+            continue
+        chain = [*back[0][::-1], root]
+        cur, centred = root.output[0], None
+        while centred is None:
+            nxt = _only(consumers, cur, ("Mul", "Div", "Reciprocal"))
+            if nxt is None:
+                break
+            chain.append(nxt)
+            others = [i for i in nxt.input if i != cur]
+            cur = nxt.output[0]
+            if nxt.op_type == "Reciprocal" or (len(others) == 1 and others[0] in consts):
+                continue
+            sub = producer.get(others[0]) if len(others) == 1 else None
+            if sub is None or sub.op_type != "Sub" or sub.input[0] != x:
+                break
+            mean_side = _walk_back(producer, consts, sub.input[1], x)
+            if mean_side is None or mean_side[1] != {x}:
+                break
+            centred = sub
+            chain.extend([*mean_side[0], sub])
+        if centred is None:
+            continue
+        for _ in range(2):  # the affine: gamma (unless folded into the rsqrt), then beta (constant operands)
+            nxt = _only(consumers, cur, ("Mul", "Add"))
+            if nxt is None or not any(i in consts for i in nxt.input if i != cur):
+                break
+            chain.append(nxt)
+            cur = nxt.output[0]
+        found.append((list({node_key(n): n for n in chain}.values()), cur))
     return found
 
 
@@ -327,7 +414,7 @@ def placement(proto: onnx.ModelProto, key: str | None = None) -> Placement:
     ops = prof.op_types() | FUSED_OPS
     float_tensors: dict[str, str] = {}
     float_nodes: dict[str, str] = {}
-    patterns = [(REASON_LAYERNORM, p) for p in _layernorms(graph)]
+    patterns = [(REASON_LAYERNORM, p) for p in _layernorms(graph) + _normalisations(graph)]
     patterns += [(REASON_SOFTMAX, p) for p in _softmaxes(graph)]
     patterns += [(REASON_SIGMOID, p) for p in _sigmoids(graph)]
     patterns += [(REASON_GELU, p) for p in _gelus(graph)]

@@ -15,6 +15,7 @@ from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import CalibrationSource, open_source
 from quantviz.model import LoadedModel, load_model
+from quantviz.outputs import output_feeders
 from quantviz.profiles import PROFILES, placement
 from quantviz.qdq import build_qdq_model
 from quantviz.review import Review, build_table, load_review, review_bytes
@@ -198,7 +199,8 @@ def test_decomposed_softmax_and_sigmoid_insides_are_float() -> None:
     nodes = [
         helper.make_node("Exp", ["x"], ["e"], name="exp"),
         helper.make_node("ReduceSum", ["e", "ax"], ["s"], name="sum", keepdims=1),
-        helper.make_node("Div", ["e", "s"], ["p"], name="div"),
+        helper.make_node("Expand", ["s", "shape"], ["sb"], name="broadcast"),  # as jax2tf exports it
+        helper.make_node("Div", ["e", "sb"], ["p"], name="div"),
         helper.make_node("MatMul", ["p", "w"], ["y"], name="mm1"),
         helper.make_node("Neg", ["x"], ["nx"], name="neg"),
         helper.make_node("Exp", ["nx"], ["en"], name="exp2"),
@@ -214,15 +216,21 @@ def test_decomposed_softmax_and_sigmoid_insides_are_float() -> None:
         [
             numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
             numpy_helper.from_array(np.array([-1], np.int64), "ax"),
+            numpy_helper.from_array(np.array([1, 4], np.int64), "shape"),
             numpy_helper.from_array(np.array(1, np.float32), "one"),
         ],
     )
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     p = placement(proto, "ort")
-    assert "Softmax" in p.float_tensors["e"] and "Softmax" in p.float_tensors["s"]
+    assert all("Softmax" in p.float_tensors[t] for t in ("e", "s", "sb"))
     assert all("Sigmoid" in p.float_tensors[t] for t in ("nx", "en", "d"))
     assert "add1" in p.float_nodes  # Add is in onnxruntime's list, but not inside a Sigmoid
     assert {"p", "sg", "y", "z"} <= p.quantized
+    # a decomposed Softmax that writes a graph output: its logits are output feeders (MinMax unless clipped on request)
+    probs = helper.make_graph(
+        nodes[:4], "softmax_out", list(g.input), [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 4])], list(g.initializer)
+    )
+    assert output_feeders(helper.make_model(probs, opset_imports=[helper.make_opsetid("", 17)])) == {"p": "p", "x": "p"}
 
 
 def test_int8_layers_with_float_outputs_are_analysed(tmp_path: Path) -> None:
@@ -363,3 +371,44 @@ def test_decomposed_gelu_insides_are_float(tmp_path: Path) -> None:
     assert all(table.tensors[t].float_kept for t in inside)
     q = _quantized_tensors(build_qdq_model(model, table))
     assert not (q & inside) and {"h", "g_tanh", "g_erf"} <= q
+
+
+def test_flax_layernorm_insides_are_float(tmp_path: Path) -> None:
+    """jax2tf's LayerNorm: mean = Sum(x) * 1/n, var = max(Sum(x * x) * 1/n - mean^2, 0), Sqrt then
+    Reciprocal, gamma folded into the rsqrt, (x - mean) * that + beta, then a MatMul."""
+    c = lambda v, n: numpy_helper.from_array(np.asarray(v, np.float32), n)  # noqa: E731
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "ax"], ["s1"], name="sum", keepdims=1),
+        helper.make_node("Mul", ["s1", "inv_n"], ["mean"], name="mean"),
+        helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+        helper.make_node("ReduceSum", ["sq", "ax"], ["s2"], name="sum2", keepdims=1),
+        helper.make_node("Mul", ["s2", "inv_n"], ["m2"], name="mean2"),
+        helper.make_node("Mul", ["mean", "mean"], ["msq"], name="square_mean"),
+        helper.make_node("Sub", ["m2", "msq"], ["v0"], name="var"),
+        helper.make_node("Max", ["zero", "v0"], ["v"], name="maximum"),
+        helper.make_node("Add", ["v", "eps"], ["ve"], name="add_eps"),
+        helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+        helper.make_node("Reciprocal", ["sd"], ["rs"], name="rsqrt"),
+        helper.make_node("Mul", ["rs", "gamma"], ["rg"], name="gamma"),
+        helper.make_node("Sub", ["x", "mean"], ["d"], name="centre"),
+        helper.make_node("Mul", ["d", "rg"], ["n"], name="normalise"),
+        helper.make_node("Add", ["n", "beta"], ["ln"], name="beta"),
+        helper.make_node("MatMul", ["ln", "w"], ["y"], name="fc"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "flax_ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [
+            numpy_helper.from_array(np.array([-1], np.int64), "ax"), c(1 / 8, "inv_n"), c(0.0, "zero"), c(1e-6, "eps"),
+            c(np.linspace(0.5, 1.5, 8), "gamma"), c(np.linspace(-0.1, 0.1, 8), "beta"), c(np.eye(8), "w"),
+        ],
+    )  # fmt: skip
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    inside = {"s1", "mean", "sq", "s2", "m2", "msq", "v0", "v", "ve", "sd", "rs", "rg", "d", "n"}
+    for key in PROFILES:
+        p = placement(proto, key)
+        assert inside <= set(p.float_tensors) and all("LayerNorm" in p.float_tensors[t] for t in inside), key
+        assert {"sum", "sqrt", "centre", "beta"} <= set(p.float_nodes)
+    assert {"ln", "y"} <= placement(proto, "ort").quantized

@@ -450,3 +450,28 @@ def test_default_labels_from_a_path_or_an_upload(tmp_path: Path) -> None:
     np.save(npy, np.zeros(3))
     assert default_labels(nolab.getvalue()) is None and default_labels(npy.getvalue()) is None
     assert default_labels(b"not a file") is None and default_labels(tmp_path / "missing.npz") is None
+
+
+def test_best_method_is_never_worse_end_to_end_than_one_method_everywhere() -> None:
+    """The whole-model check of best_method_picks: the best table's end-to-end cosine, analysed
+    independently on the same samples, is at least that of each candidate's own table."""
+    from quantviz.sensitivity import best_method_table
+    from quantviz.table import calibrate_model
+
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(samples=64))
+    methods = ["kl", "minmax", "percentile"]
+    table, picks = best_method_table(model, stats, source, methods, samples=16)
+
+    def end_to_end(t: object) -> float:
+        r = analyze(model, t, source, samples=16)
+        return float(np.mean([o.figures.cosine for o in r.outputs]))
+
+    singles = {m: end_to_end(calibrate_model(model, stats, m)) for m in methods}
+    assert end_to_end(table) >= max(singles.values()) - 0.005  # WHOLE_MODEL_TOLERANCE
+    note = table.settings["best"].get("whole_model", "")
+    assert all(p.note == note for p in picks.values())
+    if note:  # one method everywhere: the table is that method's own
+        (m,) = {p.method for p in picks.values()}
+        assert end_to_end(table) == pytest.approx(singles[m], abs=1e-9)
