@@ -81,6 +81,7 @@ def test_override_changes_that_layers_error_and_recompute_agrees() -> None:
     assert m["1 - cos isolated now"] == before
     tensor = "/fc/Gemm_output_0"
     box = at.number_input(key=f"sens_override::{tensor}")
+    assert box.value is not None
     box.set_value(box.value / 8).run()
     at.button(key="sens_use").click().run()
     assert not at.exception
