@@ -43,16 +43,21 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def progress_bar(label: str) -> Callable[[int, int], object] | None:
-    """A one-line progress bar on stderr when it is a terminal; nothing otherwise."""
+def progress_bar(label: str, unit: str = "samples") -> Callable[[int, int], object] | None:
+    """A one-line progress bar on stderr when it is a terminal (count in its unit, time left); nothing otherwise."""
     if not sys.stderr.isatty():
         return None
+    from quantviz.progress import Eta, Step, duration_text
+
     width = 30
+    eta = Eta()
 
     def show(done: int, total: int) -> None:
         frac = done / total if total else 1.0
         filled = int(frac * width)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        left = eta.left(Step(label, done, total, unit))
+        rest = f", about {duration_text(left)} left" if left is not None and done < total else ""
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}{rest}   ")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -259,7 +264,7 @@ def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationS
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     return calibrate_eq(
-        model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args),
+        model, stats, source, config, progress=progress_bar("eq", "layer groups"), method_config=_method_config(args),
         per_channel=not args.per_tensor_weights, profile=args.profile, clip_outputs=args.clip_outputs,
     )  # fmt: skip
 
