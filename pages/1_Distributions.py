@@ -8,7 +8,9 @@ import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.calib.log2 import log2_quantization_error
+from quantviz.export.names import download_name
 from quantviz.export.qv_json import dumps
+from quantviz.export.registry import FORMATS
 from quantviz.plots import histogram_figure, log2_figure, weight_channels_figure
 from quantviz.summary import all_thresholds, method_table
 from ui import state
@@ -111,4 +113,5 @@ st.selectbox(
     format_func=lambda k: METHOD_LABELS.get(k, k), key=state.controlled("table_method", review.default_method),
     on_change=_set_default,
 )  # fmt: skip
-st.download_button("Download table.json", dumps(state.current_table()), file_name="table.json", mime="application/json", key="download_table")
+table_name = download_name(stats.model_name, FORMATS["json"])
+st.download_button(f"Download {table_name}", dumps(state.current_table()), file_name=table_name, mime="application/json", key="download_table")

@@ -15,6 +15,7 @@ from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.data import default_labels, open_source
 from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.errors import CancelledError, QuantvizError
+from quantviz.export.names import LAYERS_CSV, REPORT_HTML, artefact_name
 from quantviz.plots import eq_trace_figure
 from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
 from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensors
@@ -441,7 +442,8 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
 
 # --- downloads ------------------------------------------------------------------------------------------
 d1, d2 = st.columns(2)
-d1.download_button("LAYERS.csv", to_csv(report), "LAYERS.csv", "text/csv", key="sens_csv")
+csv_name, html_name = artefact_name(stats.model_name, LAYERS_CSV), artefact_name(stats.model_name, REPORT_HTML)
+d1.download_button(f"Download {csv_name}", to_csv(report), csv_name, "text/csv", key="sens_csv")
 d2.download_button(
-    "HTML report (offline, plotly embedded)", to_html(report), "quantviz_report.html", "text/html", key="sens_html"
+    f"Download {html_name}", to_html(report), html_name, "text/html", key="sens_html", help="Offline HTML report, plotly embedded"
 )

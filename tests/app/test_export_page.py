@@ -24,9 +24,13 @@ def _export_page() -> AppTest:
 
 def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked():
     at = _export_page()
-    labels = [b.proto.label for b in at.get("download_button")]
-    assert "Download calibration.cache" in labels and "Download calibration_table.json" in labels
-    assert "Download review.npz" in labels
+    buttons = at.get("download_button")
+    labels = [b.proto.label for b in buttons]
+    # every download is named after the model, never two alike, and its label says the file name
+    assert "Download digits_cnn.trt.calibration.cache" in labels and "Download digits_cnn.ort-cache.calibration.cache" in labels
+    assert "Download digits_cnn.calibration_table.json" in labels
+    assert "Download digits_cnn.review.quantviz.npz" in labels
+    assert len(set(labels)) == len(labels)
     # the TensorRT header is the user's choice, and a bad one gets a sentence
     at.text_input(key="trt_header").set_value("not a header").run()
     assert not at.exception
@@ -37,10 +41,10 @@ def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_che
 
 def test_qdq_model_is_built_on_request():
     at = _export_page()
-    assert "Download model_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
+    assert "Download digits_cnn_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
     at.button(key="prepare_qdq").click().run()
     assert not at.exception and not at.error
-    assert "Download model_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
+    assert "Download digits_cnn_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
 
 
 def test_import_and_adopt_overrides():
@@ -63,6 +67,40 @@ def _weight_scales(proto) -> dict[str, np.ndarray]:
         for n in proto.graph.node
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
     }
+
+
+def test_importing_a_table_that_matches_few_tensors_says_how_many_and_lists_the_rest():
+    at = _export_page()
+    stats = stats_of(at)
+    ours = list(stats.tensors)[:3]
+    strangers = [f"/not/in/this/model_{i}" for i in range(7)]
+    line = struct.pack(">f", np.float32(0.01)).hex()
+    cache = "TRT-8601-EntropyCalibration2\n" + "".join(f"{n}: {line}\n" for n in ours + strangers)
+    at.file_uploader(key="import_table").upload("other.cache", cache.encode(), "text/plain").run()
+    assert not at.exception and not at.error
+    texts = [w.value for w in at.warning]
+    assert any("Only 3 of the file's 10 tensors (30%)" in t for t in texts), texts
+    listed = [list(d.value["tensor"]) for d in at.dataframe if list(d.value.columns) == ["tensor"]]
+    assert listed == [strangers]
+    # a file that fits the model raises no warning
+    cache = "TRT-8601-EntropyCalibration2\n" + "".join(f"{n}: {line}\n" for n in stats.tensors)
+    at.file_uploader(key="import_table").upload("mine.cache", cache.encode(), "text/plain").run()
+    assert not at.exception and not at.warning
+
+
+def test_comparing_against_another_models_table_warns():
+    import json
+
+    at = _export_page()
+    stats = stats_of(at)
+    from quantviz.export.qv_json import dumps
+    from quantviz.review import build_table
+
+    mine = json.loads(dumps(build_table(stats, review_of(at))))
+    doc = {**mine, "model": {"name": "other.onnx", "sha256": "ab" * 32}}
+    at.file_uploader(key="import_table").upload("other.json", json.dumps(doc).encode(), "application/json").run()
+    assert not at.exception and not at.error
+    assert any("another model (other.onnx, model abababababab)" in w.value for w in at.warning)
 
 
 def test_qdq_seven_bit_weights_checkbox(monkeypatch):
@@ -107,11 +145,11 @@ def test_html_report_of_the_current_table():
     """The report offered on Export is the analysis of the table the page exports (its scales)."""
     at = _export_page()
     labels = [b.proto.label for b in at.get("download_button")]
-    if "Download quantviz_report.html" not in labels:
+    if "Download digits_cnn.report.html" not in labels:
         at.button(key="export_analyse").click().run()
         assert not at.exception and not at.error
     labels = [b.proto.label for b in at.get("download_button")]
-    assert "Download quantviz_report.html" in labels and "Download LAYERS.csv" in labels
+    assert "Download digits_cnn.report.html" in labels and "Download digits_cnn.LAYERS.csv" in labels
     from quantviz.review import build_table
 
     report = stored_in(at, work_of(at).last_analysis)
@@ -129,4 +167,4 @@ def test_html_report_of_the_current_table():
     # a new typed threshold makes that report stale: it is no longer offered
     set_review_of(at, review_of(at).with_choice("/Relu_output_0", override=1.0))
     at.run()
-    assert "Download quantviz_report.html" not in [b.proto.label for b in at.get("download_button")]
+    assert "Download digits_cnn.report.html" not in [b.proto.label for b in at.get("download_button")]
