@@ -273,8 +273,9 @@ def check_stats_file(header: Any, data: Mapping[str, np.ndarray], newest: int, f
     infos = need_dict(header.get("infos", {}), f"{STATS_WHAT}: infos")
     for n, info in infos.items():
         _check_info(n, info)
+    shapes = _check_shapes(header.get("shapes", {}), names)
     if not names:
-        return {"names": names, "config": config, "version": version}
+        return {"names": names, "config": config, "version": version, "shapes": shapes}
     sc = _array(data, "scalars", len(names), 2, "float")
     from quantviz.stats import _SCALARS
 
@@ -298,7 +299,25 @@ def check_stats_file(header: Any, data: Mapping[str, np.ndarray], newest: int, f
                 f"{STATS_WHAT} is damaged: its fine histograms have {fc.shape[1]} bins, not the {config.bins} bins times a power of two."
             )
         _widths(data, "fine_width", names)
-    return {"names": names, "config": config, "version": version}
+    return {"names": names, "config": config, "version": version, "shapes": shapes}
+
+
+SHAPE_RANK_MAX = 32  # ONNX allows any rank; no real tensor comes near this
+
+
+def _check_shapes(shapes: Any, names: list[str]) -> dict[str, list[int]]:
+    """The optional "shapes" of a statistics header: tensor name -> observed dimensions."""
+    d = need_dict(shapes, f"{STATS_WHAT}: shapes")
+    known = set(names)
+    for n, dims in d.items():
+        if n not in known:
+            raise QuantvizError(f"{STATS_WHAT}: shapes names '{n}', which is not one of its tensors.")
+        if (
+            not isinstance(dims, list) or len(dims) > SHAPE_RANK_MAX
+            or not all(is_int(v) and 0 <= v < 2**62 for v in dims)
+        ):  # fmt: skip
+            raise QuantvizError(f"{STATS_WHAT}: shapes['{n}'] must be a list of whole numbers >= 0, not {_j(dims)}.")
+    return d
 
 
 def _check_info(name: str, info: Any) -> None:

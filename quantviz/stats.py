@@ -45,6 +45,8 @@ class TensorStats:
     abs_hist: histogram of |x|; signed_hist: histogram of x (see quantviz.histogram).
     fine_hist: the finer histogram of |x| that abs_hist is coarsened from and KL re-bins to its own
     grid (None in statistics files of version 1).
+    shape: the shape the tensor had in the runs, each dimension the largest seen (the first is the
+    samples of one onnxruntime run when the model batches); None when not recorded (older files).
     """
 
     name: str
@@ -63,6 +65,7 @@ class TensorStats:
     first_batch_min: float = math.nan
     first_batch_max: float = math.nan
     fine_hist: Histogram | None = None
+    shape: tuple[int, ...] | None = None
 
     @property
     def absmax(self) -> float:
@@ -116,6 +119,7 @@ class TensorAccumulator:
         self._batch_max = -math.inf
         self._ema_min_before = math.nan
         self._ema_max_before = math.nan
+        self.shape: tuple[int, ...] | None = None
 
     def update(self, batch: npt.NDArray[np.floating], same_batch: bool = False) -> None:
         """Add one batch of values (any shape). same_batch=True: more values of the batch given to the
@@ -123,7 +127,9 @@ class TensorAccumulator:
         moving averages and the batch count then come out exactly as from one call with all of it."""
         if not same_batch:
             self._open = False
-        x = np.asarray(batch).reshape(-1)
+        arr = np.asarray(batch)
+        self.shape = seen_shape(self.shape, arr.shape)
+        x = arr.reshape(-1)
         if x.dtype == np.float16:
             x = x.astype(np.float32)
         if x.size == 0:
@@ -185,6 +191,8 @@ class TensorAccumulator:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         self.batches += other.batches
+        if other.shape is not None:
+            self.shape = seen_shape(self.shape, other.shape)
         self._open = False  # a later update starts a new batch
         self.abs_hist.merge(other.abs_hist)
         self.signed_hist.merge(other.signed_hist)
@@ -209,7 +217,17 @@ class TensorAccumulator:
             first_batch_min=self.first_min,
             first_batch_max=self.first_max,
             fine_hist=fine,
+            shape=self.shape,
         )
+
+
+def seen_shape(before: tuple[int, ...] | None, now: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape recorded after one more run: each dimension the largest seen; a run of another rank
+    (a model whose output rank varies) replaces it."""
+    now = tuple(int(d) for d in now)
+    if before is None or len(before) != len(now):
+        return now
+    return tuple(max(a, b) for a, b in zip(before, now, strict=True))
 
 
 @dataclass(frozen=True)
@@ -267,6 +285,8 @@ def stats_arrays(stats: CalibrationStats) -> dict[str, np.ndarray]:
         "config": asdict(stats.config),
         "tensors": names,
         "infos": {n: asdict(i) for n, i in stats.infos.items()},
+        # observed shapes: an optional key, so older readers and older files keep working
+        "shapes": {n: list(t.shape) for n, t in stats.tensors.items() if t.shape is not None},
     }
     arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
     if names:
@@ -341,6 +361,7 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
         signed_e = np.frexp(data["signed_width"].astype(np.float64))[1] - 1
         fine = "fine_counts" in data
         fine_e = np.frexp(data["fine_width"].astype(np.float64))[1] - 1 if fine else None
+        shapes: dict[str, list[int]] = checked["shapes"]
         for i, name in enumerate(names):
             vals: dict[str, Any] = dict(zip(_SCALARS, scalars[i].tolist(), strict=True))
             for k in _INT_SCALARS:
@@ -356,6 +377,7 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
                 abs_hist=Histogram(ac, edges_for(int(abs_e[i]), ac.size, signed=False)),
                 signed_hist=Histogram(sc_counts, edges_for(int(signed_e[i]), sc_counts.size, signed=True)),
                 fine_hist=fine_hist,
+                shape=tuple(shapes[name]) if name in shapes else None,
                 **vals,
             )
             check_tensor_stats(t)
@@ -398,6 +420,7 @@ def _accumulator_from(t: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT
     acc.max = t.max if t.count else -math.inf
     acc.ema_min, acc.ema_max, acc.batches = t.ema_min, t.ema_max, t.batches
     acc.first_min, acc.first_max = t.first_batch_min, t.first_batch_max
+    acc.shape = t.shape
     for hist, target in ((fine, acc.abs_hist), (t.signed_hist, acc.signed_hist)):
         merged = merge(hist, target.result())
         target._counts = merged.counts  # noqa: SLF001 - rebuilding an accumulator from its own result
