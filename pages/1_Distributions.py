@@ -15,6 +15,7 @@ from quantviz.plots import histogram_figure, log2_figure, weight_channels_figure
 from quantviz.summary import all_thresholds, method_table, shape_text
 from ui import state
 from ui.errors import callback
+from ui.graph_panel import graph_context
 
 st.set_page_config(page_title="quantviz: distributions", page_icon=":material/bar_chart:", layout="wide")
 st.title("Distributions")
@@ -70,6 +71,9 @@ cols[1].metric("max", f"{t.max:.4g}")
 cols[2].metric("exact zeros", f"{t.zero_count / max(t.count, 1):.1%}")
 cols[3].metric("NaN / Inf", t.nonfinite)
 cols[4].metric("elements seen", f"{t.count:,}")
+
+if st.toggle("Graph context: what feeds this tensor's layer and what it feeds (click to open)", **state.bound("dist_graph")):
+    graph_context(stats, "dist", tensor=tensor, show_output=False)  # its histogram is the one above
 
 st.subheader("Thresholds by method")
 st.dataframe(

@@ -22,6 +22,7 @@ from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensor
 from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, layer_error
 from ui import state
 from ui.errors import callback
+from ui.graph_panel import graph_context
 from ui.profile_panel import engine_profile_expander
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
@@ -239,6 +240,8 @@ else:
     cols[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
     cols[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
     cols[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
+if st.toggle("Graph context: what feeds this layer and what it feeds (click to open)", **state.bound("sens_graph")):
+    graph_context(stats, "sens", layer=layer, layers=listed)
 if target != out:
     st.caption(
         f"Output **{out}** is fused with its activation and quantized with the scale of **{target}** "

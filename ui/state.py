@@ -119,12 +119,14 @@ class Controls:
     dist_signed: bool = True
     dist_methods: list[str] | None = None  # None: the page's default selection
     dist_log2: bool = False
+    dist_graph: bool = True  # graph context of the open tensor
     per_channel: bool = True  # weights per output channel (every page, table and export)
     # Layer sensitivity
     sens_data: str | None = None  # None: the labelled sample set when there is one
     sens_samples: int | None = None  # None: the page's default
     sens_mode: str = "isolated"
     sens_limit: int | str = 40
+    sens_graph: bool = True  # graph context of the open layer
     eq_alpha: float = EQConfig().alpha
     eq_beta: float = EQConfig().beta
     eq_n: int = EQConfig().n
@@ -149,6 +151,7 @@ class ModelWork:
     layer: str | None = None
     clicked_layer: str | None = None
     overview_clicked: str | None = None  # the tensor last opened from Home's overview picture
+    graph_clicked: tuple[str, str] | None = None  # (graph chart, tensor) last opened from a graph context
     last_analysis: DerivedKey | None = None
     auto_tried: DerivedKey | None = None  # the analysis last started by itself (never twice in a row)
     last_eq: DerivedKey | None = None
