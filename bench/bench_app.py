@@ -36,9 +36,11 @@ def _timed(at: AppTest) -> float:
 
 
 def _stats_key(at: AppTest) -> object:
+    """The current statistics' key in the session's typed state (ui/state.py)."""
     from ui.state import SESSION
 
-    return at.session_state[SESSION].work().stats_key
+    work = at.session_state[SESSION].work()
+    return None if work is None else work.stats_key
 
 
 def bench(sample: str, repeat: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ from quantviz.calib import METHODS, MethodConfig
 from quantviz.calib.result import ACIQ_PRIORS
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
-from quantviz.data import ImagePreprocess, open_source
+from quantviz.data import ImagePreprocess, open_source, sample_range
 from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import LoadedModel, load_model
@@ -120,17 +120,54 @@ def load_checked(model_path: str, show: bool = False, verbose: bool = False) -> 
     return model
 
 
+def _sample_range(text: str) -> tuple[int, int]:
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise QuantvizError(f"--range must look like START:STOP (samples START..STOP-1, e.g. 0:1000), not '{text}'.") from None
+    if not 0 <= start < stop:
+        raise QuantvizError(f"--range needs 0 <= START < STOP, not {text}.")
+    return start, stop
+
+
 def _collect_from_args(args: argparse.Namespace, model_path: str) -> CalibrationStats:
     model = load_checked(model_path, show=True, verbose=bool(getattr(args, "verbose", False)))
+    rng = getattr(args, "range", None)
+    if rng is not None and args.samples is not None:
+        raise QuantvizError("Give --range or --samples, not both (--range 0:N is --samples N).")
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    if rng is not None:
+        source = sample_range(source, *_sample_range(rng))
     config = CollectConfig(samples=args.samples, bins=args.bins, batch_size=args.batch_size)
-    stats = collect(model, source, config, progress=progress_bar("collect"))
+    ray_address = getattr(args, "ray", None)
+    if ray_address is not None:
+        stats = _collect_on_ray(args, model_path, model, config, ray_address)
+    else:
+        stats = collect(model, source, config, progress=progress_bar("collect"))
     if stats.synthetic:
         print("note: the calibration data is synthetic (random), not real samples.", file=sys.stderr)
     for name in stats.nonfinite_tensors:
         t = stats.tensors[name]
         print(f"warning: tensor '{name}' had {t.nan_count} NaN and {t.posinf_count + t.neginf_count} Inf values (kept out of its range).", file=sys.stderr)
     return stats
+
+
+def _collect_on_ray(args: argparse.Namespace, model_path: str, model: LoadedModel, config: CollectConfig, address: str) -> CalibrationStats:
+    """collect --ray: shards on a Ray cluster (quantviz.distributed), statistics equal to one process's."""
+    from quantviz.distributed import ClusterConfig, collect_on_cluster
+
+    if args.range is not None:
+        raise QuantvizError("--ray collects every sample in shards of its own: give --ray or --range, not both.")
+    if args.shards is not None and args.shards < 1:
+        raise QuantvizError(f"--shards must be at least 1, not {args.shards}.")
+    cluster = ClusterConfig(address=None if address == LOCAL_RAY else address, shards=args.shards)
+    run = collect_on_cluster(model, model_path, args.data, config, cluster, preprocess=_preprocess(args), progress=progress_bar("collect"))
+    machines = f"{run.nodes} machine" + ("s" if run.nodes != 1 else "")
+    print(f"ray: {len(run.shards)} shards on {run.workers} workers ({machines}, {run.cpus} CPUs)", file=sys.stderr)
+    return run.stats
+
+
+LOCAL_RAY = "local"
 
 
 def _check_output(path: str) -> None:
@@ -144,6 +181,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
     stats = _collect_from_args(args, args.model)
     save_stats(stats, args.output)
     print(f"{len(stats.tensors)} tensors, {stats.samples} samples -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from quantviz.merge import inexact_moving_average, merge_calibration_stats
+
+    if len(args.stats) < 2:
+        raise QuantvizError("merge needs at least two statistics files.")
+    _check_output(args.output)
+    parts = [load_stats(Path(p)) if Path(p).exists() else _missing(p) for p in args.stats]
+    merged = merge_calibration_stats(parts, [f"'{p}'" for p in args.stats])
+    for name in inexact_moving_average(parts)[:1]:
+        print(
+            f"note: tensor '{name}' (and maybe others) has no per-batch record in a later file: its moving-average "
+            "min/max is merged to rounding, not bit for bit.", file=sys.stderr,
+        )  # fmt: skip
+    save_stats(merged, args.output)
+    print(f"{len(parts)} files, {len(merged.tensors)} tensors, {merged.samples} samples -> {args.output}", file=sys.stderr)
     return 0
 
 
@@ -272,7 +327,7 @@ def report_table_notes(table: CalibrationTable) -> None:
         print(f"profile {s.get('profile')}: {len(kept)} tensors kept in float (e.g. '{kept[0]}': {table.tensors[kept[0]].extra['profile_float']}).", file=sys.stderr)
     protected = [n for n, e in table.tensors.items() if e.extra.get("output_minmax")]
     if protected:
-        print(f"{len(protected)} tensors feeding graph outputs take MinMax instead of a clipping threshold: {', '.join(protected[:5])}.", file=sys.stderr)
+        print(f"{len(protected)} graph inputs or tensors feeding graph outputs take MinMax instead of a clipping threshold: {', '.join(protected[:5])}.", file=sys.stderr)
     for text in dict(s.get("output_clip_warnings") or {}).values():
         print(f"warning: {text}", file=sys.stderr)
     for v in dict(s.get("bias_overflow") or {}).values():
@@ -291,8 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="stream a calibration set through a model and save statistics")
     p.add_argument("model")
     _add_data_args(p, required=True)
+    p.add_argument("--range", metavar="START:STOP", help="only samples START..STOP-1 (a shard; `merge` joins shards exactly)")
+    p.add_argument(
+        "--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+        help="collect in shards on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (none: a local Ray on 127.0.0.1)",
+    )  # fmt: skip
+    p.add_argument("--shards", type=int, help="with --ray: how many shards (default 4 per CPU of the cluster)")
     p.add_argument("-o", "--output", required=True, help="statistics file (.npz)")
     COMMANDS["collect"] = cmd_collect
+
+    p = sub.add_parser("merge", help="merge statistics files of one model and settings (e.g. shards), exactly")
+    p.add_argument("stats", nargs="+", help="statistics files, in sample order")
+    p.add_argument("-o", "--output", required=True, help="merged statistics file (.npz)")
+    COMMANDS["merge"] = cmd_merge
 
     p = sub.add_parser("calibrate", help="compute a calibration table with one method")
     p.add_argument("model", nargs="?")

@@ -9,6 +9,7 @@ given shape or dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -73,6 +74,8 @@ class CalibrationSource:
     fetch(start, stop) returns the samples' arrays (samples on axis 0) of the batched and per-sample
     inputs; batches() turns them into what the model is fed: per-sample inputs indexed (every run is then
     one sample), constants added. layout: input name -> BATCHED, PER_SAMPLE or CONSTANT (empty: all batched).
+    first: where sample 0 of this source lies in the data it was cut from (sample_range); description
+    and data_id are the whole data's.
     """
 
     description: str
@@ -82,6 +85,7 @@ class CalibrationSource:
     fetch: Callable[[int, int], Batch] = field(repr=False, compare=False)
     layout: Mapping[str, str] = field(default_factory=dict, compare=False)
     constants: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False, compare=False)
+    first: int = 0
 
     @property
     def one_sample_per_run(self) -> bool:
@@ -108,6 +112,24 @@ class CalibrationSource:
             return 1
         batched = [k for k in batch if self.layout.get(k, BATCHED) == BATCHED]
         return int(batch[batched[0]].shape[0]) if batched else 1
+
+
+def sample_range(source: CalibrationSource, start: int, stop: int) -> CalibrationSource:
+    """The samples start..stop-1 of a source as a source of their own (a shard: `collect --range`, the
+    Ray collection); nothing is read until a batch is fetched."""
+    if not 0 <= start < stop:
+        raise QuantvizError(f"A sample range needs 0 <= START < STOP, not {start}:{stop}.")
+    if start >= source.num_samples:
+        raise QuantvizError(
+            f"The sample range {start}:{stop} starts beyond the {source.num_samples} samples of {source.description}."
+        )
+    stop = min(stop, source.num_samples)
+    parent = source.fetch
+
+    def fetch(a: int, b: int) -> Batch:
+        return parent(start + a, start + b)
+
+    return dataclasses.replace(source, num_samples=stop - start, fetch=fetch, first=source.first + start)
 
 
 def _shape_text(shape: Sequence[object]) -> str:

@@ -267,15 +267,22 @@ def check_stats_file(header: Any, data: Mapping[str, np.ndarray], newest: int, f
     need_str(d.get("description"), f"{STATS_WHAT}: data.description")
     need_str(d.get("id"), f"{STATS_WHAT}: data.id")
     need_bool(d.get("synthetic"), f"{STATS_WHAT}: data.synthetic")
-    need_int(header.get("samples"), f"{STATS_WHAT}: samples", 0)
+    samples = need_int(header.get("samples"), f"{STATS_WHAT}: samples", 0)
+    data_range = None
+    if "range" in d:
+        r = d["range"]
+        if not (isinstance(r, list) and len(r) == 2 and all(is_int(v) for v in r) and r[0] >= 0 and r[1] - r[0] >= samples):
+            raise QuantvizError(f"{STATS_WHAT}: data.range must be [start, stop] of at least its {samples} samples, not {_j(r)}.")
+        data_range = (int(r[0]), int(r[1]))
     config = collect_config(header.get("config"), f"{STATS_WHAT}: config")
     names = need_names(header.get("tensors"), f'{STATS_WHAT}: "tensors"')
     infos = need_dict(header.get("infos", {}), f"{STATS_WHAT}: infos")
     for n, info in infos.items():
         _check_info(n, info)
     shapes = _check_shapes(header.get("shapes", {}), names)
+    out = {"names": names, "config": config, "version": version, "range": data_range, "shapes": shapes}
     if not names:
-        return {"names": names, "config": config, "version": version, "shapes": shapes}
+        return out
     sc = _array(data, "scalars", len(names), 2, "float")
     from quantviz.stats import _SCALARS
 
@@ -299,7 +306,36 @@ def check_stats_file(header: Any, data: Mapping[str, np.ndarray], newest: int, f
                 f"{STATS_WHAT} is damaged: its fine histograms have {fc.shape[1]} bins, not the {config.bins} bins times a power of two."
             )
         _widths(data, "fine_width", names)
-    return {"names": names, "config": config, "version": version, "shapes": shapes}
+    _batch_record(data, names, sc)
+    return out
+
+
+def _batch_record(data: Mapping[str, np.ndarray], names: Sequence[str], scalars: np.ndarray) -> None:
+    """The per-batch (min, max) rows (optional): one run of `batches` rows per tensor (or -1: none), at
+    most BATCH_RECORD_MAX each, finite (check_tensor_stats checks them against the tensor's range)."""
+    from quantviz.limits import BATCH_RECORD_MAX
+    from quantviz.stats import _SCALARS
+
+    if ("batch_ranges" in data) != ("batch_record_len" in data):
+        raise QuantvizError(f"{STATS_WHAT} is damaged: it has one of 'batch_ranges' and 'batch_record_len' without the other.")
+    if "batch_ranges" not in data:
+        return
+    lens = _array(data, "batch_record_len", len(names), 1, "int").astype(np.int64)
+    rows = data["batch_ranges"]
+    if rows.ndim != 2 or rows.shape[1] != 2 or not np.issubdtype(rows.dtype, np.floating):
+        raise QuantvizError(f"{STATS_WHAT} is damaged: its 'batch_ranges' array is not (rows, 2) numbers.")
+    batches = scalars[:, _SCALARS.index("batches")]
+    whole = np.isfinite(batches) & (batches == np.floor(batches))  # others are refused with their counts
+    bad = whole & (lens != -1) & ((lens != batches) | (lens > BATCH_RECORD_MAX))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise QuantvizError(
+            f"{STATS_WHAT} is damaged: tensor '{names[i]}' records {lens[i]} batch ranges for {int(batches[i])} batches."
+        )
+    if int(np.maximum(lens, 0).sum()) != rows.shape[0] or not np.isfinite(rows).all():
+        raise QuantvizError(
+            f"{STATS_WHAT} is damaged: its 'batch_ranges' do not hold one finite (min, max) row per recorded batch."
+        )
 
 
 SHAPE_RANK_MAX = 32  # ONNX allows any rank; no real tensor comes near this
@@ -373,6 +409,9 @@ def check_tensor_stats(t: Any) -> None:
             raise QuantvizError(
                 f"{where}: its range [{t.min!r}, {t.max!r}] disagrees with its {label}, whose values lie in {span}."
             )
+    r = getattr(t, "batch_ranges", None)
+    if r is not None and r.shape[0] and (r[:, 0].min() != t.min or r[:, 1].max() != t.max or (r[:, 0] > r[:, 1]).any()):
+        raise QuantvizError(f"{where}: its per-batch ranges disagree with its range [{t.min!r}, {t.max!r}].")
 
 
 def _occupied(h: Any) -> tuple[int, int]:

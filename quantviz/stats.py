@@ -28,7 +28,7 @@ from quantviz.histogram import (
     merge,
     update_pair,
 )
-from quantviz.limits import STATS_ARRAY_BYTES, STATS_TOTAL_BYTES
+from quantviz.limits import BATCH_RECORD_MAX, STATS_ARRAY_BYTES, STATS_TOTAL_BYTES
 from quantviz.model import TensorInfo
 from quantviz.safeio import load_json, read_npz, write_bytes
 from quantviz.schema import check_stats, check_stats_file, check_tensor_stats
@@ -47,6 +47,9 @@ class TensorStats:
     grid (None in statistics files of version 1).
     shape: the shape the tensor had in the runs, each dimension the largest seen (the first is the
     samples of one onnxruntime run when the model batches); None when not recorded (older files).
+    batch_ranges: each batch's (min, max), in order, shape (batches, 2): what makes the moving
+    averages of merged statistics exact (see TensorAccumulator.merge). None when the tensor saw more
+    than quantviz.limits.BATCH_RECORD_MAX batches, and in files written before it was kept.
     """
 
     name: str
@@ -66,6 +69,7 @@ class TensorStats:
     first_batch_max: float = math.nan
     fine_hist: Histogram | None = None
     shape: tuple[int, ...] | None = None
+    batch_ranges: npt.NDArray[np.float64] | None = None
 
     @property
     def absmax(self) -> float:
@@ -120,6 +124,9 @@ class TensorAccumulator:
         self._ema_min_before = math.nan
         self._ema_max_before = math.nan
         self.shape: tuple[int, ...] | None = None
+        # Each batch's (min, max) in order (rows 0..batches-1 used; grown by doubling), None once
+        # more than BATCH_RECORD_MAX batches were seen.
+        self._record: npt.NDArray[np.float64] | None = np.empty((0, 2), np.float64)
 
     def update(self, batch: npt.NDArray[np.floating], same_batch: bool = False) -> None:
         """Add one batch of values (any shape). same_batch=True: more values of the batch given to the
@@ -159,6 +166,7 @@ class TensorAccumulator:
             self._ema_min_before, self._ema_max_before = self.ema_min, self.ema_max
             self.batches += 1
         bmin, bmax = self._batch_min, self._batch_max
+        self._note_batch(bmin, bmax)
         if self.batches == 1:
             self.ema_min, self.ema_max = bmin, bmax
             self.first_min, self.first_max = bmin, bmax
@@ -171,18 +179,53 @@ class TensorAccumulator:
             zeros = int(np.count_nonzero(x == 0)) if lo <= 0 <= hi else 0
         self.zeros += zeros
 
+    def _note_batch(self, bmin: float, bmax: float) -> None:
+        """The current batch's (min, max) into the record: a new row, or the open batch's row updated."""
+        rec = self._record
+        if rec is None:
+            return
+        if self.batches > BATCH_RECORD_MAX:
+            self._record = None
+            return
+        if self.batches > rec.shape[0]:
+            grown = np.empty((min(BATCH_RECORD_MAX, max(8, 2 * rec.shape[0])), 2), np.float64)
+            grown[: rec.shape[0]] = rec
+            self._record = rec = grown
+        rec[self.batches - 1] = (bmin, bmax)
+
+    @property
+    def batch_ranges(self) -> npt.NDArray[np.float64] | None:
+        """Each batch's (min, max) so far, in order (a copy), or None once the record was dropped."""
+        return None if self._record is None else self._record[: self.batches].copy()
+
     def merge(self, other: TensorAccumulator) -> None:
-        """Fold in the statistics of a later shard (the moving average continues as if streamed)."""
+        """Fold in the statistics of a LATER shard (the moving average continues as if streamed).
+
+        With other's per-batch record the moving averages are recomputed batch by batch with the very
+        operations update() does, so the result equals one stream's bit for bit. Without it (a shard of
+        more than BATCH_RECORD_MAX batches) other's average is re-based onto ours,
+        ema = (1-c)^n * ours + other_ema - (1-c)^n * other_first (n = other's batches), equal to rounding.
+        """
+        theirs = other.batch_ranges
         if other.batches:
             if self.batches == 0:
                 self.ema_min, self.ema_max = other.ema_min, other.ema_max
                 self.first_min, self.first_max = other.first_min, other.first_max
+            elif theirs is not None:
+                lo, hi, c = self.ema_min, self.ema_max, self.c
+                for bmin, bmax in theirs.tolist():
+                    lo = (1 - c) * lo + c * bmin
+                    hi = (1 - c) * hi + c * bmax
+                self.ema_min, self.ema_max = lo, hi
             else:
-                # other's average started from its first batch; re-base it onto ours:
-                # ema = (1-c)^n * ours + other_ema - (1-c)^n * other_first   (n = other's batches)
                 k = (1 - self.c) ** other.batches
                 self.ema_min = k * self.ema_min + other.ema_min - k * other.first_min
                 self.ema_max = k * self.ema_max + other.ema_max - k * other.first_max
+        mine = self.batch_ranges
+        total = self.batches + other.batches
+        self._record = (
+            np.concatenate([mine, theirs]) if mine is not None and theirs is not None and total <= BATCH_RECORD_MAX else None
+        )
         self.count += other.count
         self.nan += other.nan
         self.posinf += other.posinf
@@ -218,6 +261,7 @@ class TensorAccumulator:
             first_batch_max=self.first_max,
             fine_hist=fine,
             shape=self.shape,
+            batch_ranges=self.batch_ranges,
         )
 
 
@@ -243,6 +287,9 @@ class CalibrationStats:
     config: CollectConfig
     tensors: dict[str, TensorStats]
     infos: dict[str, TensorInfo] = field(default_factory=dict)
+    # The samples start..stop-1 of the data these statistics cover, when they are not its first ones
+    # (a shard: `collect --range`, quantviz.shards); None: the first `samples` samples.
+    data_range: tuple[int, int] | None = None
 
     def tensor(self, name: str) -> TensorStats:
         try:
@@ -267,7 +314,8 @@ _INT_SCALARS = ("count", "nan_count", "posinf_count", "neginf_count", "zero_coun
 
 
 STATS_MEMBERS = frozenset(
-    {"header", "scalars", "abs_counts", "abs_width", "signed_counts", "signed_width", "fine_counts", "fine_width"}
+    {"header", "scalars", "abs_counts", "abs_width", "signed_counts", "signed_width", "fine_counts", "fine_width",
+     "batch_ranges", "batch_record_len"}
 )  # fmt: skip
 
 
@@ -288,6 +336,8 @@ def stats_arrays(stats: CalibrationStats) -> dict[str, np.ndarray]:
         # observed shapes: an optional key, so older readers and older files keep working
         "shapes": {n: list(t.shape) for n, t in stats.tensors.items() if t.shape is not None},
     }
+    if stats.data_range is not None:
+        header["data"]["range"] = list(stats.data_range)
     arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
     if names:
         ts = [stats.tensors[n] for n in names]
@@ -299,6 +349,10 @@ def stats_arrays(stats: CalibrationStats) -> dict[str, np.ndarray]:
         if all(t.fine_hist is not None for t in ts):  # version 2: the fine |x| histograms
             arrays["fine_counts"] = np.stack([t.fine_hist.counts for t in ts if t.fine_hist is not None])
             arrays["fine_width"] = np.array([t.fine_hist.width for t in ts if t.fine_hist is not None])
+        # Each tensor's per-batch (min, max) rows, one after the other; -1: no record for that tensor.
+        records = [t.batch_ranges for t in ts]
+        arrays["batch_record_len"] = np.array([-1 if r is None else r.shape[0] for r in records], dtype=np.int64)
+        arrays["batch_ranges"] = np.concatenate([np.zeros((0, 2))] + [r for r in records if r is not None]).astype(np.float64)
     return arrays
 
 
@@ -362,6 +416,8 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
         fine = "fine_counts" in data
         fine_e = np.frexp(data["fine_width"].astype(np.float64))[1] - 1 if fine else None
         shapes: dict[str, list[int]] = checked["shapes"]
+        record_len = data["batch_record_len"].astype(np.int64) if "batch_record_len" in data else None
+        record_at = np.concatenate(([0], np.cumsum(np.maximum(record_len, 0)))) if record_len is not None else None
         for i, name in enumerate(names):
             vals: dict[str, Any] = dict(zip(_SCALARS, scalars[i].tolist(), strict=True))
             for k in _INT_SCALARS:
@@ -372,8 +428,12 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
             if fine_e is not None:
                 fc = data["fine_counts"][i].astype(np.int64)
                 fine_hist = Histogram(fc, edges_for(int(fine_e[i]), fc.size, signed=False))
+            ranges = None
+            if record_len is not None and record_at is not None and record_len[i] >= 0:
+                ranges = data["batch_ranges"][record_at[i] : record_at[i + 1]].astype(np.float64)
             t = TensorStats(
                 name=name,
+                batch_ranges=ranges,
                 abs_hist=Histogram(ac, edges_for(int(abs_e[i]), ac.size, signed=False)),
                 signed_hist=Histogram(sc_counts, edges_for(int(signed_e[i]), sc_counts.size, signed=True)),
                 fine_hist=fine_hist,
@@ -396,6 +456,7 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
         config=checked["config"],
         tensors=tensors,
         infos=infos,
+        data_range=checked["range"],
     )
 
 
@@ -421,6 +482,7 @@ def _accumulator_from(t: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT
     acc.ema_min, acc.ema_max, acc.batches = t.ema_min, t.ema_max, t.batches
     acc.first_min, acc.first_max = t.first_batch_min, t.first_batch_max
     acc.shape = t.shape
+    acc._record = None if t.batch_ranges is None else np.array(t.batch_ranges, np.float64).reshape(-1, 2)  # noqa: SLF001
     for hist, target in ((fine, acc.abs_hist), (t.signed_hist, acc.signed_hist)):
         merged = merge(hist, target.result())
         target._counts = merged.counts  # noqa: SLF001 - rebuilding an accumulator from its own result

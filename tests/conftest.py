@@ -47,3 +47,14 @@ def write_model(tmp_path: Path) -> Callable[[onnx.ModelProto, str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():  # type: ignore[no-untyped-def]
+    """A real local Ray (127.0.0.1, 2 CPUs, no dashboard: quantviz.distributed.connect) for the whole
+    test session, shut down at its end."""
+    from quantviz.distributed import connect
+
+    ray = connect(None)
+    yield ray
+    ray.shutdown()

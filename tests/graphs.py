@@ -65,3 +65,30 @@ def identity_graph(shape: list[int | str] | None = None) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
     )
     return _model(g)
+
+
+def deep_residual(blocks: int = 105, channels: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """x[N,C,8,8] -> blocks x (Conv 3x3 -> Relu -> Add(., block input)) -> y: 3 tensors a block, so 105
+    blocks give 316 tensors to calibrate (a real detector's count) at a few KB of activations a sample."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev = "x"
+    for k in range(blocks):
+        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.15).astype(np.float32)
+        b = (rng.standard_normal(channels) * 0.05).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{k}"), numpy_helper.from_array(b, f"b{k}")]
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{k}", f"b{k}"], [f"conv{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"conv{k}"], [f"relu{k}"], name=f"relu{k}"),
+            helper.make_node("Add", [f"relu{k}", prev], [f"add{k}"], name=f"add{k}"),
+        ]
+        prev = f"add{k}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"], name="out"))
+    g = helper.make_graph(
+        nodes,
+        "deep_residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels, 8, 8])],
+        inits,
+    )
+    return _model(g)

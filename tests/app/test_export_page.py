@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from quantviz.model import LoadedModel
+from quantviz.table import CalibrationTable
 from tests.app.figs import review_of, set_review_of, stats_of, stored_in, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +26,7 @@ def _export_page() -> AppTest:
     return at
 
 
-def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked():
+def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked() -> None:
     at = _export_page()
     buttons = at.get("download_button")
     labels = [b.proto.label for b in buttons]
@@ -39,7 +43,7 @@ def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_che
     assert not at.error
 
 
-def test_qdq_model_is_built_on_request():
+def test_qdq_model_is_built_on_request() -> None:
     at = _export_page()
     assert "Download digits_cnn_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
     at.button(key="prepare_qdq").click().run()
@@ -47,7 +51,7 @@ def test_qdq_model_is_built_on_request():
     assert "Download digits_cnn_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
 
 
-def test_import_and_adopt_overrides():
+def test_import_and_adopt_overrides() -> None:
     at = _export_page()
     table = "TRT-8601-EntropyCalibration2\n/Relu_output_0: " + struct.pack(">f", np.float32(1.0) / np.float32(127)).hex() + "\n"
     at.file_uploader(key="import_table").upload("other.cache", table.encode(), "text/plain").run()
@@ -57,7 +61,7 @@ def test_import_and_adopt_overrides():
     assert review.choice("/Relu_output_0").override == float(np.float32(1.0) / np.float32(127)) * 127
 
 
-def _weight_scales(proto) -> dict[str, np.ndarray]:
+def _weight_scales(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Scales of the DequantizeLinear nodes that read an integer weight initializer."""
     from onnx import numpy_helper
 
@@ -69,47 +73,13 @@ def _weight_scales(proto) -> dict[str, np.ndarray]:
     }
 
 
-def test_importing_a_table_that_matches_few_tensors_says_how_many_and_lists_the_rest():
-    at = _export_page()
-    stats = stats_of(at)
-    ours = list(stats.tensors)[:3]
-    strangers = [f"/not/in/this/model_{i}" for i in range(7)]
-    line = struct.pack(">f", np.float32(0.01)).hex()
-    cache = "TRT-8601-EntropyCalibration2\n" + "".join(f"{n}: {line}\n" for n in ours + strangers)
-    at.file_uploader(key="import_table").upload("other.cache", cache.encode(), "text/plain").run()
-    assert not at.exception and not at.error
-    texts = [w.value for w in at.warning]
-    assert any("Only 3 of the file's 10 tensors (30%)" in t for t in texts), texts
-    listed = [list(d.value["tensor"]) for d in at.dataframe if list(d.value.columns) == ["tensor"]]
-    assert listed == [strangers]
-    # a file that fits the model raises no warning
-    cache = "TRT-8601-EntropyCalibration2\n" + "".join(f"{n}: {line}\n" for n in stats.tensors)
-    at.file_uploader(key="import_table").upload("mine.cache", cache.encode(), "text/plain").run()
-    assert not at.exception and not at.warning
-
-
-def test_comparing_against_another_models_table_warns():
-    import json
-
-    at = _export_page()
-    stats = stats_of(at)
-    from quantviz.export.qv_json import dumps
-    from quantviz.review import build_table
-
-    mine = json.loads(dumps(build_table(stats, review_of(at))))
-    doc = {**mine, "model": {"name": "other.onnx", "sha256": "ab" * 32}}
-    at.file_uploader(key="import_table").upload("other.json", json.dumps(doc).encode(), "application/json").run()
-    assert not at.exception and not at.error
-    assert any("another model (other.onnx, model abababababab)" in w.value for w in at.warning)
-
-
-def test_qdq_seven_bit_weights_checkbox(monkeypatch):
+def test_qdq_seven_bit_weights_checkbox(monkeypatch: pytest.MonkeyPatch) -> None:
     import quantviz.qdq as qdq
 
-    built: list[tuple[bool, object]] = []
+    built: list[tuple[bool, onnx.ModelProto]] = []
     original = qdq.build_qdq_model
 
-    def recording_build(model, table, **kwargs):
+    def recording_build(model: LoadedModel, table: CalibrationTable, **kwargs: Any) -> onnx.ModelProto:
         proto = original(model, table, **kwargs)
         built.append((kwargs.get("reduce_range", False), proto))
         return proto
@@ -141,7 +111,7 @@ def test_qdq_seven_bit_weights_checkbox(monkeypatch):
     assert not at.exception and not at.info
 
 
-def test_html_report_of_the_current_table():
+def test_html_report_of_the_current_table() -> None:
     """The report offered on Export is the analysis of the table the page exports (its scales)."""
     at = _export_page()
     labels = [b.proto.label for b in at.get("download_button")]

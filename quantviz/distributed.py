@@ -1,0 +1,344 @@
+"""Collection on a Ray cluster: the calibration set cut into shards, their statistics merged exactly.
+
+Why Ray: it is the distributed engine the ML ecosystem already runs (a laptop, a cluster of machines,
+Kubernetes with KubeRay); quantviz only cuts the work and merges the results. Ray is optional (an
+extra: requirements-ray.txt) and imported only here, only when a cluster is asked for.
+
+How: the samples to collect are cut into shards of whole batches (sample ranges of an .npz/.npy,
+files of an image folder: quantviz.data.sample_range). Each shard is one Ray task that opens the
+model and the data itself (the same paths, or the bytes of an upload put once into Ray's object
+store), runs its own onnxruntime session over its samples with the bounded memory of quantviz.collect
+and returns its statistics. As shards finish, statistics of ADJACENT sample ranges are merged by Ray
+tasks too (quantviz.merge: exact, in sample order), so the driver holds object references and a
+few small records, never the shards' statistics, until the last merge: its memory does not grow with
+the number of shards. Every merge is exact, moving averages included, as long as the later part
+keeps its per-batch record: runs that do not start at sample 0 merge only while they stay within
+quantviz.limits.BATCH_RECORD_MAX batches, the run from sample 0 takes any run that follows it. The
+result equals a single process's collection bit for bit.
+
+Failures: a worker that dies mid-shard (a lost machine, a killed process) has its shard run again by
+Ray (max_retries); only the statistics of a shard's finished run are ever merged, so every sample
+counts exactly once. A shard whose data or model run fails stops the whole collection with one
+sentence that names the shard. Cancel stops every task.
+
+On a cluster of several machines, the model and data paths must be readable at the same place on
+every machine (a shared file system), or be uploaded (bytes); quantviz must be importable there (it
+is sent with the job: Ray's runtime_env py_modules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantviz.collect import collect, samples_and_batch, validate_config
+from quantviz.config import CollectConfig
+from quantviz.data import Cancel, ImagePreprocess, Progress, open_source, sample_range
+from quantviz.errors import CancelledError, QuantvizError
+from quantviz.limits import BATCH_RECORD_MAX
+from quantviz.merge import merge_calibration_stats
+from quantviz.model import LoadedModel, load_model
+from quantviz.stats import CalibrationStats
+from quantviz.store import deep_size
+
+log = logging.getLogger(__name__)
+
+RAY_VERSION = "2.60.0"
+INSTALL = (
+    f"Collecting on a Ray cluster needs Ray, which is not installed here: install it with "
+    f"`pip install -r requirements-ray.txt` (ray=={RAY_VERSION}), or collect without a cluster."
+)
+# The local Ray started when no address is given: this machine only, no dashboard, these CPUs and this
+# much shared memory for shard statistics (a shard of a 400-tensor model sends about 60 MB). Ray 2.60
+# registers its servers under the machine's address even when asked for 127.0.0.1 (ray._private.
+# services.resolve_ip_for_localhost) and requires its session token (token authentication is on).
+LOCAL_CPUS = 2
+LOCAL_OBJECT_STORE_BYTES = 512 << 20
+# Shards per CPU of the cluster by default: enough for an even finish and to re-run little when a
+# worker is lost; few enough that the per-shard start (model load, session) stays small.
+SHARDS_PER_CPU = 4
+TASK_RETRIES = 3  # runs of a shard whose worker died (Ray's max_retries)
+WAIT_SECONDS = 0.2  # how often the driver looks at cancel() while shards run
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where and how to collect on Ray.
+
+    address: None starts (or reuses) a local Ray on this machine with LOCAL_CPUS CPUs; "auto" joins the
+    cluster this machine belongs to; "HOST:PORT" or "ray://HOST:10001" a given one.
+    shards: how many shards (None: SHARDS_PER_CPU per CPU of the cluster); each holds whole batches.
+    """
+
+    address: str | None = None
+    shards: int | None = None
+    retries: int = TASK_RETRIES
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as it ran: its samples start..stop-1, the worker that ran it, the bytes it sent back."""
+
+    index: int
+    start: int
+    stop: int
+    node: str
+    pid: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ClusterRun:
+    """A collection on Ray: the statistics (as one process would have written them) and how it ran."""
+
+    stats: CalibrationStats
+    shards: tuple[ShardInfo, ...]
+    cpus: int
+    address: str
+
+    @property
+    def workers(self) -> int:
+        """Worker processes that ran a shard."""
+        return len({(s.node, s.pid) for s in self.shards})
+
+    @property
+    def nodes(self) -> int:
+        return len({s.node for s in self.shards})
+
+
+def import_ray() -> Any:
+    """The ray module, or one sentence on how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise QuantvizError(INSTALL) from None
+    return ray
+
+
+_connected: str | None = None  # the address this process initialised Ray with ("local" for our own)
+
+
+def connect(address: str | None = None) -> Any:
+    """Ray, initialised for quantviz: a local Ray on this machine (address None) or the given cluster.
+
+    A Ray already initialised for the same address is reused; one initialised for another is shut down
+    first (the app may change its cluster address between runs)."""
+    global _connected
+    ray = import_ray()
+    key = address or "local"
+    if ray.is_initialized():
+        if _connected in (None, key):
+            return ray
+        ray.shutdown()
+    package = str(Path(__file__).resolve().parent)
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    try:
+        if address is None:
+            root = str(Path(package).parent)
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+            ray.init(
+                address="local", num_cpus=LOCAL_CPUS, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                runtime_env={"env_vars": {"PYTHONPATH": path}}, **common,
+            )  # fmt: skip
+        else:
+            ray.init(address=address, runtime_env={"py_modules": [package]}, **common)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = "start a local Ray" if address is None else f"reach the Ray cluster at '{address}'"
+        raise QuantvizError(f"quantviz could not {where}: {first}") from exc
+    _connected = key
+    return ray
+
+
+def plan_shards(total: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """Sample ranges of whole batches covering 0..total-1, as even as batches allow, at most `shards`."""
+    if total <= 0:
+        return []
+    batches = -(-total // batch_size)
+    n = max(1, min(shards, batches))
+    cuts = [batch_size * (batches * k // n) for k in range(n)] + [total]
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+# Plain functions, wrapped with ray.remote when a collection starts (Ray imports this module on the
+# workers by name). A worker keeps the last model and data it opened: its next shard skips the load.
+
+_worker_model: dict[str, LoadedModel] = {}
+_worker_data: dict[tuple[str, str], Any] = {}
+
+
+def _open_on_worker(
+    model_key: str, model_source: str | bytes, data: str | bytes, data_key: str, name: str | None, pre: ImagePreprocess
+) -> Any:
+    if model_key not in _worker_model:
+        _worker_model.clear()
+        _worker_data.clear()
+        _worker_model[model_key] = load_model(model_source)
+    model = _worker_model[model_key]
+    if (model_key, data_key) not in _worker_data:
+        _worker_data.clear()
+        _worker_data[(model_key, data_key)] = open_source(data, model.inputs, name=name, preprocess=pre)
+    return model, _worker_data[(model_key, data_key)]
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, QuantvizError):
+        return str(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def collect_shard(
+    model_key: str, model_source: str | bytes, data: str | bytes, data_key: str, name: str | None, pre: ImagePreprocess,
+    start: int, stop: int, config: CollectConfig, tensors: list[str] | None,
+) -> tuple[dict[str, Any], CalibrationStats | None]:  # fmt: skip
+    """One shard (a Ray task with two results): a small record first (its worker, its size, or the
+    sentence of its failure), then its statistics. Any failure of the shard is a record, not a raised
+    exception: the driver names the shard in its sentence."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    where = {"node": ctx.get_node_id(), "pid": os.getpid()}
+    try:
+        model, source = _open_on_worker(model_key, model_source, data, data_key, name, pre)
+        stats = collect(model, sample_range(source, start, stop), config, tensors=tensors)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which shard and why
+        return {**where, "error": _error_text(exc)}, None
+    return {**where, "samples": stats.samples, "nbytes": deep_size(stats)}, stats
+
+
+def merge_pair(left: CalibrationStats, right: CalibrationStats) -> CalibrationStats:
+    """Statistics of two adjacent sample ranges, left first (a Ray task; quantviz.merge)."""
+    return merge_calibration_stats([left, right])
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class _Run:
+    """Shards first..last merged (or being merged: ready False) into the object `ref`."""
+
+    first: int
+    last: int
+    ref: Any
+    batches: int
+    ready: bool
+
+
+def collect_on_cluster(
+    model: LoadedModel,
+    model_source: str | Path | bytes,
+    data: str | Path | bytes,
+    config: CollectConfig | None = None,
+    cluster: ClusterConfig | None = None,
+    *,
+    data_name: str | None = None,
+    preprocess: ImagePreprocess | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    tensors: Sequence[str] | None = None,
+) -> ClusterRun:
+    """quantviz.collect.collect over shards on Ray; the statistics equal its result bit for bit.
+
+    model: the model loaded here (to plan and check); model_source: its path or bytes, opened again on
+    every worker. data: a path, "synthetic:N" or an upload's bytes (data_name: its file name)."""
+    config = config or CollectConfig()
+    cluster = cluster or ClusterConfig()
+    validate_config(config)
+    pre = preprocess or ImagePreprocess()
+    if isinstance(model_source, str | Path):
+        model_source = str(Path(model_source).resolve())
+    if isinstance(data, Path) or (isinstance(data, str) and not data.startswith("synthetic:")):
+        data = str(Path(data).resolve())
+    source = open_source(data, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
+    total, batch_size = samples_and_batch(model, source, config)
+    data_key, description = source.data_id, source.description
+    del source  # the driver keeps no data
+    ray = connect(cluster.address)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    plan = plan_shards(total, batch_size, cluster.shards or SHARDS_PER_CPU * cpus)
+    shard_config = dataclasses.replace(config, samples=None)
+    model_arg = ray.put(model_source) if isinstance(model_source, bytes) else model_source
+    data_arg = ray.put(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else data
+    names = list(tensors) if tensors is not None else None
+    task = ray.remote(num_returns=2, max_retries=cluster.retries)(collect_shard)
+    merge_task = ray.remote(max_retries=cluster.retries)(merge_pair)
+
+    pending: dict[Any, int] = {}
+    stats_refs: dict[int, Any] = {}
+    for i, (a, b) in enumerate(plan):
+        info_ref, stats_ref = task.options(name=f"quantviz shard {i + 1}/{len(plan)}").remote(
+            model.sha256, model_arg, data_arg, data_key, data_name, pre, a, b, shard_config, names
+        )
+        pending[info_ref] = i
+        stats_refs[i] = stats_ref
+    merging: dict[Any, int] = {}  # merge task -> first shard of its run
+    runs: dict[int, _Run] = {}
+    infos: dict[int, ShardInfo] = {}
+    done = 0
+    if progress:
+        progress(0, total)
+    try:
+        while pending or merging or len(runs) > 1:
+            if cancel is not None and cancel():
+                raise CancelledError(f"Collection cancelled after {done} of {total} samples.")
+            waiting = [*pending, *merging]
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_SECONDS, fetch_local=False) if waiting else ([], [])
+            for ref in ready:
+                if ref in merging:
+                    runs[merging.pop(ref)].ready = True
+                    continue
+                i = pending.pop(ref)
+                rec = ray.get(ref)
+                a, b = plan[i]
+                if "error" in rec:
+                    raise QuantvizError(
+                        f"Shard {i + 1} of {len(plan)} (samples {a}..{b - 1} of {description}) failed: {rec['error']}"
+                    )
+                infos[i] = ShardInfo(i, a, b, str(rec["node"]), int(rec["pid"]), int(rec["nbytes"]))
+                runs[i] = _Run(i, i, stats_refs.pop(i), -(-(b - a) // batch_size), True)
+                done += int(rec["samples"])
+                if progress:
+                    progress(done, total)
+            _merge_adjacent(runs, merging, merge_task)
+        if not runs:
+            raise QuantvizError("No sample to collect: the data holds no samples for these settings.")
+        stats: CalibrationStats = ray.get(runs[0].ref)
+    except BaseException:
+        for ref in [*pending, *merging]:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - a task that finished meanwhile cannot be cancelled; nothing to do
+                log.debug("shard already finished")
+        raise
+    stats = dataclasses.replace(stats, config=config)
+    return ClusterRun(stats, tuple(infos[i] for i in sorted(infos)), cpus, cluster.address or "local")
+
+
+def _merge_adjacent(runs: dict[int, _Run], merging: dict[Any, int], merge_task: Any) -> None:
+    """Start a merge task for each pair of finished adjacent runs whose merge stays exact (see the
+    module doc): the run from sample 0 takes any follower; others while within BATCH_RECORD_MAX."""
+    firsts = sorted(runs)
+    k = 0
+    while k + 1 < len(firsts):
+        left, right = runs[firsts[k]], runs[firsts[k + 1]]
+        if (
+            left.ready
+            and right.ready
+            and left.last + 1 == right.first
+            and (left.first == 0 or left.batches + right.batches <= BATCH_RECORD_MAX)
+        ):
+            ref = merge_task.options(name=f"quantviz merge shards {left.first + 1}-{right.last + 1}").remote(left.ref, right.ref)
+            runs[left.first] = _Run(left.first, right.last, ref, left.batches + right.batches, False)
+            del runs[right.first]
+            merging[ref] = left.first
+            k += 2
+        else:
+            k += 1

@@ -1,0 +1,202 @@
+"""Collection on a real local Ray cluster (tests/conftest.py: ray_cluster) equals one process's, bit for bit.
+
+Oracle: quantviz.collect.collect in this process, written to a statistics file; the Ray collection's
+file must hold the same members with the same bytes (header, every scalar including the moving
+averages, every histogram, the per-batch record)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from quantviz.cli import main
+from quantviz.collect import collect
+from quantviz.config import CollectConfig
+from quantviz.data import ImagePreprocess, open_source
+from quantviz.distributed import ClusterConfig, collect_on_cluster, import_ray, plan_shards
+from quantviz.errors import CancelledError, QuantvizError
+from quantviz.model import load_model
+from quantviz.stats import CalibrationStats, stats_arrays
+from tests import graphs
+from tests.conftest import SAMPLES
+
+# A real cluster starts once for the session (about 10 s): slow for `make test-fast`, run by `make test`.
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.ray, pytest.mark.slow]
+
+
+def assert_same_stats(a: CalibrationStats, b: CalibrationStats) -> None:
+    x, y = stats_arrays(a), stats_arrays(b)
+    assert sorted(x) == sorted(y)
+    for k in x:
+        assert x[k].dtype == y[k].dtype, k
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def _single_and_ray(
+    model_path: Path, data: str | Path, config: CollectConfig, shards: int, **kw: object
+) -> tuple[CalibrationStats, object]:
+    model = load_model(model_path)
+    pre = kw.get("preprocess")
+    single = collect(model, open_source(data, model.inputs, preprocess=pre), config)  # type: ignore[arg-type]
+    run = collect_on_cluster(model, model_path, data, config, ClusterConfig(shards=shards), **kw)  # type: ignore[arg-type]
+    return single, run
+
+
+def test_plan_shards_whole_batches() -> None:
+    assert plan_shards(256, 16, 4) == [(0, 64), (64, 128), (128, 192), (192, 256)]
+    assert plan_shards(100, 8, 3) == [(0, 32), (32, 64), (64, 100)]
+    assert plan_shards(5, 8, 4) == [(0, 5)]
+    assert plan_shards(0, 8, 4) == []
+    for total, batch, n in [(1000, 7, 9), (17, 1, 40), (64, 64, 2)]:
+        plan = plan_shards(total, batch, n)
+        assert plan[0][0] == 0 and plan[-1][1] == total and all(a % batch == 0 for a, _ in plan)
+        assert all(p[1] == q[0] for p, q in zip(plan, plan[1:], strict=False)) and len(plan) <= n
+
+
+@pytest.mark.parametrize("model_name", ["digits_cnn.onnx", "digits_resnet.onnx"])
+def test_four_shards_equal_one_process_on_the_samples(model_name: str) -> None:
+    config = (
+        CollectConfig(batch_size=16, samples=200) if model_name == "digits_cnn.onnx" else CollectConfig(batch_size=4, samples=16)
+    )
+    data = SAMPLES / ("digits_calib.npz" if model_name == "digits_cnn.onnx" else "digits32_calib.npz")
+    seen: list[tuple[int, int]] = []
+    single, run = _single_and_ray(SAMPLES / model_name, data, config, 4, progress=lambda d, t: seen.append((d, t)))
+    assert len(run.shards) == 4 and run.stats.samples == config.samples  # type: ignore[attr-defined]
+    assert_same_stats(run.stats, single)  # type: ignore[attr-defined]
+    assert seen[0] == (0, config.samples) and seen[-1] == (config.samples, config.samples)
+    assert 1 <= run.workers <= 2 and all(s.nbytes > 0 for s in run.shards)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A generated model of 316 tensors (tests/graphs.py) and 48 samples for it, as an .npy."""
+    d = tmp_path_factory.mktemp("deep")
+    onnx.save_model(graphs.deep_residual(), str(d / "deep.onnx"))
+    np.save(d / "x.npy", np.random.default_rng(1).standard_normal((48, 4, 8, 8)).astype(np.float32))
+    return d / "deep.onnx", d / "x.npy"
+
+
+DEEP_CONFIG = CollectConfig(batch_size=4, fine_bins=4096)
+
+
+def test_a_generated_model_of_300_tensors(deep: tuple[Path, Path]) -> None:
+    single, run = _single_and_ray(*deep, DEEP_CONFIG, 4)
+    assert len(single.tensors) >= 300
+    assert_same_stats(run.stats, single)  # type: ignore[attr-defined]
+
+
+def _image_folder(tmp_path: Path, n: int, bad: int | None = None) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        path = folder / f"img{i:03d}.png"
+        if i == bad:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(path)
+    return folder
+
+
+def test_image_folder_shards_are_files(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path, 40)
+    pre = ImagePreprocess(color="gray")
+    single, run = _single_and_ray(SAMPLES / "digits_cnn.onnx", folder, CollectConfig(batch_size=4), 3, preprocess=pre)
+    assert [(s.start, s.stop) for s in run.shards] == [(0, 12), (12, 24), (24, 40)]  # type: ignore[attr-defined]
+    assert_same_stats(run.stats, single)  # type: ignore[attr-defined]
+
+
+def test_a_shard_with_bad_data_fails_the_run_naming_it(tmp_path: Path) -> None:
+    folder = _image_folder(tmp_path, 32, bad=27)  # in the 4th of 4 shards (samples 24..31)
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    with pytest.raises(QuantvizError) as info:
+        collect_on_cluster(
+            model, SAMPLES / "digits_cnn.onnx", folder, CollectConfig(batch_size=4), ClusterConfig(shards=4),
+            preprocess=ImagePreprocess(color="gray"),
+        )  # fmt: skip
+    text = str(info.value)
+    assert text.startswith("Shard 4 of 4 (samples 24..31 of folder 'images') failed: 'img027.png' is not a readable image")
+    assert "\n" not in text
+
+
+def _shard_pids() -> list[int]:
+    """Worker processes of this user running a quantviz shard now (Ray titles them ray::<task name>)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::quantviz shard"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_worker_killed_mid_run_leaves_the_result_unchanged(deep: tuple[Path, Path]) -> None:
+    path, data = deep
+    config = DEEP_CONFIG
+    model = load_model(path)
+    single = collect(model, open_source(data, model.inputs), config)
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            pids = _shard_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)  # a worker this test's cluster started
+                killed.append(pids[0])
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    try:
+        run = collect_on_cluster(model, path, data, config, ClusterConfig(shards=4))
+    finally:
+        killer.join()
+    assert killed, "no shard was seen running"
+    assert_same_stats(run.stats, single)
+    assert sum(s.stop - s.start for s in run.shards) == 48 and killed[0] not in {s.pid for s in run.shards}
+
+
+def test_cancel_stops_the_run() -> None:
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    with pytest.raises(CancelledError, match="cancelled after 0 of 256 samples"):
+        collect_on_cluster(model, SAMPLES / "digits_cnn.onnx", SAMPLES / "digits_calib.npz", cancel=lambda: True)
+
+
+def test_cli_collect_ray_equals_collect(tmp_path: Path) -> None:
+    err = io.StringIO()
+    argv = ["collect", str(SAMPLES / "digits_cnn.onnx"), "--data", str(SAMPLES / "digits_calib.npz"), "--batch-size", "32"]
+    with contextlib.redirect_stderr(err):
+        assert main([*argv, "-o", str(tmp_path / "one.npz")]) == 0
+        assert main([*argv, "--ray", "--shards", "3", "-o", str(tmp_path / "ray.npz")]) == 0, err.getvalue()
+    assert "ray: 3 shards on" in err.getvalue()
+    with np.load(tmp_path / "one.npz") as a, np.load(tmp_path / "ray.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*argv, "--ray", "--range", "0:64", "-o", str(tmp_path / "x.npz")]) == 2
+    assert err.getvalue().count("\n") == 1 and "--ray or --range" in err.getvalue()
+
+
+def test_missing_ray_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as where it is not installed
+    with pytest.raises(QuantvizError) as info:
+        import_ray()
+    assert "pip install -r requirements-ray.txt" in str(info.value) and "\n" not in str(info.value)
