@@ -21,6 +21,7 @@ from quantviz.review import for_statistics, load_review
 from quantviz.samples import SAMPLES, Sample
 from quantviz.stats import CalibrationStats
 from ui import state
+from ui.overview_panel import overview_panel
 from ui.profile_panel import engine_profile_expander
 from ui.state import DATA_SOURCES, MODEL_SOURCES
 
@@ -133,10 +134,8 @@ def _summary(stats: CalibrationStats) -> None:
     empty = stats.empty_tensors
     if empty:
         st.warning(f"{len(empty)} tensors were empty (no finite values) and get no threshold: " + ", ".join(empty[:10]))
-    st.dataframe(
-        ops.rename_axis("op type").reset_index(name="tensors"), hide_index=True, key="op_table",
-        height=min(36 * (len(ops) + 1) + 3, 600),  # every op type in view, no inner scroll for small models
-    )  # fmt: skip
+    overview_panel(stats)
+    st.dataframe(ops.rename_axis("op type").reset_index(name="tensors"), hide_index=True, key="op_table", height="content")
     st.page_link("pages/1_Distributions.py", label="Open the distributions", icon=":material/bar_chart:")
 
 

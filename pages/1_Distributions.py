@@ -8,11 +8,14 @@ import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.calib.log2 import log2_quantization_error
+from quantviz.export.names import download_name
 from quantviz.export.qv_json import dumps
+from quantviz.export.registry import FORMATS
 from quantviz.plots import histogram_figure, log2_figure, weight_channels_figure
-from quantviz.summary import all_thresholds, method_table
+from quantviz.summary import all_thresholds, method_table, shape_text
 from ui import state
 from ui.errors import callback
+from ui.graph_panel import graph_context
 
 st.set_page_config(page_title="quantviz: distributions", page_icon=":material/bar_chart:", layout="wide")
 st.title("Distributions")
@@ -26,7 +29,7 @@ infos = stats.infos
 
 def _label(name: str) -> str:
     i = infos.get(name)
-    return f"{name}  ·  {i.op_type} {i.shape_text()}" if i else name
+    return f"{name}  ·  {i.op_type} {shape_text(stats.tensors.get(name), i)}" if i else name
 
 
 if st.toggle("Show all tensors: how much each method clips (click a row to open it)", **state.bound("dist_show_all")):
@@ -41,12 +44,14 @@ if st.toggle("Show all tensors: how much each method clips (click a row to open 
             w.tensor = str(shown.loc[rows[0], "tensor"])
 
     st.dataframe(
-        shown, hide_index=True, key="tensor_table", on_select=_pick_row, selection_mode="single-row", height=320,
+        shown, hide_index=True, key="tensor_table", on_select=_pick_row, selection_mode="single-row", height="content",
         column_config={c: st.column_config.NumberColumn(format="%.4g") for c in shown.columns if c.endswith(" T") or c in ("min", "max")},
     )  # fmt: skip
 
 tensor = state.tensor_picker(names, _label, "dist_tensor")
 t = stats.tensors[tensor]
+if tensor in infos and t.shape is not None:
+    st.caption(f"Shape seen in the collection {shape_text(t, infos[tensor])}; declared in the model {infos[tensor].shape_text()}.")
 results = all_thresholds(t, config)
 
 c1, c2, c3 = st.columns([1, 1, 4])
@@ -67,9 +72,12 @@ cols[2].metric("exact zeros", f"{t.zero_count / max(t.count, 1):.1%}")
 cols[3].metric("NaN / Inf", t.nonfinite)
 cols[4].metric("elements seen", f"{t.count:,}")
 
+if st.toggle("Graph context: what feeds this tensor's layer and what it feeds (click to open)", **state.bound("dist_graph")):
+    graph_context(stats, "dist", tensor=tensor, show_output=False)  # its histogram is the one above
+
 st.subheader("Thresholds by method")
 st.dataframe(
-    method_table(t, results), hide_index=True, key="method_table",
+    method_table(t, results), hide_index=True, key="method_table", height="content",
     column_config={"MSE": st.column_config.NumberColumn(format="%.3e"), "clipped %": st.column_config.NumberColumn(format="%.4f")},
 )  # fmt: skip
 
@@ -111,4 +119,5 @@ st.selectbox(
     format_func=lambda k: METHOD_LABELS.get(k, k), key=state.controlled("table_method", review.default_method),
     on_change=_set_default,
 )  # fmt: skip
-st.download_button("Download table.json", dumps(state.current_table()), file_name="table.json", mime="application/json", key="download_table")
+table_name = download_name(stats.model_name, FORMATS["json"])
+st.download_button(f"Download {table_name}", dumps(state.current_table()), file_name=table_name, mime="application/json", key="download_table")

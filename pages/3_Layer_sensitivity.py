@@ -21,6 +21,7 @@ from quantviz.domain_warnings import DomainWarning, Fix, apply_fix, domain_warni
 from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.error_chart import COSINE, ONE_MINUS_COS, SNR, error_text, layer_error_figure, one_minus_cosine, parts_figure
 from quantviz.errors import CancelledError, QuantvizError
+from quantviz.export.names import LAYERS_CSV, REPORT_HTML, artefact_name
 from quantviz.plots import eq_trace_figure
 from quantviz.progress import CancelToken, Eta, Step, phased, text
 from quantviz.report import snr_figure, to_csv, to_html
@@ -29,6 +30,7 @@ from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, la
 from quantviz.sensitivity_fix import fix_candidates
 from ui import state
 from ui.errors import callback
+from ui.graph_panel import graph_context
 from ui.profile_panel import engine_profile_expander
 
 st.set_page_config(page_title="quantviz: layer sensitivity", page_icon=":material/troubleshoot:", layout="wide")
@@ -393,6 +395,8 @@ else:
                     label = f"Use {METHOD_LABELS.get(best, best)} for {', '.join(pf.tensors)}"
                     fixes = tuple(Fix("method", label, tensor=t, method=best) for t in pf.tensors)
                     dc2.button(label, key="sens_fix_apply", on_click=_apply, args=fixes, type="primary")
+if st.toggle("Graph context: what feeds this layer and what it feeds (click to open)", **state.bound("sens_graph")):
+    graph_context(stats, "sens", layer=layer, layers=listed)
 if target != out:
     st.caption(
         f"Output **{out}** is fused with its activation and quantized with the scale of **{target}** "
@@ -622,7 +626,8 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
 # --- downloads ------------------------------------------------------------------------------------------
 d1, d2 = st.columns(2)
 # built when clicked (the HTML embeds plotly.js, several MB): a rerun that switches layer writes neither
-d1.download_button("LAYERS.csv", lambda: to_csv(report), "LAYERS.csv", "text/csv", key="sens_csv")
+csv_name, html_name = artefact_name(stats.model_name, LAYERS_CSV), artefact_name(stats.model_name, REPORT_HTML)
+d1.download_button(f"Download {csv_name}", lambda: to_csv(report), csv_name, "text/csv", key="sens_csv")
 d2.download_button(
-    "HTML report (offline, plotly embedded)", lambda: to_html(report), "quantviz_report.html", "text/html", key="sens_html"
+    f"Download {html_name}", lambda: to_html(report), html_name, "text/html", key="sens_html", help="Offline HTML report, plotly embedded"
 )

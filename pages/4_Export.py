@@ -10,7 +10,8 @@ import streamlit as st
 
 from quantviz.calib import METHOD_LABELS
 from quantviz.errors import QuantvizError
-from quantviz.export.diff import diff_tables
+from quantviz.export.diff import diff_tables, match_tables
+from quantviz.export.names import LAYERS_CSV, REPORT_HTML, REVIEW, artefact_name, download_name
 from quantviz.export.registry import FORMATS, ExportOptions, export_bytes, import_bytes
 from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, check_header
 from quantviz.limits import UPLOAD_LIMIT_MB
@@ -77,8 +78,9 @@ for name, fmt in FORMATS.items():
                 "tick 7-bit weights to run the QDQ model in onnxruntime on this machine."
             )
         fmt_options = replace(options, reduce_range=reduce_range)
+    file_name = download_name(stats.model_name, fmt)
     if name in HEAVY and not controls.qdq_prepared:
-        if right.button(f"Build {fmt.default_name}", key=f"prepare_{name}"):
+        if right.button(f"Build {file_name}", key=f"prepare_{name}"):
             controls.qdq_prepared = True
             st.rerun()
         continue
@@ -89,7 +91,7 @@ for name, fmt in FORMATS.items():
     except QuantvizError as exc:
         right.error(str(exc))
         continue
-    right.download_button(f"Download {fmt.default_name}", data, file_name=fmt.default_name, mime=fmt.mime, key=f"export_{name}")
+    right.download_button(f"Download {file_name}", data, file_name=file_name, mime=fmt.mime, key=f"export_{name}")
 
 st.subheader("Analysis report")
 st.caption("An HTML page, readable offline (plotly embedded): end-to-end figures, per-layer cosine and SNR, the scales.")
@@ -121,8 +123,9 @@ if report is not None:
     from quantviz.report import to_csv, to_html
 
     h1, h2 = st.columns(2)
-    h1.download_button("Download quantviz_report.html", to_html(report), "quantviz_report.html", "text/html", key="export_html")
-    h2.download_button("Download LAYERS.csv", to_csv(report), "LAYERS.csv", "text/csv", key="export_layers")
+    html_name, csv_name = artefact_name(stats.model_name, REPORT_HTML), artefact_name(stats.model_name, LAYERS_CSV)
+    h1.download_button(f"Download {html_name}", to_html(report), html_name, "text/html", key="export_html")
+    h2.download_button(f"Download {csv_name}", to_csv(report), csv_name, "text/csv", key="export_layers")
 
 st.subheader("Your choices")
 rows = [
@@ -153,8 +156,9 @@ else:
 st.subheader("Review")
 st.caption("One file with the statistics, every choice and every note: open it on Home (sidebar) to carry on the review.")
 review_file = state.cached(state.derived_key("review file"), lambda: review_bytes(stats, review))  # the statistics are compressed into it: once per review, not on every rerun
+review_name = artefact_name(stats.model_name, REVIEW)
 st.download_button(
-    "Download review.npz", review_file, file_name="review.quantviz.npz", mime="application/octet-stream", key="export_review"
+    f"Download {review_name}", review_file, file_name=review_name, mime="application/octet-stream", key="export_review"
 )
 
 st.subheader("Compare with another table")
@@ -168,7 +172,16 @@ if up is not None:
         st.error(str(exc))
     else:
         rows = pd.DataFrame([asdict(r) for r in diff_tables(table, other)])
-        st.caption(f"{len(other.tensors)} tensors read from {up.name}; sorted by how far the thresholds differ.")
+        match = match_tables(table, other)
+        for text in match.warnings():
+            st.warning(text)
+        if match.few:
+            with st.expander(f"The {len(match.unknown)} tensors of {up.name} this model lacks", expanded=True):
+                st.dataframe(pd.DataFrame({"tensor": match.unknown}), hide_index=True, key="import_unknown")
+        st.caption(
+            f"{len(other.tensors)} tensors read from {up.name}, {len(match.matched)} of them in this model "
+            f"({len(match.uncovered)} of the model's tensors not in the file); sorted by how far the thresholds differ."
+        )
         st.dataframe(rows, hide_index=True, key="diff_table")
         thresholds = {n: float(e.threshold) for n, e in other.tensors.items()}
         if thresholds and st.button(f"Use its {len(thresholds)} thresholds as overrides", key="adopt_import"):

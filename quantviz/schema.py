@@ -279,7 +279,8 @@ def check_stats_file(header: Any, data: Mapping[str, np.ndarray], newest: int, f
     infos = need_dict(header.get("infos", {}), f"{STATS_WHAT}: infos")
     for n, info in infos.items():
         _check_info(n, info)
-    out = {"names": names, "config": config, "version": version, "range": data_range}
+    shapes = _check_shapes(header.get("shapes", {}), names)
+    out = {"names": names, "config": config, "version": version, "range": data_range, "shapes": shapes}
     if not names:
         return out
     sc = _array(data, "scalars", len(names), 2, "float")
@@ -335,6 +336,24 @@ def _batch_record(data: Mapping[str, np.ndarray], names: Sequence[str], scalars:
         raise QuantvizError(
             f"{STATS_WHAT} is damaged: its 'batch_ranges' do not hold one finite (min, max) row per recorded batch."
         )
+
+
+SHAPE_RANK_MAX = 32  # ONNX allows any rank; no real tensor comes near this
+
+
+def _check_shapes(shapes: Any, names: list[str]) -> dict[str, list[int]]:
+    """The optional "shapes" of a statistics header: tensor name -> observed dimensions."""
+    d = need_dict(shapes, f"{STATS_WHAT}: shapes")
+    known = set(names)
+    for n, dims in d.items():
+        if n not in known:
+            raise QuantvizError(f"{STATS_WHAT}: shapes names '{n}', which is not one of its tensors.")
+        if (
+            not isinstance(dims, list) or len(dims) > SHAPE_RANK_MAX
+            or not all(is_int(v) and 0 <= v < 2**62 for v in dims)
+        ):  # fmt: skip
+            raise QuantvizError(f"{STATS_WHAT}: shapes['{n}'] must be a list of whole numbers >= 0, not {_j(dims)}.")
+    return d
 
 
 def _check_info(name: str, info: Any) -> None:

@@ -45,6 +45,8 @@ class TensorStats:
     abs_hist: histogram of |x|; signed_hist: histogram of x (see quantviz.histogram).
     fine_hist: the finer histogram of |x| that abs_hist is coarsened from and KL re-bins to its own
     grid (None in statistics files of version 1).
+    shape: the shape the tensor had in the runs, each dimension the largest seen (the first is the
+    samples of one onnxruntime run when the model batches); None when not recorded (older files).
     batch_ranges: each batch's (min, max), in order, shape (batches, 2): what makes the moving
     averages of merged statistics exact (see TensorAccumulator.merge). None when the tensor saw more
     than quantviz.limits.BATCH_RECORD_MAX batches, and in files written before it was kept.
@@ -66,6 +68,7 @@ class TensorStats:
     first_batch_min: float = math.nan
     first_batch_max: float = math.nan
     fine_hist: Histogram | None = None
+    shape: tuple[int, ...] | None = None
     batch_ranges: npt.NDArray[np.float64] | None = None
 
     @property
@@ -120,6 +123,7 @@ class TensorAccumulator:
         self._batch_max = -math.inf
         self._ema_min_before = math.nan
         self._ema_max_before = math.nan
+        self.shape: tuple[int, ...] | None = None
         # Each batch's (min, max) in order (rows 0..batches-1 used; grown by doubling), None once
         # more than BATCH_RECORD_MAX batches were seen.
         self._record: npt.NDArray[np.float64] | None = np.empty((0, 2), np.float64)
@@ -130,7 +134,9 @@ class TensorAccumulator:
         moving averages and the batch count then come out exactly as from one call with all of it."""
         if not same_batch:
             self._open = False
-        x = np.asarray(batch).reshape(-1)
+        arr = np.asarray(batch)
+        self.shape = seen_shape(self.shape, arr.shape)
+        x = arr.reshape(-1)
         if x.dtype == np.float16:
             x = x.astype(np.float32)
         if x.size == 0:
@@ -228,6 +234,8 @@ class TensorAccumulator:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
         self.batches += other.batches
+        if other.shape is not None:
+            self.shape = seen_shape(self.shape, other.shape)
         self._open = False  # a later update starts a new batch
         self.abs_hist.merge(other.abs_hist)
         self.signed_hist.merge(other.signed_hist)
@@ -252,8 +260,18 @@ class TensorAccumulator:
             first_batch_min=self.first_min,
             first_batch_max=self.first_max,
             fine_hist=fine,
+            shape=self.shape,
             batch_ranges=self.batch_ranges,
         )
+
+
+def seen_shape(before: tuple[int, ...] | None, now: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape recorded after one more run: each dimension the largest seen; a run of another rank
+    (a model whose output rank varies) replaces it."""
+    now = tuple(int(d) for d in now)
+    if before is None or len(before) != len(now):
+        return now
+    return tuple(max(a, b) for a, b in zip(before, now, strict=True))
 
 
 @dataclass(frozen=True)
@@ -315,6 +333,8 @@ def stats_arrays(stats: CalibrationStats) -> dict[str, np.ndarray]:
         "config": asdict(stats.config),
         "tensors": names,
         "infos": {n: asdict(i) for n, i in stats.infos.items()},
+        # observed shapes: an optional key, so older readers and older files keep working
+        "shapes": {n: list(t.shape) for n, t in stats.tensors.items() if t.shape is not None},
     }
     if stats.data_range is not None:
         header["data"]["range"] = list(stats.data_range)
@@ -395,6 +415,7 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
         signed_e = np.frexp(data["signed_width"].astype(np.float64))[1] - 1
         fine = "fine_counts" in data
         fine_e = np.frexp(data["fine_width"].astype(np.float64))[1] - 1 if fine else None
+        shapes: dict[str, list[int]] = checked["shapes"]
         record_len = data["batch_record_len"].astype(np.int64) if "batch_record_len" in data else None
         record_at = np.concatenate(([0], np.cumsum(np.maximum(record_len, 0)))) if record_len is not None else None
         for i, name in enumerate(names):
@@ -416,6 +437,7 @@ def stats_from_arrays(data: dict[str, np.ndarray]) -> CalibrationStats:
                 abs_hist=Histogram(ac, edges_for(int(abs_e[i]), ac.size, signed=False)),
                 signed_hist=Histogram(sc_counts, edges_for(int(signed_e[i]), sc_counts.size, signed=True)),
                 fine_hist=fine_hist,
+                shape=tuple(shapes[name]) if name in shapes else None,
                 **vals,
             )
             check_tensor_stats(t)
@@ -459,6 +481,7 @@ def _accumulator_from(t: TensorStats, ema_constant: float = DEFAULT_EMA_CONSTANT
     acc.max = t.max if t.count else -math.inf
     acc.ema_min, acc.ema_max, acc.batches = t.ema_min, t.ema_max, t.batches
     acc.first_min, acc.first_max = t.first_batch_min, t.first_batch_max
+    acc.shape = t.shape
     acc._record = None if t.batch_ranges is None else np.array(t.batch_ranges, np.float64).reshape(-1, 2)  # noqa: SLF001
     for hist, target in ((fine, acc.abs_hist), (t.signed_hist, acc.signed_hist)):
         merged = merge(hist, target.result())

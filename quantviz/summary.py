@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ from quantviz.calib.mse import quantization_errors, without_zeros
 from quantviz.config import INT8_MAX, UINT8_MAX
 from quantviz.errors import QuantvizError
 from quantviz.histogram import Histogram
+from quantviz.model import TensorInfo
 from quantviz.stats import CalibrationStats, TensorStats
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,23 @@ def method_table(t: TensorStats, results: dict[str, Threshold]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def overview(stats: CalibrationStats, config: MethodConfig, methods: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per tensor: op type, shape, range, and for each method its threshold and clipped %."""
+def overview(
+    stats: CalibrationStats, config: MethodConfig, methods: Iterable[str] | None = None, progress: Callable[[int, int], object] | None = None
+) -> pd.DataFrame:
+    """One row per tensor: op type, shape (seen, and declared), range, and for each method its
+    threshold and clipped %. progress(done, total) is called after each tensor."""
     names = list(methods or METHODS)
     rows = []
-    for name, t in stats.tensors.items():
+    total = len(stats.tensors)
+    for done, (name, t) in enumerate(stats.tensors.items()):
+        if progress is not None and done:
+            progress(done, total)
         info = stats.infos.get(name)
         row: dict[str, object] = {
             "tensor": name,
             "op type": info.op_type if info else "",
-            "shape": info.shape_text() if info else "",
+            "shape": shape_text(t, info),
+            "declared shape": info.shape_text() if info else "",
             "min": t.min,
             "max": t.max,
             "zeros %": 100 * t.zero_count / t.count if t.count else 0.0,
@@ -111,6 +119,14 @@ def overview(stats: CalibrationStats, config: MethodConfig, methods: Iterable[st
                 row[f"{m} clip %"] = 100 * clipped_fraction(t, r.min, r.max)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def shape_text(t: TensorStats | None, info: TensorInfo | None) -> str:
+    """The shape to show: as seen during collection when recorded (statistics of this version), else
+    as the model declares it (may be symbolic: "[batch, 16, h, w]")."""
+    if t is not None and t.shape is not None:
+        return "[" + ", ".join(str(d) for d in t.shape) + "]"
+    return info.shape_text() if info is not None else ""
 
 
 def curve_value_at(curve: Curve, x: float) -> float:

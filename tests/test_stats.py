@@ -268,3 +268,42 @@ def test_load_not_a_zip() -> None:
     with pytest.raises(QuantvizError, match="not a readable quantviz statistics file"):
         load_stats(b"plain text, not numpy")
     assert not zipfile.is_zipfile(io.BytesIO(b"plain text"))
+
+
+# ---------------------------------------------------------------- observed shapes
+
+
+def test_shape_seen_is_each_dimension_largest_and_survives_the_file() -> None:
+    acc = TensorAccumulator("t", bins=64)
+    acc.update(np.ones((1, 3, 5), np.float32))  # the first run of one sample
+    acc.update(np.ones((8, 3, 4), np.float32))
+    acc.update(np.ones((2, 3, 6), np.float32), same_batch=True)
+    assert acc.result().shape == (8, 3, 6)
+    other = TensorAccumulator("t", bins=64)
+    other.update(np.ones((9, 3, 2), np.float32))
+    acc.merge(other)
+    assert acc.result().shape == (9, 3, 6)
+    stats = _stats()
+    assert stats.tensors["x"].shape is not None
+    back = load_stats(_saved(stats))
+    assert {n: t.shape for n, t in back.tensors.items()} == {n: t.shape for n, t in stats.tensors.items()}
+
+
+def test_files_without_shapes_still_load_and_bad_shapes_are_refused() -> None:
+    raw = _saved(_stats())
+
+    def drop(arrays: dict) -> None:
+        h = json.loads(str(arrays["header"]))
+        h.pop("shapes")
+        arrays["header"] = np.array(json.dumps(h))
+
+    assert all(t.shape is None for t in load_stats(_rewrite(raw, drop)).tensors.values())
+    for bad in ({"x": [-1]}, {"x": "3x4"}, {"nope": [1]}, [1, 2]):
+
+        def forge(arrays: dict, bad=bad) -> None:
+            h = json.loads(str(arrays["header"]))
+            h["shapes"] = bad
+            arrays["header"] = np.array(json.dumps(h))
+
+        with pytest.raises(QuantvizError, match="shapes"):
+            load_stats(_rewrite(raw, forge))

@@ -112,18 +112,21 @@ class Controls:
     collect_samples: int = 0
     collect_bins: int = DEFAULT_BINS
     collect_batch: int = DEFAULT_BATCH_SIZE
+    home_rows: int | str = 40  # tensors in Home's overview picture
     # Distributions
     dist_show_all: bool = False
     dist_log: bool = True
     dist_signed: bool = True
     dist_methods: list[str] | None = None  # None: the page's default selection
     dist_log2: bool = False
+    dist_graph: bool = True  # graph context of the open tensor
     per_channel: bool = True  # weights per output channel (every page, table and export)
     # Layer sensitivity
     sens_data: str | None = None  # None: the labelled sample set when there is one
     sens_samples: int | None = None  # None: the page's default
     sens_mode: str = "isolated"
     sens_limit: int | str = 40
+    sens_graph: bool = True  # graph context of the open layer
     sens_measure: str = "1 - cosine (log)"  # how the per-layer error is drawn (pages/3_Layer_sensitivity.py)
     eq_alpha: float = EQConfig().alpha
     eq_beta: float = EQConfig().beta
@@ -148,6 +151,8 @@ class ModelWork:
     tensor: str | None = None
     layer: str | None = None
     clicked_layer: str | None = None
+    overview_clicked: str | None = None  # the tensor last opened from Home's overview picture
+    graph_clicked: tuple[str, str] | None = None  # (graph chart, tensor) last opened from a graph context
     last_analysis: DerivedKey | None = None
     auto_tried: DerivedKey | None = None  # the analysis last started by itself (never twice in a row)
     last_eq: DerivedKey | None = None
@@ -471,11 +476,16 @@ def model_table_for(method: str, config: MethodConfig) -> CalibrationTable:
     )
 
 
-def overview_table() -> Any:
+def overview_table(progress: Callable[[int, int], object] | None = None) -> Any:
     """Every tensor with every method's threshold and clipped %, computed once per statistics."""
     stats = need_stats()
     cfg = review().config
-    return cached(derived_key("overview", (cfg,), with_review=False), lambda: overview(stats, cfg))
+    return cached(derived_key("overview", (cfg,), with_review=False), lambda: overview(stats, cfg, progress=progress))
+
+
+def overview_ready() -> bool:
+    """Whether overview_table() is already computed (a rerun would build nothing)."""
+    return stored(derived_key("overview", (review().config,), with_review=False)) is not None
 
 
 def method_rows(tensor: str) -> Any:

@@ -127,3 +127,57 @@ def summary(rows: list[DiffRow]) -> str:
     a_only = sum(r.present == A_ONLY for r in rows)
     b_only = sum(r.present == B_ONLY for r in rows)
     return f"{len(both)} tensors in both tables ({len(differ)} with thresholds differing by more than {SAME_RTOL:g} relative), {a_only} in A only, {b_only} in B only."
+
+
+# An imported table naming fewer than this share of its tensors in the model is probably another model's.
+MATCH_WARN_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class TableMatch:
+    """How an imported table lines up with the model's own table (tensor names)."""
+
+    matched: tuple[str, ...]  # the file's tensors the model has
+    unknown: tuple[str, ...]  # the file's tensors the model lacks, in the file's order
+    uncovered: tuple[str, ...]  # the model's tensors the file does not name
+    other_model: str | None  # the model the file says it belongs to, when that is not this one
+
+    @property
+    def share(self) -> float:
+        """Matched share of the file's tensors (1 for an empty file)."""
+        n = len(self.matched) + len(self.unknown)
+        return len(self.matched) / n if n else 1.0
+
+    @property
+    def few(self) -> bool:
+        return self.share < MATCH_WARN_SHARE
+
+    def warnings(self) -> list[str]:
+        """Sentences for the person importing the file (none when it fits the model)."""
+        out: list[str] = []
+        if self.other_model is not None:
+            out.append(f"This table was made for another model ({self.other_model}): the comparison is across models.")
+        if self.few:
+            n = len(self.matched) + len(self.unknown)
+            out.append(
+                f"Only {len(self.matched)} of the file's {n} tensors ({self.share:.0%}) are in this model; "
+                f"the other {len(self.unknown)} are listed below and are left out of any adoption."
+            )
+        return out
+
+
+def match_tables(mine: CalibrationTable, other: CalibrationTable) -> TableMatch:
+    """Which of other's tensors mine (the model's table) has; whether other names another model
+    (by content hash when both know one, else by name)."""
+    matched = tuple(n for n in other.tensors if n in mine.tensors)
+    unknown = tuple(n for n in other.tensors if n not in mine.tensors)
+    uncovered = tuple(n for n in mine.tensors if n not in other.tensors)
+    if other.model_sha256 and mine.model_sha256:
+        differs = other.model_sha256 != mine.model_sha256
+    else:
+        differs = bool(other.model_name and mine.model_name and other.model_name != mine.model_name)
+    other_model = None
+    if differs:
+        sha = f", model {other.model_sha256[:12]}" if other.model_sha256 else ""
+        other_model = f"{other.model_name or 'unnamed'}{sha}"
+    return TableMatch(matched, unknown, uncovered, other_model)

@@ -12,7 +12,10 @@ import numpy as np
 def array(value: Any) -> np.ndarray:
     if isinstance(value, dict) and "bdata" in value:
         out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return out.reshape(value["shape"]) if "shape" in value else out
+        if "shape" not in value:
+            return out
+        shape = value["shape"]
+        return out.reshape([int(d) for d in shape.split(",")] if isinstance(shape, str) else shape)
     return np.asarray(value)
 
 

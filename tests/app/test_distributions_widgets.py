@@ -65,7 +65,7 @@ def test_per_tensor_weights_give_one_scale_and_the_default_method_reaches_the_re
     at.run()
     at.toggle(key="per_channel").set_value(False).run()
     assert not at.exception
-    weights = [figure(c) for c in at.get("plotly_chart") if figure(c)["layout"]["xaxis"]["title"]["text"] == "output channel"]
+    weights = [figure(c) for c in at.get("plotly_chart") if figure(c)["layout"]["xaxis"].get("title", {}).get("text") == "output channel"]
     scales = array(weights[0]["data"][1]["y"])
     assert np.all(scales == scales[0])  # one scale for the whole tensor
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}

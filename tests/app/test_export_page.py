@@ -28,9 +28,13 @@ def _export_page() -> AppTest:
 
 def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked() -> None:
     at = _export_page()
-    labels = [b.proto.label for b in at.get("download_button")]
-    assert "Download calibration.cache" in labels and "Download calibration_table.json" in labels
-    assert "Download review.npz" in labels
+    buttons = at.get("download_button")
+    labels = [b.proto.label for b in buttons]
+    # every download is named after the model, never two alike, and its label says the file name
+    assert "Download digits_cnn.trt.calibration.cache" in labels and "Download digits_cnn.ort-cache.calibration.cache" in labels
+    assert "Download digits_cnn.calibration_table.json" in labels
+    assert "Download digits_cnn.review.quantviz.npz" in labels
+    assert len(set(labels)) == len(labels)
     # the TensorRT header is the user's choice, and a bad one gets a sentence
     at.text_input(key="trt_header").set_value("not a header").run()
     assert not at.exception
@@ -41,10 +45,10 @@ def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_che
 
 def test_qdq_model_is_built_on_request() -> None:
     at = _export_page()
-    assert "Download model_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
+    assert "Download digits_cnn_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
     at.button(key="prepare_qdq").click().run()
     assert not at.exception and not at.error
-    assert "Download model_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
+    assert "Download digits_cnn_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
 
 
 def test_import_and_adopt_overrides() -> None:
@@ -111,11 +115,11 @@ def test_html_report_of_the_current_table() -> None:
     """The report offered on Export is the analysis of the table the page exports (its scales)."""
     at = _export_page()
     labels = [b.proto.label for b in at.get("download_button")]
-    if "Download quantviz_report.html" not in labels:
+    if "Download digits_cnn.report.html" not in labels:
         at.button(key="export_analyse").click().run()
         assert not at.exception and not at.error
     labels = [b.proto.label for b in at.get("download_button")]
-    assert "Download quantviz_report.html" in labels and "Download LAYERS.csv" in labels
+    assert "Download digits_cnn.report.html" in labels and "Download digits_cnn.LAYERS.csv" in labels
     from quantviz.review import build_table
 
     report = stored_in(at, work_of(at).last_analysis)
@@ -133,4 +137,4 @@ def test_html_report_of_the_current_table() -> None:
     # a new typed threshold makes that report stale: it is no longer offered
     set_review_of(at, review_of(at).with_choice("/Relu_output_0", override=1.0))
     at.run()
-    assert "Download quantviz_report.html" not in [b.proto.label for b in at.get("download_button")]
+    assert "Download digits_cnn.report.html" not in [b.proto.label for b in at.get("download_button")]

@@ -158,8 +158,10 @@ def test_eq_trace_and_adopt() -> None:
     at.button(key="eq_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     at.selectbox(key="sens_layer").set_value("/stem/stem.0/Conv").run()
-    assert len(at.get("plotly_chart")) == 4  # error bars, SNR, the layer's parts, EQ trace
-    trace = figure(at.get("plotly_chart")[-1])
+    keys = [c.key for c in at.get("plotly_chart")]
+    # error bars, SNR, the layer's parts, EQ trace (and the graph context)
+    assert {"sens_chart", "sens_snr", "eq_trace"} <= set(keys) and len(keys) >= 4
+    trace = figure(next(c for c in at.get("plotly_chart") if c.key == "eq_trace"))
     ys = array(trace["data"][0]["y"])
     assert ys.size == 3 and ys[2] >= ys[0] - 1e-12  # never worse than its start
     at.button(key="eq_adopt").click().run()
