@@ -19,5 +19,6 @@ PAGES = [
     st.Page("pages/2_KL_curves.py", title="KL curves", icon=":material/show_chart:"),
     st.Page("pages/3_Layer_sensitivity.py", title="Layer sensitivity", icon=":material/troubleshoot:"),
     st.Page("pages/4_Export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/5_Mixed_precision.py", title="Mixed precision", icon=":material/tune:"),
 ]
 run_guarded(st.navigation(PAGES).run)

@@ -225,6 +225,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise QuantvizError("--method best needs MODEL and --data: it runs the model once per candidate method to compare layers.")
     if args.method == "eq" and not (model_path and args.data):
         raise QuantvizError("--method eq needs MODEL and --data: EQ runs the model on the calibration samples to search its scales.")
+    if args.target:
+        _target_check(args, model_path)
     if args.stats and model_path:
         load_checked(model_path)  # a blocking finding (an already quantized model) is said before any file is read
     if args.stats:
@@ -245,6 +247,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )  # fmt: skip
     else:
         table = calibrate(stats, args.method, _method_config(args))
+    if args.target:
+        table = _mixed_search(args, model_path, table)
     from quantviz.export.qv_json import write_json
 
     write_json(table, args.output)
@@ -294,6 +298,56 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
     if note:
         print(f"whole-model check: {note}.", file=sys.stderr)
     return table
+
+
+def _target_check(args: argparse.Namespace, model_path: str | None) -> None:
+    """--target and its options, checked before any data is read (one sentence when wrong)."""
+    from quantviz.mixed import parse_target
+
+    parse_target(args.target)
+    if not model_path:
+        raise QuantvizError("--target needs the model (MODEL, or --model with --stats): the search runs it.")
+    if not (args.target_data or args.data):
+        raise QuantvizError("--target needs data to measure the model on: --target-data DATA (or --data).")
+    if args.target_samples is not None and args.target_samples < 1:
+        raise QuantvizError(f"--target-samples must be at least 1, not {args.target_samples}.")
+
+
+def _mixed_search(args: argparse.Namespace, model_path: str, table: CalibrationTable) -> CalibrationTable:
+    """The mixed-precision search to --target (quantviz.mixed): the table with its fallbacks and trace."""
+    from quantviz.data import default_labels, read_labels
+    from quantviz.mixed import mixed_table, parse_target, run_search
+
+    target = parse_target(args.target)
+    model = load_checked(model_path)
+    data = args.target_data or args.data
+    source = open_source(data, model.inputs, preprocess=_preprocess(args))
+    labels = read_labels(args.labels) if args.labels else default_labels(data)
+    bar = progress_bar("search")
+
+    def show(step: object) -> None:
+        if bar is None:
+            return
+        s = step  # a quantviz.mixed.Step
+        sys.stderr.write(f"\rsearch step {s.index}: {s.layers_out} layers out of int8, {target.kind} {s.value:.5g}   ")  # type: ignore[attr-defined]
+        sys.stderr.flush()
+
+    result, _ = run_search(
+        model, table, source, target, precision=args.fallback, samples=args.target_samples, batch_size=args.batch_size,
+        labels=labels, per_channel=not args.per_tensor_weights, on_step=show,
+    )  # fmt: skip
+    if bar is not None:
+        sys.stderr.write("\n")
+    layers = [f.layer for f in result.fallbacks]
+    verdict = "reached" if result.reached else "NOT reached (every layer out of int8)"
+    print(
+        f"target {target.text} {verdict}: {target.kind} {result.int8_value:.5g} all int8 -> {result.final_value:.5g} with "
+        f"{len(layers)} layers in {result.precision} ({100 * result.final_macs_share:.1f}% of MACs), {len(result.steps)} steps on {result.samples} samples",
+        file=sys.stderr,
+    )
+    for f in result.fallbacks:
+        print(f"  {f.precision}: {f.layer}" + (f" ({f.why})" if f.why else ""), file=sys.stderr)
+    return mixed_table(table, result)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -403,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"candidate methods, comma separated, the first wins ties (default {','.join(BEST_CANDIDATES)})",
     )  # fmt: skip
     b.add_argument("--best-samples", type=int, default=BEST_SAMPLES, help=f"samples each comparison runs (default {BEST_SAMPLES})")
+    t = p.add_argument_group("mixed precision to a target (needs the model and data to measure it on)")
+    t.add_argument("--target", help="cosine=0.999 | snr=30 | top1-drop=0.5 | metric=package.module:function>=VALUE")
+    t.add_argument("--fallback", choices=("float", "int16"), default="float", help="precision of the layers taken out of int8 (default float)")
+    t.add_argument("--target-data", help="data the search measures the model on (default --data); labels from its 'label' array")
+    t.add_argument("--labels", help="FILE.npz:KEY or FILE.npy with one class per sample (default: a 'label' array in the data .npz)")
+    t.add_argument("--target-samples", type=int, default=None, help="use at most N samples in the search (default: all)")
     p.add_argument("-o", "--output", required=True, help="table (.json)")
     COMMANDS["calibrate"] = cmd_calibrate
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -204,5 +205,69 @@ def eq_trace_figure(layer: str, trace: list[Mapping[str, float]], initial: float
         height=320,
         margin={"l": 10, "r": 10, "t": 50, "b": 40},
         showlegend=False,
+    )
+    return fig
+
+
+MIXED_ACTION_STYLE = {  # quantviz.mixed step actions: legend label, colour, marker
+    "int8": ("all int8", "#7f7f7f", "circle"),
+    "add": ("added", "#1f77b4", "circle"),
+    "bisect": ("bisection probe", "#9467bd", "diamond"),
+    "remove": ("taken back to int8", "#2ca02c", "triangle-down"),
+    "keep": ("needed (kept out)", "#d62728", "x"),
+}
+
+
+def tradeoff_figure(mixed: Mapping[str, Any], x: str = "layers") -> go.Figure:
+    """The mixed-precision search's trade-off: each measured step (quantviz.mixed, the table's
+    settings["mixed"]) at (layers out of int8, or % of MACs) against the target's figure, the target
+    as a horizontal line. customdata of every point is its step index (the page applies that step)."""
+    trace = list(mixed.get("trace") or [])
+    target = str(mixed.get("target", ""))
+    kind = target.partition("=")[0]
+    fig = go.Figure()
+
+    def xs(s: Mapping[str, Any]) -> float:
+        return float(s["layers_out"]) if x == "layers" else 100.0 * float(s["macs_share"])
+
+    def ys(s: Mapping[str, Any]) -> float:
+        v = s["value"]
+        return float(v) if not isinstance(v, str) else float("nan")
+
+    for action, (label, color, symbol) in MIXED_ACTION_STYLE.items():
+        steps = [s for s in trace if s["action"] == action]
+        if not steps:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[xs(s) for s in steps],
+                y=[ys(s) for s in steps],
+                mode="markers",
+                name=label,
+                marker={"color": color, "symbol": symbol, "size": 11},
+                customdata=[s["step"] for s in steps],
+                hovertemplate="step %{customdata}<br>%{x} out of int8<br>" + kind + " %{y:.5g}<extra>" + label + "</extra>",
+            )
+        )
+    path = [s for s in trace if s["action"] in ("int8", "add")]
+    if len(path) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=[xs(s) for s in path], y=[ys(s) for s in path], mode="lines", name="greedy path",
+                line={"color": "#1f77b4", "dash": "dot"}, hoverinfo="skip",
+            )
+        )  # fmt: skip
+    threshold = mixed.get("target_value")
+    if threshold is None:
+        m = re.search(r"(?:>=|<=|=)\s*([-+0-9.eE]+)\s*$", target)
+        threshold = float(m.group(1)) if m else None
+    if threshold is not None:
+        fig.add_hline(y=float(threshold), line_dash="dash", line_color="#d62728", annotation_text=f"target {target}")
+    fig.update_layout(
+        xaxis_title="layers out of int8" if x == "layers" else "% of MACs out of int8",
+        yaxis_title=kind if kind != "metric" else "metric",
+        legend={"orientation": "h"},
+        margin={"t": 30},
+        clickmode="event+select",
     )
     return fig

@@ -185,8 +185,18 @@ def dumps_ncnn(table: CalibrationTable, layers: Mapping[str, str] | LoadedModel 
     for a table read from ncnn without a model (keyed by layer already)."""
     layer_map = _layers_for(table, layers)
     model = layers if isinstance(layers, LoadedModel) else None
-    float_layers = {layer for layer, tensor in layer_map.items() if tensor in table.tensors and table.tensors[tensor].float_kept}
-    lines: list[str] = []
+    from quantviz.mixed import mixed_note, table_fallbacks
+
+    # a tensor kept in float keeps the layers reading it in float; a mixed-precision fallback (quantviz.mixed)
+    # keeps its own layer in float instead (ncnn has no int16: an int16 fallback is float here)
+    mixed = set(table_fallbacks(table))
+
+    def kept(tensor: str) -> bool:
+        e = table.tensors.get(tensor)
+        return e is not None and e.float_kept and "mixed" not in e.extra
+
+    float_layers = {layer for layer, tensor in layer_map.items() if kept(tensor)} | (mixed & set(layer_map))
+    lines: list[str] = [f"{COMMENT} {mixed_note(table)}"] if mixed else []
     for wname, w in table.weights.items():
         values = weight_values(w, model, wname)
         if not values:
@@ -198,8 +208,9 @@ def dumps_ncnn(table: CalibrationTable, layers: Mapping[str, str] | LoadedModel 
         entry = table.tensors.get(tensor)
         if entry is None:
             continue
-        prefix = COMMENT if entry.float_kept else ""
-        if entry.float_kept and not math.isfinite(entry.threshold):
+        commented = layer in float_layers or (entry.float_kept and "mixed" not in entry.extra)
+        prefix = COMMENT if commented else ""
+        if commented and not math.isfinite(entry.threshold):
             continue  # no value to comment out; a layer absent from the table stays float in ncnn anyway
         lines.append(f"{prefix}{_check_layer(layer)} {_fmt(_activation_value(entry, tensor))}")
     return "\n".join(lines) + ("\n" if lines else "")

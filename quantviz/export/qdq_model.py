@@ -55,6 +55,11 @@ def qdq_model_bytes(table: CalibrationTable, model: LoadedModel | None, reduce_r
         raise QuantvizError(
             "QDQ model export is not available yet in this version of quantviz (quantviz.qdq.build_qdq_model is missing)."
         )
+    from quantviz.mixed import mixed_qdq_model, table_fallbacks
+
+    if table_fallbacks(table):  # a mixed-precision table: its fallback layers leave int8 as the search measured them
+        proto = mixed_qdq_model(model, table, reduce_range=reduce_range)
+        return bytes(proto.SerializeToString())
     qdq = importlib.import_module("quantviz.qdq")
     proto = qdq.build_qdq_model(model, table, reduce_range=reduce_range)
     return bytes(proto.SerializeToString())
