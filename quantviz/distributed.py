@@ -38,7 +38,7 @@ from typing import Any
 
 from quantviz.collect import collect, samples_and_batch, validate_config
 from quantviz.config import CollectConfig
-from quantviz.data import Cancel, ImagePreprocess, Progress, open_source, sample_range
+from quantviz.data import CalibrationSource, Cancel, ImagePreprocess, Progress, open_source, sample_range
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.limits import BATCH_RECORD_MAX
 from quantviz.merge import merge_calibration_stats
@@ -73,11 +73,13 @@ class ClusterConfig:
     address: None starts (or reuses) a local Ray on this machine with LOCAL_CPUS CPUs; "auto" joins the
     cluster this machine belongs to; "HOST:PORT" or "ray://HOST:10001" a given one.
     shards: how many shards (None: SHARDS_PER_CPU per CPU of the cluster); each holds whole batches.
+    local_cpus: CPUs of the local Ray (address None): how many shards run at once.
     """
 
     address: str | None = None
     shards: int | None = None
     retries: int = TASK_RETRIES
+    local_cpus: int = LOCAL_CPUS
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,17 @@ def import_ray() -> Any:
     return ray
 
 
-_connected: str | None = None  # the address this process initialised Ray with ("local" for our own)
+_connected: str | None = None  # the address this process initialised Ray with ("local:CPUS" for our own)
 
 
-def connect(address: str | None = None) -> Any:
+def connect(address: str | None = None, local_cpus: int = LOCAL_CPUS) -> Any:
     """Ray, initialised for quantviz: a local Ray on this machine (address None) or the given cluster.
 
     A Ray already initialised for the same address is reused; one initialised for another is shut down
     first (the app may change its cluster address between runs)."""
     global _connected
     ray = import_ray()
-    key = address or "local"
+    key = address or f"local:{local_cpus}"
     if ray.is_initialized():
         if _connected in (None, key):
             return ray
@@ -142,7 +144,7 @@ def connect(address: str | None = None) -> Any:
             root = str(Path(package).parent)
             path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
             ray.init(
-                address="local", num_cpus=LOCAL_CPUS, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                address="local", num_cpus=local_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                 runtime_env={"env_vars": {"PYTHONPATH": path}}, **common,
             )  # fmt: skip
         else:
@@ -174,12 +176,18 @@ _worker_data: dict[tuple[str, str], Any] = {}
 
 
 def _open_on_worker(
-    model_key: str, model_source: str | bytes, data: str | bytes, data_key: str, name: str | None, pre: ImagePreprocess
+    model_key: str,
+    model_source: str | bytes,
+    model_name: str,
+    data: str | bytes,
+    data_key: str,
+    name: str | None,
+    pre: ImagePreprocess,
 ) -> Any:
     if model_key not in _worker_model:
         _worker_model.clear()
         _worker_data.clear()
-        _worker_model[model_key] = load_model(model_source)
+        _worker_model[model_key] = load_model(model_source, model_name)
     model = _worker_model[model_key]
     if (model_key, data_key) not in _worker_data:
         _worker_data.clear()
@@ -195,8 +203,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 def collect_shard(
-    model_key: str, model_source: str | bytes, data: str | bytes, data_key: str, name: str | None, pre: ImagePreprocess,
-    start: int, stop: int, config: CollectConfig, tensors: list[str] | None,
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, start: int, stop: int, config: CollectConfig, tensors: list[str] | None,
 ) -> tuple[dict[str, Any], CalibrationStats | None]:  # fmt: skip
     """One shard (a Ray task with two results): a small record first (its worker, its size, or the
     sentence of its failure), then its statistics. Any failure of the shard is a record, not a raised
@@ -206,7 +214,9 @@ def collect_shard(
     ctx = ray.get_runtime_context()
     where = {"node": ctx.get_node_id(), "pid": os.getpid()}
     try:
-        model, source = _open_on_worker(model_key, model_source, data, data_key, name, pre)
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        if model.sha256 != model_key:
+            raise QuantvizError(f"the model this worker read is not the one being calibrated (sha256 {model.sha256[:12]}...)")
         stats = collect(model, sample_range(source, start, stop), config, tensors=tensors)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which shard and why
         return {**where, "error": _error_text(exc)}, None
@@ -235,7 +245,7 @@ class _Run:
 def collect_on_cluster(
     model: LoadedModel,
     model_source: str | Path | bytes,
-    data: str | Path | bytes,
+    data: str | Path | bytes | CalibrationSource,
     config: CollectConfig | None = None,
     cluster: ClusterConfig | None = None,
     *,
@@ -248,20 +258,31 @@ def collect_on_cluster(
     """quantviz.collect.collect over shards on Ray; the statistics equal its result bit for bit.
 
     model: the model loaded here (to plan and check); model_source: its path or bytes, opened again on
-    every worker. data: a path, "synthetic:N" or an upload's bytes (data_name: its file name)."""
+    every worker. data: a path, "synthetic:N", an upload's bytes (data_name: its file name), or a source
+    opened from a path or synthetic:N (its origin says how the workers open it)."""
     config = config or CollectConfig()
     cluster = cluster or ClusterConfig()
     validate_config(config)
     pre = preprocess or ImagePreprocess()
+    given: CalibrationSource | None = None
+    if isinstance(data, CalibrationSource):
+        if data.origin is None:
+            raise QuantvizError(
+                "Data uploaded here cannot be sent to a Ray cluster's workers: give its path (on a file system every machine "
+                "of the cluster reads), or collect without a cluster."
+            )
+        if data.first:
+            raise QuantvizError("A sample range of the data cannot be collected on a cluster: give the whole data.")
+        given, pre, data = data, data.origin.preprocess, data.origin.location
     if isinstance(model_source, str | Path):
         model_source = str(Path(model_source).resolve())
     if isinstance(data, Path) or (isinstance(data, str) and not data.startswith("synthetic:")):
         data = str(Path(data).resolve())
-    source = open_source(data, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
+    source = given or open_source(data, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
     total, batch_size = samples_and_batch(model, source, config)
     data_key, description = source.data_id, source.description
     del source  # the driver keeps no data
-    ray = connect(cluster.address)
+    ray = connect(cluster.address, cluster.local_cpus)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     plan = plan_shards(total, batch_size, cluster.shards or SHARDS_PER_CPU * cpus)
     shard_config = dataclasses.replace(config, samples=None)
@@ -275,7 +296,7 @@ def collect_on_cluster(
     stats_refs: dict[int, Any] = {}
     for i, (a, b) in enumerate(plan):
         info_ref, stats_ref = task.options(name=f"quantviz shard {i + 1}/{len(plan)}").remote(
-            model.sha256, model_arg, data_arg, data_key, data_name, pre, a, b, shard_config, names
+            model.sha256, model_arg, model.name, data_arg, data_key, data_name, pre, a, b, shard_config, names
         )
         pending[info_ref] = i
         stats_refs[i] = stats_ref
