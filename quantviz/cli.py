@@ -156,7 +156,7 @@ def _collect_on_ray(args: argparse.Namespace, model_path: str, model: LoadedMode
     """collect --ray: shards on a Ray cluster (quantviz.distributed), statistics equal to one process's."""
     from quantviz.distributed import ClusterConfig, collect_on_cluster
 
-    if args.range is not None:
+    if getattr(args, "range", None) is not None:
         raise QuantvizError("--ray collects every sample in shards of its own: give --ray or --range, not both.")
     if args.shards is not None and args.shards < 1:
         raise QuantvizError(f"--shards must be at least 1, not {args.shards}.")
@@ -278,10 +278,15 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
         raise QuantvizError(f"--best-samples must be at least 1, not {args.best_samples}.")
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    cluster = None
+    if args.ray is not None:
+        from quantviz.distributed import ClusterConfig
+
+        cluster = ClusterConfig(address=None if args.ray == LOCAL_RAY else args.ray)
     table, picks = best_method_table(
         model, stats, source, methods, _method_config(args), samples=args.best_samples,
         per_channel=not args.per_tensor_weights, progress=progress_bar("best"), profile=args.profile,
-        clip_outputs=args.clip_outputs,
+        clip_outputs=args.clip_outputs, cluster=cluster, model_source=model_path,
     )  # fmt: skip
     counts = Counter(p.method for p in picks.values())
     print("best method per layer: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()), file=sys.stderr)
@@ -395,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"candidate methods, comma separated, the first wins ties (default {','.join(BEST_CANDIDATES)})",
     )  # fmt: skip
     b.add_argument("--best-samples", type=int, default=BEST_SAMPLES, help=f"samples each comparison runs (default {BEST_SAMPLES})")
+    p.add_argument(
+        "--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+        help="with MODEL --data: collect on a Ray cluster; with --method best: one Ray task per candidate method",
+    )  # fmt: skip
+    p.add_argument("--shards", type=int, help="with --ray: how many shards of the collection (default 4 per CPU)")
     p.add_argument("-o", "--output", required=True, help="table (.json)")
     COMMANDS["calibrate"] = cmd_calibrate
 

@@ -232,6 +232,48 @@ def merge_pair(left: CalibrationStats, right: CalibrationStats) -> CalibrationSt
 
 
 @dataclass
+class _Inputs:
+    """The model and data as the workers open them: absolute paths, synthetic:N, or bytes."""
+
+    model_source: str | bytes
+    data: str | bytes
+    data_name: str | None
+    pre: ImagePreprocess
+    source: Any  # the data opened here to check and plan (dropped before the tasks run)
+
+    @staticmethod
+    def of(
+        model: LoadedModel, model_source: str | Path | bytes, data: str | Path | bytes | CalibrationSource,
+        data_name: str | None, preprocess: ImagePreprocess | None,
+    ) -> _Inputs:  # fmt: skip
+        pre = preprocess or ImagePreprocess()
+        if isinstance(data, CalibrationSource):
+            if data.origin is None:
+                raise QuantvizError(
+                    "Data uploaded here cannot be sent to a Ray cluster's workers: give its path (on a file system every "
+                    "machine of the cluster reads), or run without a cluster."
+                )
+            if data.first:
+                raise QuantvizError("A sample range of the data cannot be sent to a cluster: give the whole data.")
+            return _Inputs(_model_arg(model_source), data.origin.location, None, data.origin.preprocess, data)
+        if isinstance(data, Path) or (isinstance(data, str) and not data.startswith("synthetic:")):
+            data = str(Path(data).resolve())
+        raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        source = open_source(raw, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
+        return _Inputs(_model_arg(model_source), raw, data_name, pre, source)
+
+    def put(self, ray: Any) -> tuple[Any, Any]:
+        """Bytes go to Ray's object store once (every task then reads the same copy); paths as they are."""
+        model = ray.put(self.model_source) if isinstance(self.model_source, bytes) else self.model_source
+        data = ray.put(self.data) if isinstance(self.data, bytes) else self.data
+        return model, data
+
+
+def _model_arg(model_source: str | Path | bytes) -> str | bytes:
+    return model_source if isinstance(model_source, bytes) else str(Path(model_source).resolve())
+
+
+@dataclass
 class _Run:
     """Shards first..last merged (or being merged: ready False) into the object `ref`."""
 
@@ -263,31 +305,15 @@ def collect_on_cluster(
     config = config or CollectConfig()
     cluster = cluster or ClusterConfig()
     validate_config(config)
-    pre = preprocess or ImagePreprocess()
-    given: CalibrationSource | None = None
-    if isinstance(data, CalibrationSource):
-        if data.origin is None:
-            raise QuantvizError(
-                "Data uploaded here cannot be sent to a Ray cluster's workers: give its path (on a file system every machine "
-                "of the cluster reads), or collect without a cluster."
-            )
-        if data.first:
-            raise QuantvizError("A sample range of the data cannot be collected on a cluster: give the whole data.")
-        given, pre, data = data, data.origin.preprocess, data.origin.location
-    if isinstance(model_source, str | Path):
-        model_source = str(Path(model_source).resolve())
-    if isinstance(data, Path) or (isinstance(data, str) and not data.startswith("synthetic:")):
-        data = str(Path(data).resolve())
-    source = given or open_source(data, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
-    total, batch_size = samples_and_batch(model, source, config)
-    data_key, description = source.data_id, source.description
-    del source  # the driver keeps no data
+    inputs = _Inputs.of(model, model_source, data, data_name, preprocess)
+    total, batch_size = samples_and_batch(model, inputs.source, config)
+    data_key, description, pre = inputs.source.data_id, inputs.source.description, inputs.pre
+    del inputs.source  # the driver keeps no data
     ray = connect(cluster.address, cluster.local_cpus)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     plan = plan_shards(total, batch_size, cluster.shards or SHARDS_PER_CPU * cpus)
     shard_config = dataclasses.replace(config, samples=None)
-    model_arg = ray.put(model_source) if isinstance(model_source, bytes) else model_source
-    data_arg = ray.put(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else data
+    model_arg, data_arg = inputs.put(ray)
     names = list(tensors) if tensors is not None else None
     task = ray.remote(num_returns=2, max_retries=cluster.retries)(collect_shard)
     merge_task = ray.remote(max_retries=cluster.retries)(merge_pair)
@@ -296,7 +322,7 @@ def collect_on_cluster(
     stats_refs: dict[int, Any] = {}
     for i, (a, b) in enumerate(plan):
         info_ref, stats_ref = task.options(name=f"quantviz shard {i + 1}/{len(plan)}").remote(
-            model.sha256, model_arg, model.name, data_arg, data_key, data_name, pre, a, b, shard_config, names
+            model.sha256, model_arg, model.name, data_arg, data_key, inputs.data_name, pre, a, b, shard_config, names
         )
         pending[info_ref] = i
         stats_refs[i] = stats_ref
@@ -363,3 +389,90 @@ def _merge_adjacent(runs: dict[int, _Run], merging: dict[Any, int], merge_task: 
             k += 2
         else:
             k += 1
+
+
+# ------------------------------------------------------------------- analyses independent per candidate
+
+
+def analyze_method(
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, stats: CalibrationStats, method: str, config: Any, samples: int | None, per_channel: bool,
+    profile: str | None, clip_outputs: bool,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """One candidate of best-method-per-layer (a Ray task): the table of that method everywhere and its
+    analysis (quantviz.sensitivity.analyze), exactly as best_method_picks computes it in one process."""
+    import ray
+
+    from quantviz.sensitivity import analyze
+    from quantviz.table import calibrate_model
+
+    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    try:
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        table = calibrate_model(model, stats, method, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
+        report = analyze(model, table, source, samples=samples, per_channel=per_channel)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which method and why
+        return {**where, "error": _error_text(exc)}, None
+    return where, report
+
+
+def analyses_on_cluster(
+    model: LoadedModel,
+    model_source: str | Path | bytes,
+    stats: CalibrationStats,
+    data: str | Path | bytes | CalibrationSource,
+    methods: Sequence[str],
+    config: Any,
+    cluster: ClusterConfig | None = None,
+    *,
+    samples: int | None,
+    per_channel: bool = True,
+    profile: str | None = None,
+    clip_outputs: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> dict[str, Any]:
+    """method -> LayerReport of the model calibrated with that method everywhere, one Ray task a method
+    (the candidates of best-method-per-layer are independent). Each task computes what the single
+    process computes for that method, so the reports, and the picks made from them, are the same."""
+    cluster = cluster or ClusterConfig()
+    inputs = _Inputs.of(model, model_source, data, None, None)
+    data_key = inputs.source.data_id
+    del inputs.source
+    ray = connect(cluster.address, cluster.local_cpus)
+    model_arg, data_arg = inputs.put(ray)
+    stats_ref = ray.put(stats)  # sent once, read by every task
+    task = ray.remote(num_returns=2, max_retries=cluster.retries)(analyze_method)
+    pending: dict[Any, str] = {}
+    reports: dict[str, Any] = {}
+    for m in methods:
+        info_ref, report_ref = task.options(name=f"quantviz analysis {m}").remote(
+            model.sha256, model_arg, model.name, data_arg, data_key, inputs.data_name, inputs.pre, stats_ref, m, config, samples,
+            per_channel, profile, clip_outputs,
+        )  # fmt: skip
+        pending[info_ref] = m
+        reports[m] = report_ref
+    if progress:
+        progress(0, len(methods))
+    try:
+        while pending:
+            if cancel is not None and cancel():
+                raise CancelledError(
+                    f"The comparison of methods was cancelled after {len(methods) - len(pending)} of {len(methods)}."
+                )
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                m = pending.pop(ref)
+                rec = ray.get(ref)
+                if "error" in rec:
+                    raise QuantvizError(f"The analysis of method '{m}' failed on the cluster: {rec['error']}")
+                if progress:
+                    progress(len(methods) - len(pending), len(methods))
+    except BaseException:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - finished meanwhile: nothing to cancel
+                log.debug("analysis already finished")
+        raise
+    return {m: ray.get(reports[m]) for m in methods}

@@ -415,12 +415,16 @@ def best_method_picks(
     progress: Progress | None = None,
     profile: str | None = None,
     clip_outputs: bool = False,
+    cluster: Any = None,
+    model_source: Any = None,
 ) -> tuple[dict[str, MethodPick], int]:
     """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
     Analyses the model once per method (that method on every tensor) on at most `samples` samples and
     picks per layer with compare_methods (ties keep the earlier method: list the default first).
     quantviz.review.apply_method_picks puts the picks in a review (the app and the CLI alike).
+    cluster (a quantviz.distributed.ClusterConfig) runs the analyses as Ray tasks, one per method, the
+    workers opening model_source (the model's path or bytes) and the source's data: the same reports.
     """
     from quantviz.table import calibrate_model
 
@@ -429,6 +433,16 @@ def best_method_picks(
         raise QuantvizError("Give at least one method to compare.")
     config = config or MethodConfig()
     reports: dict[str, LayerReport] = {}
+    if cluster is not None:
+        from quantviz.distributed import analyses_on_cluster
+
+        if model_source is None:
+            raise QuantvizError("Comparing methods on a cluster needs the model's path or bytes for the workers.")
+        reports = analyses_on_cluster(
+            model, model_source, stats, source, methods, config, cluster, samples=samples, per_channel=per_channel,
+            profile=profile, clip_outputs=clip_outputs, progress=progress,
+        )  # fmt: skip
+        return compare_methods(reports), reports[methods[0]].samples
     for i, m in enumerate(methods):
 
         def step(done: int, total: int, i: int = i) -> None:
@@ -452,6 +466,8 @@ def best_method_table(
     progress: Progress | None = None,
     profile: str | None = None,
     clip_outputs: bool = False,
+    cluster: Any = None,
+    model_source: Any = None,
 ) -> tuple[CalibrationTable, dict[str, MethodPick]]:
     """The table with, on each layer's output tensor, the method whose isolated error is lowest.
 
@@ -468,7 +484,7 @@ def best_method_table(
     config = config or MethodConfig()
     picks, samples_run = best_method_picks(
         model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress,
-        profile=profile, clip_outputs=clip_outputs,
+        profile=profile, clip_outputs=clip_outputs, cluster=cluster, model_source=model_source,
     )  # fmt: skip
     fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel, profile=profile))
     start = Review(default_method=methods[0], config=config, profile=profile or DEFAULT_PROFILE, clip_outputs=clip_outputs)

@@ -200,3 +200,30 @@ def test_missing_ray_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(QuantvizError) as info:
         import_ray()
     assert "pip install -r requirements-ray.txt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_best_method_candidates_fan_out_to_the_same_picks_and_table() -> None:
+    from quantviz.export.qv_json import table_to_dict
+    from quantviz.sensitivity import best_method_table
+
+    path = SAMPLES / "digits_cnn.onnx"
+    model = load_model(path)
+    source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(samples=64))
+    methods = ["kl", "minmax", "percentile"]
+    table, picks = best_method_table(model, stats, source, methods, samples=48)
+    seen: list[tuple[int, int]] = []
+    on_ray, ray_picks = best_method_table(
+        model,
+        stats,
+        source,
+        methods,
+        samples=48,
+        cluster=ClusterConfig(),
+        model_source=path,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert ray_picks == picks  # every layer's pick and every method's cosine, equal
+    assert len(picks) > 5
+    assert table_to_dict(on_ray) == table_to_dict(table)
+    assert seen[-1] == (3, 3)
