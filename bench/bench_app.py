@@ -31,6 +31,14 @@ def _timed(at: AppTest) -> float:
     return dt
 
 
+def _stats_key(at: AppTest) -> object:
+    """The current statistics' key in the session's typed state (ui/state.py)."""
+    from ui.state import SESSION
+
+    work = at.session_state[SESSION].work()
+    return None if work is None else work.stats_key
+
+
 def bench(sample: str, repeat: int) -> dict[str, float]:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.session_state["sample_model"] = sample
@@ -38,7 +46,7 @@ def bench(sample: str, repeat: int) -> dict[str, float]:
     if sample != "digits_cnn":
         at.selectbox(key="sample_model").set_value(sample)
         at.run()
-    stats_key = at.session_state["qv_stats_key"]
+    stats_key = _stats_key(at)
     at.switch_page("pages/1_Distributions.py")
     at.run()
     names = list(at.selectbox(key="dist_tensor").options)
@@ -67,7 +75,7 @@ def bench(sample: str, repeat: int) -> dict[str, float]:
         opts = at.selectbox(key="sens_layer").options
         at.selectbox(key="sens_layer").set_value(opts[(i * 5 + 2) % len(opts)].split("  ·  ")[0])
         results["switch layer (Layer sensitivity)"].append(_timed(at))
-    assert at.session_state["qv_stats_key"] == stats_key, "a rerun collected again"
+    assert _stats_key(at) == stats_key, "a rerun collected again"
     return {k: statistics.median(v) * 1000 for k, v in results.items()} | {"tensors": float(len(names))}
 
 

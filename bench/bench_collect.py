@@ -101,11 +101,13 @@ def run_quantviz(model_path: str, data: str, n: int, batch_size: int) -> dict[st
 
 
 def run_ort(model_path: str, data: str, n: int, batch_size: int, entropy: bool) -> dict[str, Any]:
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     arrays = _samples(data, model_path, n)
 
-    class Reader(CalibrationDataReader):
+    # onnxruntime takes any object with get_next() as a CalibrationDataReader (its __subclasshook__);
+    # its classes carry no type information, so subclassing one would derive from Any.
+    class Reader:
         def __init__(self) -> None:
             self._it = _batches(arrays, batch_size)
 

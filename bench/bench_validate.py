@@ -11,6 +11,7 @@ import argparse
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def make_stats(tensors: int) -> CalibrationStats:
     return CalibrationStats("bench", "0" * 64, "random", "r", True, 1, CollectConfig(), out)
 
 
-def best(fn, repeat: int) -> float:  # noqa: ANN001
+def best(fn: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         t = time.perf_counter()

@@ -51,7 +51,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--input", default="x", help="the model's input name (PP-OCR: x)")
     args = p.parse_args()
-    np.savez(args.out, **{args.input: text_lines(args.samples, args.height, args.width)})
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(args.out, **{args.input: text_lines(args.samples, args.height, args.width)})  # type: ignore[arg-type]
     print(f"wrote {args.out}: {args.samples} text lines {args.height}x{args.width}")
 
 

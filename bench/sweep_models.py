@@ -35,6 +35,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -87,8 +88,8 @@ def _text_lines(n: int, h: int, w: int, seed: int) -> np.ndarray:
 
 def _nchw(imgs: np.ndarray, mean: float | tuple[float, ...] = 0.0, std: float | tuple[float, ...] = 1.0, scale: float = 1 / 255) -> np.ndarray:
     x = imgs.astype(np.float32) * scale
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    normed = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(normed.transpose(0, 3, 1, 2))
 
 
 def _file_bytes(n: int, seed: int) -> np.ndarray:
@@ -135,8 +136,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+    def area(x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1))
+
+    return np.asarray(inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9))
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5, top: int = 100) -> np.ndarray:
@@ -230,8 +234,17 @@ class SweepModel:
 
 
 OCR = "rapidocr-onnxruntime/unz/rapidocr_onnxruntime/models/"
-PADDLE = {"mean": 0.5, "std": 0.5}
-IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+class Norm(TypedDict):
+    """An input's normalisation, (x - mean) / std per channel, as _nchw takes it."""
+
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+
+
+PADDLE: Norm = {"mean": 0.5, "std": 0.5}
+IMAGENET: Norm = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 MODELS = [
     SweepModel("ppocr-v4-det", "OCR detector (PaddlePaddle, opset 12)", OCR + "ch_PP-OCRv4_det_infer.onnx",
@@ -297,8 +310,9 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
     try:
         tmp = Path("/tmp") / f"sweep_{m.name}"
         tmp.mkdir(exist_ok=True)
-        np.savez(tmp / "calib.npz", **m.data(samples, 1))
-        np.savez(tmp / "eval.npz", **m.data(eval_samples, 2))
+        # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+        np.savez(tmp / "calib.npz", **m.data(samples, 1))  # type: ignore[arg-type]
+        np.savez(tmp / "eval.npz", **m.data(eval_samples, 2))  # type: ignore[arg-type]
         model = load_checked(str(ROOT / m.path))
         row["tensors"] = len(model.tensors)
         step = "data"

@@ -1,6 +1,9 @@
-"""Layer sensitivity: per-layer cosine / SNR, isolated and accumulated, worst first; per layer, choose a
-method, type a threshold, keep it in float, leave a note, recompute its error; best method per layer;
-EQ's per-round trace. Every figure comes from quantviz.sensitivity / quantviz.easyquant."""
+"""Layer sensitivity: per-layer error (1 - cosine on a log axis, SNR, cosine), isolated and accumulated,
+worst first; per layer, which part (input, weights, output) makes it sensitive and which method fixes
+it, choose a method, type a threshold, keep it in float, leave a note, recompute its error; domain
+warnings with their fix; best method per layer; EQ's per-round trace. Long work shows its phase, count,
+time left and a Cancel. Every figure comes from quantviz (sensitivity, sensitivity_fix, error_chart,
+domain_warnings, easyquant, progress)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ import streamlit as st
 
 from quantviz.calib import METHOD_LABELS, METHODS
 from quantviz.data import default_labels, open_source
+from quantviz.domain_warnings import DomainWarning, Fix, apply_fix, domain_warnings, for_layer
 from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
+from quantviz.error_chart import COSINE, ONE_MINUS_COS, SNR, error_text, layer_error_figure, one_minus_cosine, parts_figure
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.plots import eq_trace_figure
-from quantviz.report import layer_cosine_figure, snr_figure, to_csv, to_html
+from quantviz.progress import CancelToken, Eta, Step, phased, text
+from quantviz.report import snr_figure, to_csv, to_html
 from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensors
 from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, layer_error
+from quantviz.sensitivity_fix import fix_candidates
 from ui import state
 from ui.errors import callback
 from ui.profile_panel import engine_profile_expander
@@ -81,29 +88,71 @@ key = state.derived_key("analysis", (source.data_id, samples, labels is not None
 report = state.stored(key)
 
 
-def _progress(label: str) -> tuple[Any, Any]:
-    bar = st.progress(0.0, text=label)
-
-    def cb(done: int, total: int) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{label}: {done} / {total} samples")
-
-    return bar, cb
+CANCEL = "sens_cancel_token"  # the CancelToken of the work running in this session, while it runs
+# A session runs one script at a time and the Cancel callback has already run: a token left here is
+# from a run stopped by another click, not from running work
+st.session_state.pop(CANCEL, None)
 
 
-run = st.button("Analyse", type="primary", key="sens_run", help="Runs the QDQ model and every layer's isolated copy")
+@callback
+def _cancel() -> None:
+    # A click during a run also makes Streamlit stop that run at its next progress report (before the
+    # result is stored); the token stops the engine at its next batch either way.
+    running = st.session_state.pop(CANCEL, None)
+    if running is not None:
+        token, phase = running
+        token.cancel()
+        state.flash("info", f"{phase} cancelled: what was shown before is kept.")
+
+
+def _long_work(phase: str, work: Any) -> Any:
+    """Run work(report, token) under a progress bar (phase, done / total in its unit, time left) with
+    the page's Cancel; None when it was cancelled or failed (the message is shown, nothing replaced)."""
+    bar = st.progress(0.0, text=f"{phase}...")
+    eta = Eta()
+    token = CancelToken()
+    st.session_state[CANCEL] = (token, phase)
+
+    def report(step: Step) -> None:
+        bar.progress(min(step.done / max(step.total, 1), 1.0), text=text(step, eta.left(step)))
+
+    try:
+        result = work(report, token)
+    except CancelledError as exc:
+        st.session_state.pop(CANCEL, None)
+        bar.empty()
+        st.info(f"{exc} What was shown before is kept.")
+        return None
+    except QuantvizError as exc:
+        st.session_state.pop(CANCEL, None)
+        bar.empty()
+        st.error(str(exc))
+        return None
+    st.session_state.pop(CANCEL, None)
+    bar.empty()
+    return result
+
+
+def _cancel_button(col: Any, where: str) -> None:
+    col.button("Cancel", key=f"sens_cancel_{where}", on_click=_cancel, help="Stops the running work within a batch; what was shown before is kept.")
+
+
+b_run, b_cancel = st.columns([1, 6])
+run = b_run.button("Analyse", type="primary", key="sens_run", help="Runs the QDQ model and every layer's isolated copy (and its parts)")
+_cancel_button(b_cancel, "analyse")
 if run or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and w.auto_tried != key):
     w.auto_tried = key
-    bar, cb = _progress("Analysing")
-    try:
-        lab = None if labels is None else labels[:samples]
-        report = state.store(
-            key, analyze(model, table, source, samples=samples, progress=cb, labels=lab, per_channel=state.per_channel())
-        )
+    lab = None if labels is None else labels[:samples]
+    done = _long_work(
+        "Analysis",
+        lambda rep, token: analyze(
+            model, table, source, samples=samples, progress=phased(rep, "Analysis of every layer and its parts"), cancel=token,
+            labels=lab, per_channel=state.per_channel(),
+        ),
+    )  # fmt: skip
+    if done is not None:
+        report = state.store(key, done)
         w.last_analysis = key
-    except (QuantvizError, CancelledError) as exc:
-        st.error(str(exc))
-    finally:
-        bar.empty()
 shown = key
 if report is None:
     older = state.stored(w.last_analysis) if w.last_analysis is not None and w.last_analysis.stats == key.stats else None
@@ -151,6 +200,33 @@ st.caption(
     + (f"; kept in float: {', '.join(report.kept_float)}" if report.kept_float else "")
 )
 
+# --- domain warnings ----------------------------------------------------------------------------------
+@callback
+def _apply(*fixes: Fix) -> None:
+    for fix in fixes:
+        if fix.kind == "per_channel":
+            controls.per_channel = True
+        else:
+            state.set_review(apply_fix(state.review(), fix))
+    state.flash("success", f"Done: {fixes[0].label}. Press Analyse to measure the model with it.")
+
+
+def _draw_warnings(items: list[DomainWarning], where: str) -> None:
+    for i, dw in enumerate(items):
+        box = st.container(border=True)
+        box.warning(f"**{dw.kind}**: {dw.text}")
+        if dw.fix is not None:
+            box.button(dw.fix.label, key=f"warn_fix::{where}::{i}::{dw.kind}", on_click=_apply, args=(dw.fix,))
+
+
+warnings = state.cached(
+    state.derived_key("domain warnings", (review.profile,)),
+    lambda: domain_warnings(table, stats, state.weights_of(model, True), per_channel=state.per_channel(), profile=review.profile),
+)
+if warnings:
+    with st.expander(f"Warnings ({len(warnings)}), each with its fix", expanded=len(warnings) <= 3):
+        _draw_warnings(warnings, "all")
+
 # --- per-layer charts --------------------------------------------------------------------------------
 layers = {le.layer: le for le in report.layers}
 order = [le.layer for le in report.worst_first(mode)]
@@ -158,33 +234,58 @@ shown_layers = None
 if len(order) > SHOWN_LAYERS[0]:
     pick_n = st.select_slider("Layers in the chart (worst first)", options=[*SHOWN_LAYERS, "all"], **state.bound("sens_limit", [*SHOWN_LAYERS, "all"]))
     shown_layers = None if pick_n == "all" else int(pick_n)
-tab_cos, tab_snr, tab_table = st.tabs(["Cosine per layer (click a bar)", "SNR along the graph", "All layers"])
+VIEWS = {"1 - cosine (log)": (ONE_MINUS_COS, True), "1 - cosine (linear)": (ONE_MINUS_COS, False), "SNR (dB)": (SNR, False), "cosine": (COSINE, False)}
+view = st.radio("Error shown as", list(VIEWS), horizontal=True, **state.bound("sens_measure", list(VIEWS)))
+measure, log_axis = VIEWS[view]
+tab_cos, tab_snr, tab_table = st.tabs(["Error per layer (click a bar)", "SNR along the graph", "All layers"])
 with tab_cos:
     event = st.plotly_chart(
-        state.cached(replace(shown, kind="cosine figure", params=(*shown.params, mode, shown_layers)),
-                     lambda: layer_cosine_figure(report, mode, shown_layers)),
+        state.cached(replace(shown, kind="error figure", params=(*shown.params, mode, shown_layers, measure, log_axis)),
+                     lambda: layer_error_figure(report, mode, shown_layers, measure, log_axis)),
         on_select="rerun",
         selection_mode="points",
         key="sens_chart",
     )  # fmt: skip
 with tab_snr:
     st.plotly_chart(state.cached(replace(shown, kind="snr figure"), lambda: snr_figure(report)), key="sens_snr")
+SCI = st.column_config.NumberColumn(format="%.3e")  # 1 - cosine: 9.0e-05 and 2.0e-05, not 0.9999 twice
+COS = st.column_config.NumberColumn(format="%.8f")
+
+
+def _part_cos(le: Any, part: str) -> float:
+    f = getattr(le.parts, part) if le.parts is not None else None
+    return one_minus_cosine(f.cosine) if f is not None else math.nan
+
+
+def _all_layers() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "layer": le.layer,
+            "op": le.op_type,
+            "1 - cos isolated": one_minus_cosine(le.isolated.cosine),
+            "1 - cos accumulated": one_minus_cosine(le.accumulated.cosine),
+            "1 - cos input only": _part_cos(le, "input"),
+            "1 - cos weights only": _part_cos(le, "weights"),
+            "1 - cos output only": _part_cos(le, "output"),
+            "sensitive part": (le.parts.worst or "") if le.parts is not None else "",
+            "SNR isolated dB": le.isolated.snr_db,
+            "SNR accumulated dB": le.accumulated.snr_db,
+            "cosine isolated": le.isolated.cosine,
+            "MSE isolated": le.isolated.mse,
+        }
+        for le in (layers[n] for n in order)
+    )
+
+
 with tab_table:
     st.dataframe(
-        pd.DataFrame(
-            {
-                "layer": le.layer,
-                "op": le.op_type,
-                "cosine isolated": le.isolated.cosine,
-                "cosine accumulated": le.accumulated.cosine,
-                "SNR isolated dB": le.isolated.snr_db,
-                "SNR accumulated dB": le.accumulated.snr_db,
-                "MSE isolated": le.isolated.mse,
-            }
-            for le in (layers[n] for n in order)
-        ),
+        state.cached(replace(shown, kind="layers frame", params=(*shown.params, mode)), _all_layers),
         hide_index=True,
         key="sens_table",
+        column_config={
+            **{c: SCI for c in ("1 - cos isolated", "1 - cos accumulated", "1 - cos input only", "1 - cos weights only", "1 - cos output only", "MSE isolated")},
+            "cosine isolated": COS,
+        },
     )
 
 # layers the review keeps in float stay listed (after an analysis they have no figures), so the choice
@@ -234,10 +335,63 @@ if le is None:
     st.caption(f"{layer} is kept in float: it has no int8 figures. Untick the box below to quantize it again.")
 else:
     cols = st.columns(4)
-    cols[0].metric("cosine isolated", f"{le.isolated.cosine:.6f}")
-    cols[1].metric("cosine accumulated", f"{le.accumulated.cosine:.6f}")
+    cols[0].metric("1 - cos isolated", f"{one_minus_cosine(le.isolated.cosine):.3e}", help=error_text(le.isolated))
+    cols[1].metric("1 - cos accumulated", f"{one_minus_cosine(le.accumulated.cosine):.3e}", help=error_text(le.accumulated))
     cols[2].metric("SNR isolated", f"{le.isolated.snr_db:.2f} dB")
     cols[3].metric("SNR accumulated", f"{le.accumulated.snr_db:.2f} dB")
+    _draw_warnings(for_layer(warnings, layer, {out, target}), "layer")
+    worst = le.parts.worst if le.parts is not None else None
+    if le.parts is not None and worst is not None:
+        st.markdown("**Why is this layer sensitive?**")
+        dc1, dc2 = st.columns([3, 2])
+        dc1.plotly_chart(state.cached(replace(shown, kind="parts figure", params=(*shown.params, layer)), lambda: parts_figure(le)), key="sens_parts")
+        wf = getattr(le.parts, worst)
+        what = {"input": "its input activations", "weights": "its weights (and bias)", "output": "its output"}[worst]
+        dc2.markdown(
+            f"The **{worst}** part makes it sensitive: with only {what} quantized, 1 - cos = "
+            f"{one_minus_cosine(wf.cosine):.3e}, against {one_minus_cosine(le.isolated.cosine):.3e} with all three."
+        )
+        if worst == "weights":
+            if not state.per_channel():
+                dc2.button(
+                    "Use per-channel weight scales", key="sens_fix_weights", on_click=_apply, args=(Fix("per_channel", "Use per-channel weight scales"),)
+                )
+            else:
+                dc2.caption("The weights are already per channel: EQ (below) searches this layer's weight scales, or keep the layer in float.")
+        else:
+            fkey = replace(key, kind="part fix", params=(*key.params, layer, worst))
+            if dc2.button(f"Find the method that fixes the {worst}", key="sens_find_fix"):
+                found = _long_work(
+                    f"Methods for the {worst} of {layer}",
+                    lambda rep, token: fix_candidates(
+                        model, stats, review, layer, worst, source, [review.default_method, *(m for m in BEST_CANDIDATES if m != review.default_method)],
+                        samples=samples, per_channel=state.per_channel(), steps=rep, cancel=token,
+                    ),
+                )  # fmt: skip
+                if found is not None:
+                    state.store(fkey, found)
+            _cancel_button(dc2, "fix")
+            pf = state.stored(fkey)
+            if pf is not None:
+                now_c = one_minus_cosine(pf.current.cosine)
+                dc2.dataframe(
+                    pd.DataFrame(
+                        {
+                            "method": METHOD_LABELS.get(m, m),
+                            f"1 - cos, {worst} only": one_minus_cosine(f.cosine),
+                            "vs now (x)": one_minus_cosine(f.cosine) / now_c if now_c > 0 else math.nan,
+                        }
+                        for m, f in pf.by_method.items()
+                    ),
+                    hide_index=True,
+                    key="sens_fix_table",
+                    column_config={f"1 - cos, {worst} only": SCI, "vs now (x)": st.column_config.NumberColumn(format="%.3g")},
+                )
+                best = pf.best
+                if best is not None:
+                    label = f"Use {METHOD_LABELS.get(best, best)} for {', '.join(pf.tensors)}"
+                    fixes = tuple(Fix("method", label, tensor=t, method=best) for t in pf.tensors)
+                    dc2.button(label, key="sens_fix_apply", on_click=_apply, args=fixes, type="primary")
 if target != out:
     st.caption(
         f"Output **{out}** is fused with its activation and quantized with the scale of **{target}** "
@@ -335,7 +489,10 @@ if le is not None:
     fig = state.stored(rkey)
     if fig is not None:
         now = st.columns(3)
-        now[0].metric("cosine isolated now", f"{fig.cosine:.6f}", f"{fig.cosine - le.isolated.cosine:+.2e} vs the analysis")
+        now[0].metric(
+            "1 - cos isolated now", f"{one_minus_cosine(fig.cosine):.3e}", f"{le.isolated.cosine - fig.cosine:+.2e} vs the analysis",
+            delta_color="inverse", help=error_text(fig),
+        )  # fmt: skip
         now[1].metric("SNR isolated now", f"{fig.snr_db:.2f} dB", f"{fig.snr_db - le.isolated.snr_db:+.2f} dB")
         now[2].metric("MSE isolated now", f"{fig.mse:.3e}")
 
@@ -346,19 +503,19 @@ st.caption(
     "with the highest isolated cosine: a layer's isolated error depends only on its own input, weight and "
     "output scales. Tensors with a typed threshold keep it."
 )
-if st.button("Find and apply the best method per layer", key="sens_best"):
-    bar, cb = _progress("Comparing methods (one analysis per method)")
-    found = None
-    try:
-        order_m = [review.default_method] + [m for m in BEST_CANDIDATES if m != review.default_method]
-        found, _ = best_method_picks(
-            model, stats, source, order_m, review.config, samples=samples, per_channel=state.per_channel(), progress=cb,
-            profile=review.profile, clip_outputs=review.clip_outputs,
-        )  # fmt: skip
-    except QuantvizError as exc:
-        st.error(str(exc))
-    finally:
-        bar.empty()
+bb_run, bb_cancel = st.columns([2, 5])
+best_clicked = bb_run.button("Find and apply the best method per layer", key="sens_best")
+_cancel_button(bb_cancel, "best")
+if best_clicked:
+    order_m = [review.default_method] + [m for m in BEST_CANDIDATES if m != review.default_method]
+    result = _long_work(
+        "Best method per layer",
+        lambda rep, token: best_method_picks(
+            model, stats, source, order_m, review.config, samples=samples, per_channel=state.per_channel(), steps=rep,
+            cancel=token, profile=review.profile, clip_outputs=review.clip_outputs,
+        ),
+    )  # fmt: skip
+    found = result[0] if result is not None else None
     if found is not None:
         applied = apply_method_picks(
             state.review(), {p.output_tensor: p.method for p in found.values()}, stats, fused=fused_tensors(table)
@@ -368,18 +525,21 @@ if st.button("Find and apply the best method per layer", key="sens_best"):
         state.flash("success", f"{len(applied.changed)} tensors changed method. Press Analyse to see the whole model with them.")
         st.rerun()
 if picks:
+    method_cols = list(dict.fromkeys(f"1 - cos {METHOD_LABELS.get(k, k)}" for p in picks.values() for k in p.cosines))
+    st.caption("1 - cosine of each layer's isolated error with each method (smaller is better); the best one is picked.")
     st.dataframe(
         pd.DataFrame(
             {
                 "layer": p.layer,
                 "best method": METHOD_LABELS.get(p.method, p.method),
-                "cosine isolated": p.cosine,
-                **{f"{METHOD_LABELS.get(k, k)}": v for k, v in p.cosines.items()},
+                "1 - cos best": one_minus_cosine(p.cosine),
+                **{f"1 - cos {METHOD_LABELS.get(k, k)}": one_minus_cosine(v) for k, v in p.cosines.items()},
             }
             for p in sorted(picks.values(), key=lambda p: p.cosine)
         ),
         hide_index=True,
         key="sens_picks_table",
+        column_config={c: SCI for c in ["1 - cos best", *method_cols]},
     )
 
 # --- EQ -----------------------------------------------------------------------------------------------
@@ -391,35 +551,50 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
     rounds = e4.number_input("rounds", min_value=1, max_value=5, **state.bound("eq_rounds"))
     eq_samples = e5.number_input("samples", min_value=1, **state.bound("eq_samples"))
     eq_mode = e6.selectbox("mode", EQ_MODES, **state.bound("eq_mode", EQ_MODES))
-    if st.button("Run EQ", key="eq_run"):
-        bar, cb = _progress("EQ")
+    eq_run_col, eq_cancel_col = st.columns([1, 6])
+    eq_clicked = eq_run_col.button("Run EQ", key="eq_run")
+    _cancel_button(eq_cancel_col, "eq")
+    if eq_clicked:
         try:
             cfg = EQConfig(
                 alpha=float(alpha), beta=float(beta), n=int(n_cand), rounds=int(rounds), max_samples=int(eq_samples), mode=eq_mode
             )
-            eq_key = state.derived_key("eq", (calib.data_id, cfg, review.profile, review.clip_outputs), with_review=False)
-            state.store(
-                eq_key,
-                calibrate_eq(
-                    model, stats, calib, cfg, progress=cb, method_config=review.config, per_channel=state.per_channel(),
-                    profile=review.profile, clip_outputs=review.clip_outputs,
-                ),
-            )  # fmt: skip
-            w.last_eq = eq_key
         except QuantvizError as exc:
             st.error(str(exc))
-        finally:
-            bar.empty()
+            cfg = None
+        if cfg is not None:
+            eq_key = state.derived_key("eq", (calib.data_id, cfg, review.profile, review.clip_outputs), with_review=False)
+            eq_done = _long_work(
+                "EQ",
+                lambda rep, token: calibrate_eq(
+                    model, stats, calib, cfg, progress=phased(rep, f"EQ search ({cfg.rounds} round(s), {cfg.n} candidates per scale)", "layer groups"),
+                    cancel=token, method_config=review.config, per_channel=state.per_channel(), profile=review.profile,
+                    clip_outputs=review.clip_outputs,
+                ),
+            )  # fmt: skip
+            if eq_done is not None:
+                state.store(eq_key, eq_done)
+                w.last_eq = eq_key
     eq_table = state.stored(w.last_eq) if w.last_eq is not None and w.last_eq.stats == key.stats else None
     if eq_table is not None:
         eq_layers = eq_table.settings.get("eq", {}).get("layers", {})
         st.dataframe(
             pd.DataFrame(
-                {"layer": n, "cosine at KL": v["initial_cosine"], "cosine after EQ": v["cosine"], "input scale": v["input_scale"]}
+                {
+                    "layer": n,
+                    "1 - cos at KL": one_minus_cosine(v["initial_cosine"]),
+                    "1 - cos after EQ": one_minus_cosine(v["cosine"]),
+                    "error left (x)": one_minus_cosine(v["cosine"]) / one_minus_cosine(v["initial_cosine"]),
+                    "input scale": v["input_scale"],
+                }
                 for n, v in eq_layers.items()
             ),
             hide_index=True,
             key="eq_table",
+            column_config={
+                "1 - cos at KL": SCI, "1 - cos after EQ": SCI, "error left (x)": st.column_config.NumberColumn(format="%.3g"),
+                "input scale": st.column_config.NumberColumn(format="%.4e"),
+            },  # fmt: skip
         )
         if layer in eq_layers:
             v = eq_layers[layer]
@@ -441,7 +616,8 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
 
 # --- downloads ------------------------------------------------------------------------------------------
 d1, d2 = st.columns(2)
-d1.download_button("LAYERS.csv", to_csv(report), "LAYERS.csv", "text/csv", key="sens_csv")
+# built when clicked (the HTML embeds plotly.js, several MB): a rerun that switches layer writes neither
+d1.download_button("LAYERS.csv", lambda: to_csv(report), "LAYERS.csv", "text/csv", key="sens_csv")
 d2.download_button(
-    "HTML report (offline, plotly embedded)", to_html(report), "quantviz_report.html", "text/html", key="sens_html"
+    "HTML report (offline, plotly embedded)", lambda: to_html(report), "quantviz_report.html", "text/html", key="sens_html"
 )

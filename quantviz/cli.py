@@ -332,7 +332,7 @@ def report_table_notes(table: CalibrationTable) -> None:
         print(f"profile {s.get('profile')}: {len(kept)} tensors kept in float (e.g. '{kept[0]}': {table.tensors[kept[0]].extra['profile_float']}).", file=sys.stderr)
     protected = [n for n, e in table.tensors.items() if e.extra.get("output_minmax")]
     if protected:
-        print(f"{len(protected)} tensors feeding graph outputs take MinMax instead of a clipping threshold: {', '.join(protected[:5])}.", file=sys.stderr)
+        print(f"{len(protected)} graph inputs or tensors feeding graph outputs take MinMax instead of a clipping threshold: {', '.join(protected[:5])}.", file=sys.stderr)
     for text in dict(s.get("output_clip_warnings") or {}).values():
         print(f"warning: {text}", file=sys.stderr)
     for v in dict(s.get("bias_overflow") or {}).values():

@@ -15,6 +15,8 @@ the smaller runs).
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 # RSS 245 -> 185 MB, same time; a 357-tensor model with 52 MB a sample (bench/make_wide_model.py)
 # runs one sample at a time: 601 -> 232 MB, collection 3.9 -> 5.0 s.
 RUN_BYTES = 64 * 2**20
+# Threads adding one run's tensors to their accumulators (see collect). Measured on a real OCR
+# recogniser (bench/README.md): 2 threads on 2 cores take the updates from X to Y s.
+UPDATE_THREADS = max(1, min(4, os.cpu_count() or 1))
 # The fine |x| histogram: 8 bytes a bin and tensor (2**18 bins: 2 MB per tensor).
 MAX_FINE_BINS = 1 << 18
 
@@ -68,6 +73,31 @@ def validate_config(config: CollectConfig) -> None:
         raise QuantvizError(f"The batch size must be at least 1, not {config.batch_size}.")
     if config.samples is not None and config.samples < 1:
         raise QuantvizError(f"The number of samples must be at least 1, not {config.samples}.")
+
+
+def update_all(work: list[tuple[TensorAccumulator, np.ndarray]], same_batch: bool, pool: ThreadPoolExecutor | None) -> None:
+    """acc.update(values, same_batch) for every pair, spread over the pool's threads: the pairs are
+    dealt largest first to the thread with the fewest values so far, each thread adds its share in
+    order. Exceptions are raised here, after every thread has stopped."""
+    if pool is None or UPDATE_THREADS < 2 or len(work) < 2:
+        for acc, values in work:
+            acc.update(values, same_batch=same_batch)
+        return
+    shares: list[list[tuple[TensorAccumulator, np.ndarray]]] = [[] for _ in range(UPDATE_THREADS)]
+    loads = [0] * UPDATE_THREADS
+    for acc, values in sorted(work, key=lambda p: -p[1].size):
+        k = loads.index(min(loads))
+        shares[k].append((acc, values))
+        loads[k] += values.size
+
+    def add(share: list[tuple[TensorAccumulator, np.ndarray]]) -> None:
+        for acc, values in share:
+            acc.update(values, same_batch=same_batch)
+
+    futures = [pool.submit(add, share) for share in shares if share]
+    wait(futures)
+    for f in futures:
+        f.result()
 
 
 def samples_and_batch(model: LoadedModel, source: CalibrationSource, config: CollectConfig) -> tuple[int, int]:
@@ -114,31 +144,32 @@ def collect(
     unbatched = {k for k, v in source.layout.items() if v != BATCHED}  # never sliced
     run = 1 if splittable else batch_size  # samples per onnxruntime run; set from the first run
     ran = 0
-    for done, batch, n in batch_loop(source, batch_size, total, "Collection", progress, cancel):
-        start = 0
-        while start < n:
-            stop = min(n, start + run)
-            part = batch if stop - start == n else {k: v if k in unbatched else v[start:stop] for k, v in batch.items()}
-            try:
-                outputs = session.run(fetched, part)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise QuantvizError(
-                    f"onnxruntime could not run the model on samples {done + start}..{done + stop - 1}: {first}"
-                ) from exc
-            for name in input_names:
-                if name in accs:
-                    accs[name].update(part[name], same_batch=start > 0)
-            for name, value in zip(fetched, outputs, strict=True):
-                if name in accs:
-                    accs[name].update(np.asarray(value), same_batch=start > 0)
-            if splittable and done == 0 and start == 0:
-                per_sample = sum(np.asarray(v).nbytes for v in outputs) / (stop - start)
-                most = max(1, min(batch_size, int(RUN_BYTES // max(per_sample, 1.0))))
-                run = -(-batch_size // -(-batch_size // most))  # batches in equal runs: 8 -> 4 + 4, not 5 + 3
-            del outputs
-            start = stop
-        ran = done + n
+    # Each run's tensors are added on UPDATE_THREADS threads (the compiled histogram loop and numpy's
+    # reductions release the GIL); onnxruntime is idle meanwhile, so its cores are free. Every
+    # accumulator is updated by one thread per run, runs one after the other: the result is the same.
+    with ThreadPoolExecutor(UPDATE_THREADS) as pool:
+        for done, batch, n in batch_loop(source, batch_size, total, "Collection", progress, cancel):
+            start = 0
+            while start < n:
+                stop = min(n, start + run)
+                part = batch if stop - start == n else {k: v if k in unbatched else v[start:stop] for k, v in batch.items()}
+                try:
+                    outputs = session.run(fetched, part)
+                except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise QuantvizError(
+                        f"onnxruntime could not run the model on samples {done + start}..{done + stop - 1}: {first}"
+                    ) from exc
+                work = [(accs[name], part[name]) for name in input_names if name in accs]
+                work += [(accs[name], np.asarray(v)) for name, v in zip(fetched, outputs, strict=True) if name in accs]
+                update_all(work, start > 0, pool)
+                if splittable and done == 0 and start == 0:
+                    per_sample = sum(np.asarray(v).nbytes for v in outputs) / (stop - start)
+                    most = max(1, min(batch_size, int(RUN_BYTES // max(per_sample, 1.0))))
+                    run = -(-batch_size // -(-batch_size // most))  # batches in equal runs: 8 -> 4 + 4, not 5 + 3
+                del outputs, work
+                start = stop
+            ran = done + n
     if ran == 0:
         raise QuantvizError(
             f"No sample ran through the model ({total} samples were asked for, batch size {batch_size}): statistics of nothing "

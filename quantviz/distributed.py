@@ -410,7 +410,7 @@ def analyze_method(
     try:
         model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
         table = calibrate_model(model, stats, method, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
-        report = analyze(model, table, source, samples=samples, per_channel=per_channel)
+        report = analyze(model, table, source, samples=samples, per_channel=per_channel, parts=False)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which method and why
         return {**where, "error": _error_text(exc)}, None
     return where, report

@@ -15,14 +15,15 @@ output (a voice-activity logit) is always +-1. So, per graph output:
 Tensors that feed graph outputs (output_feeders: the output itself and what reaches it through
 Sigmoid, Softmax and reshaping / joining ops, e.g. the logit before a final Sigmoid) take their
 MinMax range by default when the method's threshold would clip them (protect_outputs): their tails
-are the decisions. clip_outputs=True (the CLI's --clip-outputs) lets the method clip them; every
-clip that remains on such a tensor is named in settings["output_clip_warnings"].
+are the decisions. Graph inputs are protected the same way (protect_outputs). clip_outputs=True
+(the CLI's --clip-outputs) lets the method clip them; every clip that remains on such a tensor is
+named in settings["output_clip_warnings"].
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ import numpy.typing as npt
 import onnx
 
 from quantviz.calib.result import MethodConfig, make_threshold
+from quantviz.fold import node_key
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 
 if TYPE_CHECKING:  # quantviz.table calls protect_outputs: a runtime import would be circular
@@ -72,6 +74,69 @@ def output_feeders(proto: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
+def probability_tensors(proto: onnx.ModelProto) -> set[str]:
+    """Outputs of Sigmoid / Softmax, and what carries them unchanged (reshaping ops, Concat of such tensors only)."""
+    graph = proto.graph
+    out: set[str] = set()
+    changed = True
+    while changed:  # nodes are topologically sorted in a valid model; the loop also covers one that is not
+        changed = False
+        for n in graph.node:
+            if not n.output or not n.output[0] or n.output[0] in out:
+                continue
+            data = [i for i in (n.input if n.op_type == "Concat" else n.input[:1]) if i]
+            if n.op_type in PROBABILITY_OPS or (n.op_type in PASS_THROUGH_OPS and data and all(i in out for i in data)):
+                out.update(o for o in n.output if o)
+                changed = True
+    return out
+
+
+def decision_joins(proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str]]:
+    """Tensors on the way to a graph output downstream of a Concat that joins probabilities with other
+    values (a detection head's scores with its box coordinates), and the nodes that write them:
+    (tensor -> a sentence why, node -> the same sentence).
+
+    One int8 scale for the joined tensor is set by the larger values (box coordinates reach hundreds of
+    pixels), and the probabilities round to zero: a YOLOv8 head's scores (at most 0.24 on its
+    calibration images) share output0 with boxes up to 320, a step of 2.5. quantviz.profiles keeps
+    these tensors in float under every profile; the joined inputs keep their own scales.
+    """
+    feeders = output_feeders(proto)
+    probs = probability_tensors(proto)
+    inits = {i.name for i in proto.graph.initializer} | {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            if i:
+                consumers.setdefault(i, []).append(n)
+    producer = _producers(proto.graph)
+    found: dict[str, str] = {}
+    nodes: dict[str, str] = {}
+    for n in proto.graph.node:
+        if n.op_type != "Concat" or not n.output or n.output[0] not in feeders:
+            continue
+        data = [i for i in n.input if i and i not in inits]
+        p = [i for i in data if i in probs]
+        other = [i for i in data if i not in probs]
+        if not p or not other:
+            continue
+        why = (
+            f"joins probabilities ('{p[0]}') with other values ('{other[0]}') on the way to graph output "
+            f"'{feeders[n.output[0]]}': one int8 scale for both rounds the probabilities away, so the join and "
+            "what follows it to the output stay float (as advised for YOLO heads in onnxruntime's quantizer, "
+            "and as ultralytics' int8 exports leave the head's final Concat)"
+        )
+        stack = [n.output[0]]
+        while stack:
+            t = stack.pop()
+            if t in found or t not in feeders:
+                continue
+            found[t] = why
+            nodes.setdefault(node_key(producer[t]), why)
+            stack.extend(o for c in consumers.get(t, []) for o in c.output if o)
+    return found, nodes
+
+
 def probability_op(proto: onnx.ModelProto, output: str) -> onnx.NodeProto | None:
     """The Sigmoid / Softmax a graph output comes from (through reshaping ops), or None."""
     producer = _producers(proto.graph)
@@ -101,22 +166,46 @@ def _config(settings: Mapping[str, Any], entry: Any) -> MethodConfig:
     return MethodConfig(**raw) if isinstance(raw, dict) else MethodConfig(symmetric=entry.zero_point == 0)
 
 
+def graph_inputs(proto: onnx.ModelProto) -> list[str]:
+    """The model's float inputs that are not initializers (the tensors the user feeds)."""
+    inits = {i.name for i in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in inits and i.type.tensor_type.elem_type in FLOAT_TYPES]
+
+
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16})
+
+
 def protect_outputs(
-    tensors: Mapping[str, Any], feeders: Mapping[str, str], settings: Mapping[str, Any], clip_outputs: bool
+    tensors: Mapping[str, Any],
+    feeders: Mapping[str, str],
+    settings: Mapping[str, Any],
+    clip_outputs: bool,
+    inputs: Sequence[str] = (),
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """MinMax on output-feeding tensors the method clips (unless clip_outputs); warnings for the rest."""
+    """MinMax on output-feeding tensors and graph inputs the method clips (unless clip_outputs);
+    warnings for the rest.
+
+    Graph inputs are protected like outputs: their range is set by the preprocessing (a normalised
+    image spans a fixed range) and every layer reads them, so a clip cuts the brightest and darkest
+    pixels before the first layer (issue 8: KL clipped an orientation classifier's image input at
+    0.18 while it reaches 2.5; top-1 93.8 % with best-per-layer, which picks layer outputs only).
+    """
     out = dict(tensors)
     warnings: dict[str, str] = {}
-    for name, graph_output in feeders.items():
+    roles = {name: f"feeds graph output '{o}'" for name, o in feeders.items()}
+    for name in inputs:
+        roles.setdefault(name, "is a graph input")
+    for name, role in roles.items():
         e = out.get(name)
         if e is None or e.float_kept or not clips(e):
             continue
         lo, hi = float(e.observed_min), float(e.observed_max)
         if clip_outputs or e.method == "override":
             why = "the clip was allowed (--clip-outputs)" if clip_outputs else "its threshold was typed"
+            cut = "the output's extreme values, often its decisions, are cut" if name in feeders else "the first layers read cut values"
             warnings[name] = (
-                f"'{name}' feeds graph output '{graph_output}' and is clipped to [{e.min:.6g}, {e.max:.6g}] "
-                f"while its values reach [{lo:.6g}, {hi:.6g}] ({why}): the output's extreme values, often its decisions, are cut."
+                f"'{name}' {role} and is clipped to [{e.min:.6g}, {e.max:.6g}] "
+                f"while its values reach [{lo:.6g}, {hi:.6g}] ({why}): {cut}."
             )
             continue
         t = make_threshold(OUTPUT_MINMAX, lo, hi, _config(settings, e))
@@ -128,7 +217,10 @@ def protect_outputs(
             threshold=float(t.threshold),
             scale=float(t.scale),
             zero_point=int(t.zero_point),
-            extra={**e.extra, "output_minmax": {"was": e.method, "threshold": float(e.threshold), "output": graph_output}},
+            extra={
+                **e.extra,
+                "output_minmax": {"was": e.method, "threshold": float(e.threshold), **({"output": feeders[name]} if name in feeders else {"input": name})},
+            },
         )
     return out, warnings
 

@@ -41,6 +41,25 @@ Rules shared by all profiles:
   spans orders of magnitude below the values it normalises, and int8 steps there destroy the output
   (issue 8: a transformer classifier at cosine 0.08 end to end, 0.9997 with its LayerNorms float).
   The chain's input and output are quantization points as the profile says.
+- Decision joins (quantviz.outputs.decision_joins): a Concat on the way to a graph output that joins
+  probabilities (Sigmoid / Softmax outputs) with other values, as detection heads join class scores
+  with box coordinates, and every tensor after it up to the output stay float; the joined inputs keep
+  their own scales. One int8 scale for the joined tensor follows the largest values (boxes reach
+  hundreds of pixels) and rounds every score to zero (issue 8: a YOLOv8n head's output0 at a step of
+  2.5 while its scores reach 0.24; recall 0). onnxruntime's quantizer would quantize that Concat (it
+  is in its registry); its maintainers advise excluding a YOLO head's final Mul / Concat nodes from
+  quantization (onnxruntime issue 14233), ultralytics' int8 exports leave the head's Concat subgraph
+  unquantized (ultralytics PR 22124, NNCF ignored scope) and OpenVINO keeps network outputs
+  unquantized. TensorRT and ncnn would not quantize the joined output anyway (nothing int8 reads it).
+  The Sigmoid / Softmax outputs and their inputs are output feeders (quantviz.outputs): MinMax unless
+  the user allows the clip.
+- Decomposed GELU, tanh form x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) (jax2tf, older
+  TensorFlow and PyTorch approximate='tanh' exports) and erf form x * 0.5 * (1 + erf(x / sqrt(2)))
+  (PyTorch's default GELU before opset 20): every tensor inside stays float, x and the result are
+  quantization points as the profile says. onnxruntime's graph optimizer fuses both forms into one
+  Gelu / FastGelu kernel (float), which its quantizer does not quantize; TensorRT fuses them into one
+  pointwise float kernel; ncnn runs its GELU layer in float. Quantized, the cube and the tanh destroy
+  the activation: issue 8's file-type classifier had its Tanh at isolated cosine 0.557, top-1 62.5 %.
 - Decomposed Softmax: Exp -> ReduceSum -> Div (optionally after a ReduceMax -> Sub): the exponentials
   and their sum stay float. Decomposed Sigmoid: Neg -> Exp -> Add(1) -> Reciprocal / Div(1, .): the
   inside stays float. Engines run these as one float op.
@@ -55,6 +74,7 @@ import onnx
 
 from quantviz.errors import QuantvizError
 from quantviz.fold import constant_values, node_key
+from quantviz.outputs import decision_joins
 
 DEFAULT_PROFILE = "ort"
 
@@ -68,6 +88,7 @@ FUSED_OPS = frozenset({"BatchNormalization"})
 REASON_NOT_QUANTIZED = "{engine} runs no op that reads or writes it in int8 (producer {producer}, read by {consumers})"
 REASON_LAYERNORM = "inside a decomposed LayerNorm ({nodes}): engines run LayerNorm in float"
 REASON_SOFTMAX = "inside a decomposed Softmax ({nodes}): engines run Softmax in float"
+REASON_GELU = "inside a decomposed GELU ({nodes}): engines run GELU as one float op"
 REASON_SIGMOID = "inside a decomposed Sigmoid ({nodes}): engines run Sigmoid in float"
 
 
@@ -241,6 +262,62 @@ def _sigmoids(graph: onnx.GraphProto) -> list[tuple[list[onnx.NodeProto], str]]:
     return found
 
 
+GELU_INNER_OPS = frozenset({"Mul", "Add", "Div", "Pow", "Sub"})
+
+
+def _gelus(graph: onnx.GraphProto) -> list[tuple[list[onnx.NodeProto], str]]:
+    """Decomposed GELUs, tanh form x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) and erf form
+    x * 0.5 * (1 + erf(x / sqrt(2))), in any order of the constant factors: (the nodes, the output).
+
+    From each Tanh / Erf: forward through single-consumer Add / Mul / Div with a constant operand to
+    the Mul that multiplies by a non-constant x (then one more Mul by a constant, PyTorch's 0.5);
+    backward from the Tanh / Erf input through Mul / Add / Div / Pow / Sub whose operands are
+    constants, x or tensors of the chain: x must be the only non-constant leaf."""
+    producer, consumers = _index(graph)
+    consts = constant_values(graph)
+    found: list[tuple[list[onnx.NodeProto], str]] = []
+    for t in graph.node:
+        if t.op_type not in ("Tanh", "Erf"):
+            continue
+        chain, out = [t], t.output[0]
+        x: str | None = None
+        while x is None:
+            nxt = _only(consumers, out, ("Add", "Mul", "Div"))
+            if nxt is None:
+                break
+            others = [i for i in nxt.input if i != out]
+            if len(others) != 1:
+                break
+            chain.append(nxt)
+            out = nxt.output[0]
+            if others[0] not in consts:
+                if nxt.op_type != "Mul":
+                    break
+                x = others[0]
+        if x is None:
+            continue
+        last = _only(consumers, out, ("Mul",))
+        if last is not None and any(i in consts for i in last.input if i != out):
+            chain.append(last)
+            out = last.output[0]
+        inner: list[onnx.NodeProto] = []
+        stack, ok, seen = [t.input[0]], True, set()
+        while stack and ok:
+            u = stack.pop()
+            if u == x or u in consts or u in seen:
+                continue
+            seen.add(u)
+            p = producer.get(u)
+            if p is None or p.op_type not in GELU_INNER_OPS or len(inner) > 8:
+                ok = False
+                break
+            inner.append(p)
+            stack.extend(i for i in p.input if i)
+        if ok and inner:
+            found.append((inner[::-1] + chain, out))
+    return found
+
+
 def placement(proto: onnx.ModelProto, key: str | None = None) -> Placement:
     """Which float activation tensors of the model the profile quantizes, and why the others are float."""
     prof = profile(key)
@@ -253,6 +330,7 @@ def placement(proto: onnx.ModelProto, key: str | None = None) -> Placement:
     patterns = [(REASON_LAYERNORM, p) for p in _layernorms(graph)]
     patterns += [(REASON_SOFTMAX, p) for p in _softmaxes(graph)]
     patterns += [(REASON_SIGMOID, p) for p in _sigmoids(graph)]
+    patterns += [(REASON_GELU, p) for p in _gelus(graph)]
     pattern_nodes: set[str] = set()
     for reason, (chain, out) in patterns:
         names = ", ".join(node_key(n) for n in chain[:3]) + (", ..." if len(chain) > 3 else "")
@@ -263,6 +341,13 @@ def placement(proto: onnx.ModelProto, key: str | None = None) -> Placement:
             for o in n.output:
                 if o and o != out:
                     float_tensors.setdefault(o, why)
+
+    join_tensors, join_nodes = decision_joins(proto)
+    for t, why in join_tensors.items():
+        float_tensors.setdefault(t, why)
+    for key_, why in join_nodes.items():
+        pattern_nodes.add(key_)
+        float_nodes.setdefault(key_, why)
 
     def quantizing(n: onnx.NodeProto) -> bool:
         if node_key(n) in pattern_nodes or n.op_type not in ops:

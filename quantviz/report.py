@@ -2,7 +2,10 @@
 
 LAYERS.csv: a header row, one row per quantized layer in graph order with the columns of CLI.md
 (layer, op_type, output_tensor, cosine_isolated, cosine_accumulated, snr_isolated_db,
-snr_accumulated_db, mse_isolated, mse_accumulated), then one row per model output with layer =
+snr_accumulated_db, mse_isolated, mse_accumulated; then the error decomposition: cosine_input_only,
+cosine_weights_only, cosine_output_only, each the isolated cosine with only that part quantized, empty
+where the layer quantizes nothing of it, and sensitive_part = input | weights | output, the lowest of
+them), then one row per model output with layer =
 "(model output)" giving the end-to-end figures (cosine_accumulated etc. of the fully quantized
 model's outputs against float) and top1_agreement; accuracy_float and accuracy (of the quantized
 model) columns are added when labels were given. Infinite SNR (identical tensors) is written "inf".
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from quantviz.error_chart import layer_error_figure
 from quantviz.safeio import write_text
 from quantviz.sensitivity import MODEL_OUTPUT_ROW, LayerError, LayerReport
 
@@ -36,6 +40,10 @@ CSV_COLUMNS = (
     "snr_accumulated_db",
     "mse_isolated",
     "mse_accumulated",
+    "cosine_input_only",
+    "cosine_weights_only",
+    "cosine_output_only",
+    "sensitive_part",
     "top1_agreement",
     "max_abs_error",
     "mean_abs_error",
@@ -60,6 +68,15 @@ def _num(v: float | None) -> str:
     return repr(float(v))
 
 
+def _part_cells(le: LayerError) -> dict[str, str]:
+    """cosine_<part>_only for each part the layer quantizes (empty: it has none, e.g. a Relu's
+    weights) and sensitive_part, the part whose error alone is the largest."""
+    if le.parts is None:
+        return {}
+    cells = {f"cosine_{part}_only": _num(f.cosine) for part, f in le.parts.items()}
+    return {**cells, "sensitive_part": le.parts.worst or ""}
+
+
 def layer_rows(report: LayerReport) -> list[dict[str, str]]:
     """The LAYERS.csv rows as dicts of text (layers in graph order, then the model outputs)."""
     rows: list[dict[str, str]] = []
@@ -75,6 +92,7 @@ def layer_rows(report: LayerReport) -> list[dict[str, str]]:
                 "snr_accumulated_db": _num(le.accumulated.snr_db),
                 "mse_isolated": _num(le.isolated.mse),
                 "mse_accumulated": _num(le.accumulated.mse),
+                **_part_cells(le),
             }
         )
     for o in report.outputs:
@@ -273,7 +291,8 @@ def to_html(report: LayerReport, title: str | None = None) -> str:
             r += [_fmt(o.accuracy_float, 4), _fmt(o.accuracy_quantized, 4)]
         out_rows.append(r)
     parts.append(_table(out_header, out_rows))
-    figs = [layer_cosine_figure(report, "isolated"), layer_cosine_figure(report, "accumulated"), snr_figure(report)]
+    # 1 - cosine on a log axis: cosines of 0.99991 and 0.99998 look alike on a linear one (quantviz.error_chart)
+    figs = [layer_error_figure(report, "isolated"), layer_error_figure(report, "accumulated"), snr_figure(report)]
     parts.append("<h2>Per-layer error</h2>")
     parts.append(
         "<p>Isolated: only that layer quantized (inputs quantized from float values). "

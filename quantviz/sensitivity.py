@@ -60,9 +60,10 @@ from quantviz.errors import QuantvizError
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.outputs import OutputFigures, OutputJudge, output_kind
+from quantviz.progress import Report, Step
 from quantviz.qdq import QdqBuild
 from quantviz.runtime import first_line, new_session, session_options
-from quantviz.sensitivity_plan import plan
+from quantviz.sensitivity_plan import PARTS, plan
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
 
@@ -73,12 +74,40 @@ MODEL_OUTPUT_ROW = "(model output)"
 
 
 @dataclass(frozen=True)
+class ErrorParts:
+    """The isolated error split by what is quantized: only the input activations, only the weights and
+    bias, only the output (None: the layer quantizes nothing of that part, e.g. a Relu's weights).
+
+    Each part is measured with the two others left in float, on the same float inputs as the isolated
+    figure (which has all three quantized). Quantization noises of the parts are nearly independent,
+    so their noise powers about add up: 1/SNR(all) ~ sum over parts of 1/SNR(part)."""
+
+    input: ErrorFigures | None
+    weights: ErrorFigures | None
+    output: ErrorFigures | None
+
+    def items(self) -> list[tuple[str, ErrorFigures]]:
+        """(part, figures) for the parts the layer quantizes, in PARTS order."""
+        return [(k, f) for k, f in zip(PARTS, (self.input, self.weights, self.output), strict=True) if f is not None]
+
+    @property
+    def worst(self) -> str | None:
+        """The part whose error alone is the largest (lowest cosine; ties: the first in PARTS order)."""
+        known = [(f.cosine, k) for k, f in self.items() if not math.isnan(f.cosine)]
+        if not known:
+            return None
+        low = min(c for c, _ in known)
+        return next(k for c, k in known if c == low)
+
+
+@dataclass(frozen=True)
 class LayerError:
     layer: str
     op_type: str
     output_tensor: str
     isolated: ErrorFigures
     accumulated: ErrorFigures
+    parts: ErrorParts | None = None  # analyze(parts=True)
 
 
 @dataclass(frozen=True)
@@ -255,17 +284,20 @@ def analyze(
     *,
     per_channel: bool = True,
     float_nodes: Iterable[str] = frozenset(),
+    parts: bool = True,
 ) -> LayerReport:
     """Per-layer isolated and accumulated error and end-to-end figures over (at most) `samples` samples.
 
     labels: one class index per sample of the source (e.g. digits_eval.npz "label"), aligned with
-    the source's order; accuracy is reported for [N, classes] outputs when given.
+    the source's order; accuracy is reported for [N, classes] outputs when given. parts: each layer's
+    error decomposition too (ErrorParts: up to three more node evaluations per layer in the same run
+    of the isolated model, reading the float activations it already computes).
     """
     if samples is not None and samples < 1:
         raise QuantvizError(f"The number of samples must be at least 1, not {samples}.")
     if batch_size < 1:
         raise QuantvizError(f"The batch size must be at least 1, not {batch_size}.")
-    p = plan(model, table, per_channel=per_channel, float_nodes=float_nodes)
+    p = plan(model, table, per_channel=per_channel, float_nodes=float_nodes, parts=parts)
     total = source.num_samples if samples is None else min(samples, source.num_samples)
     label_arr = _check_labels(labels, total)
     iso_sess, acc_sess = _session(p.isolated), _session(p.accumulated)
@@ -273,6 +305,7 @@ def analyze(
     acc_names = [o.name for o in acc_sess.get_outputs()]
     iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
     acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
+    part_acc = {(s.name, t): ErrorAccumulator() for s in p.layers for t in s.part_tensors if t}
     out_acc = {o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs}
     bs = effective_batch_size(model, batch_size, source)
     # a free batch size: the first sample runs alone, its outputs' bytes set the size of the rest
@@ -293,6 +326,9 @@ def analyze(
             ref = f[s.output_tensor]
             iso_acc[s.name].update(ref, f[s.isolated_tensor])
             acc_acc[s.name].update(ref, q[s.accumulated_tensor])
+            for t in s.part_tensors:
+                if t:
+                    part_acc[s.name, t].update(ref, f[t])
         lab = label_arr[done : done + n] if label_arr is not None else None
         for o, a in out_acc.items():
             a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
@@ -300,8 +336,18 @@ def analyze(
         ran = done + n
     if ran == 0:
         raise QuantvizError("The data holds no samples to analyse.")
+
+    def parts_of(name: str, tensors: tuple[str, str, str]) -> ErrorParts | None:
+        if not parts:
+            return None
+        got = [part_acc[name, t].result() if t else None for t in tensors]
+        return ErrorParts(got[0], got[1], got[2])
+
     layers = tuple(
-        LayerError(s.name, s.op_type, s.output_tensor, iso_acc[s.name].result(), acc_acc[s.name].result()) for s in p.layers
+        LayerError(
+            s.name, s.op_type, s.output_tensor, iso_acc[s.name].result(), acc_acc[s.name].result(), parts_of(s.name, s.part_tensors)
+        )
+        for s in p.layers
     )
     outputs = tuple(a.result(o, label_arr is not None) for o, a in out_acc.items())
     return LayerReport(
@@ -415,6 +461,8 @@ def best_method_picks(
     progress: Progress | None = None,
     profile: str | None = None,
     clip_outputs: bool = False,
+    steps: Report | None = None,
+    cancel: Cancel | None = None,
     cluster: Any = None,
     model_source: Any = None,
 ) -> tuple[dict[str, MethodPick], int]:
@@ -423,9 +471,12 @@ def best_method_picks(
     Analyses the model once per method (that method on every tensor) on at most `samples` samples and
     picks per layer with compare_methods (ties keep the earlier method: list the default first).
     quantviz.review.apply_method_picks puts the picks in a review (the app and the CLI alike).
+    steps: Steps "Analysis with <method> (i of n)" counting samples over all the analyses; cancel:
+    asked before each batch (CancelledError, nothing returned).
     cluster (a quantviz.distributed.ClusterConfig) runs the analyses as Ray tasks, one per method, the
     workers opening model_source (the model's path or bytes) and the source's data: the same reports.
     """
+    from quantviz.calib import METHOD_LABELS
     from quantviz.table import calibrate_model
 
     methods = list(dict.fromkeys(methods))
@@ -440,17 +491,20 @@ def best_method_picks(
             raise QuantvizError("Comparing methods on a cluster needs the model's path or bytes for the workers.")
         reports = analyses_on_cluster(
             model, model_source, stats, source, methods, config, cluster, samples=samples, per_channel=per_channel,
-            profile=profile, clip_outputs=clip_outputs, progress=progress,
+            profile=profile, clip_outputs=clip_outputs, progress=progress, cancel=cancel,
         )  # fmt: skip
         return compare_methods(reports), reports[methods[0]].samples
     for i, m in enumerate(methods):
+        phase = f"Analysis with {METHOD_LABELS.get(m, m)} ({i + 1} of {len(methods)})"
 
-        def step(done: int, total: int, i: int = i) -> None:
+        def step(done: int, total: int, i: int = i, phase: str = phase) -> None:
             if progress is not None:
                 progress(i * total + done, len(methods) * total)
+            if steps is not None:
+                steps(Step(phase, i * total + done, len(methods) * total, "samples"))
 
         table = calibrate_model(model, stats, m, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
-        reports[m] = analyze(model, table, source, samples=samples, progress=step, per_channel=per_channel)
+        reports[m] = analyze(model, table, source, samples=samples, progress=step, cancel=cancel, per_channel=per_channel, parts=False)
     return compare_methods(reports), reports[methods[0]].samples
 
 

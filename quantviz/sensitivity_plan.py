@@ -9,7 +9,7 @@ which builds the QDQ model once and both models from it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 from onnx import helper
@@ -22,6 +22,8 @@ from quantviz.table import CalibrationTable
 
 ISOLATED_SUFFIX = "::qv_isolated"
 ISOLATED_PREFIX = "qv_isolated::"
+PARTS = ("input", "weights", "output")  # the error decomposition's parts, in LayerSpec.part_tensors' order
+PART_SUFFIXES = tuple(f"::qv_{p}_only" for p in PARTS)
 OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # onnxruntime's name for a graph output feeding its Q
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -40,6 +42,9 @@ class LayerSpec:
     accumulated_tensor: str
     isolated_tensor: str
     quantized_inputs: tuple[str, ...]
+    # the error decomposition (plan(parts=True)): the layer's copies with only its input activations,
+    # only its weights and bias, only its output quantized; "" where that part quantizes nothing
+    part_tensors: tuple[str, str, str] = ("", "", "")
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,22 @@ def _isolated_copy(
     qdq_inits: dict[str, onnx.TensorProto],
     float_tensors: set[str],
     float_inits: dict[str, onnx.TensorProto],
+    *,
+    mask: tuple[bool, bool, bool] = (True, True, True),
+    out_name: str | None = None,
+    tag: str | None = None,
+    float_node: onnx.NodeProto | None = None,
 ) -> tuple[list[onnx.NodeProto], set[str]]:
-    """The nodes of one layer's isolated copy and the QDQ-model initializers they use (to be prefixed)."""
+    """The nodes of one layer's isolated copy and the QDQ-model initializers they use (to be prefixed).
+
+    mask (input activations, weights and bias, output): which parts are quantized; a part left out
+    reads the float tensor (its input activation, or the float model's initializer: float_node gives
+    the float node's input names) or leaves the output unquantized. The default quantizes all three:
+    the layer's isolated copy, whose output is spec.isolated_tensor (out_name names another)."""
     node = next(n for n in qdq_graph.node if n.name == spec.name)
-    tag = ISOLATED_SUFFIX + "/" + spec.name
+    q_in, q_w, q_out = mask
+    tag = tag or ISOLATED_SUFFIX + "/" + spec.name
+    final = out_name or spec.isolated_tensor
     nodes: list[onnx.NodeProto] = []
     used: set[str] = set()
 
@@ -152,28 +169,53 @@ def _isolated_copy(
         src = p.input[0]
         new_out = f"{i}{tag}/{k}"
         if src in qdq_inits:  # a quantized weight or bias: the same DequantizeLinear on the same int8/int32 data
+            if not q_w:
+                if float_node is None:
+                    raise QuantvizError(f"The float node of layer '{spec.name}' is missing.")
+                inputs.append(float_node.input[k])
+                continue
             nodes.append(_copy_node(p, [init_ref(x) for x in p.input], [new_out], f"{p.name}{tag}/{k}"))
         else:
             q = producer.get(src)
             if q is None or q.op_type != "QuantizeLinear":
                 raise QuantvizError(f"Unexpected QDQ structure at the input '{i}' of layer '{spec.name}'.")
             x = _float_name(q.input[0], float_tensors)
-            q_out = f"{src}{tag}/{k}"
-            nodes.append(_copy_node(q, [x, *[init_ref(v) for v in q.input[1:]]], [q_out], f"{q.name}{tag}/{k}"))
-            nodes.append(_copy_node(p, [q_out, *[init_ref(v) for v in p.input[1:]]], [new_out], f"{p.name}{tag}/{k}"))
+            if not q_in:
+                inputs.append(x)
+                continue
+            q_out_name = f"{src}{tag}/{k}"
+            nodes.append(_copy_node(q, [x, *[init_ref(v) for v in q.input[1:]]], [q_out_name], f"{q.name}{tag}/{k}"))
+            nodes.append(_copy_node(p, [q_out_name, *[init_ref(v) for v in p.input[1:]]], [new_out], f"{p.name}{tag}/{k}"))
         inputs.append(new_out)
     raw = node.output[0] + tag + "/raw"
     q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
     dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q is not None else None
-    if q is None or dq is None:  # the layer's output stays float (find_layers)
-        raw = spec.isolated_tensor
+    if q is None or dq is None or not q_out:  # the layer's output stays float (find_layers) or is not asked for
+        raw = final
     outputs = [raw] + [f"{o}{tag}/out{j}" if o else "" for j, o in enumerate(node.output[1:], 1)]
     nodes.append(_copy_node(node, inputs, outputs, spec.name + tag))
-    if q is None or dq is None:
+    if q is None or dq is None or not q_out:
         return nodes, used
     nodes.append(_copy_node(q, [raw, *[init_ref(v) for v in q.input[1:]]], [raw + "/q"], q.name + tag))
-    nodes.append(_copy_node(dq, [raw + "/q", *[init_ref(v) for v in dq.input[1:]]], [spec.isolated_tensor], dq.name + tag))
+    nodes.append(_copy_node(dq, [raw + "/q", *[init_ref(v) for v in dq.input[1:]]], [final], dq.name + tag))
     return nodes, used
+
+
+def _quantized_parts(
+    node: onnx.NodeProto,
+    producer: dict[str, onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+    qdq_inits: dict[str, onnx.TensorProto],
+) -> tuple[bool, bool, bool]:
+    """Whether the layer quantizes any input activation, any weight or bias, its output."""
+    dqs = [producer[i] for i in node.input if i and i in producer and producer[i].op_type == "DequantizeLinear"]
+    q = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+    dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None) if q is not None else None
+    return (
+        any(p.input[0] not in qdq_inits for p in dqs),
+        any(p.input[0] in qdq_inits for p in dqs),
+        dq is not None,
+    )
 
 
 def _prune(graph: onnx.GraphProto, keep_outputs: Iterable[str]) -> None:
@@ -219,10 +261,21 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
     float_inits = {i.name: i for i in g.initializer}
     float_tensors = {o for n in g.node for o in n.output if o} | {i.name for i in g.input}
     used: set[str] = set()
+    float_nodes = {n.name: n for n in g.node}
     for spec in layers:
         nodes, u = _isolated_copy(spec, qgraph, producer, consumers, qdq_inits, float_tensors, float_inits)
         g.node.extend(nodes)
         used |= u
+        for k, part in enumerate(spec.part_tensors):
+            if not part:
+                continue
+            mask = (k == 0, k == 1, k == 2)
+            nodes, u = _isolated_copy(
+                spec, qgraph, producer, consumers, qdq_inits, float_tensors, float_inits,
+                mask=mask, out_name=part, tag=PART_SUFFIXES[k] + "/" + spec.name, float_node=float_nodes.get(spec.name),
+            )  # fmt: skip
+            g.node.extend(nodes)
+            used |= u
     for name in sorted(used):
         t = onnx.TensorProto()
         t.CopyFrom(qdq_inits[name])
@@ -233,7 +286,7 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
     del g.output[:]
     names: list[str] = []
     for spec in layers:
-        for n in (spec.output_tensor, spec.isolated_tensor):
+        for n in (spec.output_tensor, spec.isolated_tensor, *(t for t in spec.part_tensors if t)):
             if n not in names:
                 names.append(n)
     names += [o for o in model_outputs if o not in names]
@@ -245,8 +298,26 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
 
 
 def _float_of(name: str) -> str:
-    """The float tensor an isolated output stands for."""
-    return name[: -len(ISOLATED_SUFFIX)] if name.endswith(ISOLATED_SUFFIX) else name
+    """The float tensor an isolated output (or one of its parts) stands for."""
+    for suffix in (ISOLATED_SUFFIX, *PART_SUFFIXES):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def with_parts(qdq: QdqBuild, layers: Sequence[LayerSpec]) -> list[LayerSpec]:
+    """The layers with their decomposition's output names (LayerSpec.part_tensors): one per part the
+    layer quantizes (a Relu has no weights, a Conv whose output the engine keeps in float no output)."""
+    graph = qdq.proto.graph
+    producer, consumers = _index(graph)
+    inits = {i.name: i for i in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    out: list[LayerSpec] = []
+    for spec in layers:
+        has = _quantized_parts(nodes[spec.name], producer, consumers, inits)
+        names = tuple(spec.output_tensor + suffix if h else "" for h, suffix in zip(has, PART_SUFFIXES, strict=True))
+        out.append(replace(spec, part_tensors=(names[0], names[1], names[2])))
+    return out
 
 
 def accumulated_model(qdq: QdqBuild, layers: Sequence[LayerSpec]) -> onnx.ModelProto:
@@ -274,13 +345,17 @@ def plan(
     per_channel: bool = True,
     float_nodes: Iterable[str] = frozenset(),
     only_layers: Iterable[str] | None = None,
+    parts: bool = False,
 ) -> AnalysisPlan:
-    """Build the QDQ model once and derive the isolated and accumulated models from it."""
+    """Build the QDQ model once and derive the isolated and accumulated models from it; parts: the
+    isolated model also holds each layer's error decomposition (with_parts)."""
     qdq = build(model, table, per_channel=per_channel, float_nodes=float_nodes)
     layers = find_layers(qdq)
     if only_layers is not None:
         wanted = set(only_layers)
         layers = [s for s in layers if s.name in wanted]
+    if parts:
+        layers = with_parts(qdq, layers)
     return AnalysisPlan(
         qdq=qdq,
         layers=tuple(layers),

@@ -32,7 +32,7 @@ from quantviz.errors import QuantvizError
 from quantviz.fold import node_key
 from quantviz.fusion import requant_points
 from quantviz.model import LoadedModel
-from quantviz.outputs import output_feeders, protect_outputs
+from quantviz.outputs import graph_inputs, output_feeders, protect_outputs
 from quantviz.profiles import DEFAULT_PROFILE, Placement, placement
 from quantviz.requant import layer_requant
 from quantviz.stats import CalibrationStats
@@ -251,8 +251,8 @@ def apply_model(
        marks the tensors the engine keeps in float: float_kept with extra["profile_float"] (the
        reason), unless the entry carries extra["profile_override"] (the user quantizes it anyway);
        settings["profile"] and settings["profile_float_nodes"] (nodes of decomposed LayerNorm /
-       Softmax / Sigmoid that run in float) record it. Then tensors that feed graph outputs
-       (quantviz.outputs) take their MinMax range when the method's threshold would clip them,
+       Softmax / Sigmoid that run in float) record it. Then graph inputs and tensors that feed
+       graph outputs (quantviz.outputs) take their MinMax range when the method's threshold would clip them,
        unless clip_outputs (or settings["clip_outputs"]); a typed threshold that clips one is kept and
        named in settings["output_clip_warnings"].
     1. BatchNormalization is folded into its Conv (quantviz.fold); the pre-BN tensors stay in the table
@@ -281,7 +281,7 @@ def apply_model(
     place = placement(model.proto, profile_key)
     tensors = _apply_profile(tensors, place)
     clip = bool(table.settings.get("clip_outputs", False)) if clip_outputs is None else clip_outputs
-    tensors, clip_warnings = protect_outputs(tensors, output_feeders(model.proto), table.settings, clip)
+    tensors, clip_warnings = protect_outputs(tensors, output_feeders(model.proto), table.settings, clip, graph_inputs(model.proto))
     for p in report.folded:
         if p.removed_tensor in tensors:
             e = tensors[p.removed_tensor]

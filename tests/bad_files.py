@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,15 +78,17 @@ def npz_arrays(raw: bytes) -> dict[str, np.ndarray]:
 
 def npz(arrays: dict[str, np.ndarray], compressed: bool = True) -> bytes:
     buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
-def header_of(arrays: dict[str, np.ndarray], key: str = "header") -> dict:
-    return json.loads(str(arrays[key]))
+def header_of(arrays: dict[str, np.ndarray], key: str = "header") -> dict[str, Any]:
+    header: dict[str, Any] = json.loads(str(arrays[key]))
+    return header
 
 
-def with_header(raw: bytes, change: Callable[[dict], object], key: str = "header") -> bytes:
+def with_header(raw: bytes, change: Callable[[dict[str, Any]], object], key: str = "header") -> bytes:
     a = npz_arrays(raw)
     h = header_of(a, key)
     change(h)

@@ -16,6 +16,7 @@ pass against it:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -46,7 +47,7 @@ def _session(model_path: str, names: list[str]) -> ort.InferenceSession:
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _values(session: ort.InferenceSession, names: list[str], batches: Iterable[dict]) -> Iterable[dict[str, np.ndarray]]:
+def _values(session: ort.InferenceSession, names: list[str], batches: Iterable[dict[str, np.ndarray]]) -> Iterable[dict[str, np.ndarray]]:
     outs = [o.name for o in session.get_outputs()]
     for batch in batches:
         got = dict(zip(outs, session.run(outs, batch), strict=True))
@@ -54,7 +55,7 @@ def _values(session: ort.InferenceSession, names: list[str], batches: Iterable[d
         yield {n: np.asarray(got[n]) for n in names if n in got}
 
 
-def reference_histograms(model_path: str, batches: list[dict], bins: int = 2048) -> dict[str, tuple[np.ndarray, float]]:
+def reference_histograms(model_path: str, batches: list[dict[str, np.ndarray]], bins: int = 2048) -> dict[str, tuple[np.ndarray, float]]:
     """Two passes over the same batches: abs-max, then the exact histogram over [0, abs-max]."""
     names = float_tensors(model_path)
     session = _session(model_path, names)
@@ -112,8 +113,8 @@ def two_minima(cand: np.ndarray, kl: np.ndarray, width: float) -> list[tuple[flo
 
 
 def agrees(
-    threshold: float, h: np.ndarray, top: float, rel: float = 0.05, kl_slack: float = 0.10, curve: tuple | None = None
-) -> tuple[bool, dict]:
+    threshold: float, h: np.ndarray, top: float, rel: float = 0.05, kl_slack: float = 0.10, curve: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[bool, dict[str, Any]]:
     """Whether a threshold found elsewhere matches the reference: within `rel` of its threshold, or on
     a candidate whose reference KL is within `kl_slack` of the minimum. The details say why. `curve`:
     reference_curve(h) when already computed."""

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from quantviz.schema import SCALE_MAX, SCALE_MIN
 
 FINITE = st.floats(-1e30, 1e30, allow_nan=False)
+EntryValues = tuple[float, float, float, float, float | None, bool]  # min, max, threshold, scale, cosine, float_kept
 
 
 @st.composite
-def entry_values(draw: st.DrawFn) -> tuple[float, float, float, float, float | None, bool]:
+def entry_values(draw: st.DrawFn) -> EntryValues:
     """(min, max, threshold, scale, cosine, float_kept) of a valid entry: a quantized tensor has a finite
     range min <= max, a threshold >= 0 and a positive finite scale; a tensor kept in float may carry
     NaN (no range) in its numbers."""

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,6 +37,8 @@ from quantviz.review import load_review
 from tests import bad_files as bf
 from tests.conftest import ROOT
 
+Doc = dict[str, Any]  # a JSON document (a header, a review, a table)
+Arrays = dict[str, np.ndarray]  # the members of an .npz
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
 
@@ -57,10 +60,10 @@ class Bad:
     expect: str
 
 
-def _set(path: str, value: object) -> Callable[[dict], None]:
+def _set(path: str, value: object) -> Callable[[Doc], None]:
     keys = path.split(".")
 
-    def change(d: dict) -> None:
+    def change(d: Doc) -> None:
         for k in keys[:-1]:
             d = d[k]
         d[keys[-1]] = value
@@ -68,22 +71,22 @@ def _set(path: str, value: object) -> Callable[[dict], None]:
     return change
 
 
-def _scalars(col: int, value: float, row: int = 0) -> Callable[[dict], None]:
-    def change(a: dict) -> None:
+def _scalars(col: int, value: float, row: int = 0) -> Callable[[Arrays], None]:
+    def change(a: Arrays) -> None:
         a["scalars"] = a["scalars"].copy()
         a["scalars"][row, col] = value
 
     return change
 
 
-def _arr(key: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict], None]:
-    def change(a: dict) -> None:
+def _arr(key: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Arrays], None]:
+    def change(a: Arrays) -> None:
         a[key] = fn(a[key].copy())
 
     return change
 
 
-def _drop(key: str) -> Callable[[dict], None]:
+def _drop(key: str) -> Callable[[Arrays], object]:
     return lambda a: a.pop(key)
 
 
@@ -177,11 +180,19 @@ STATS_ARRAYS = [
 ]
 
 
+def _stats_header(change: Callable[[Doc], object]) -> Callable[[bf.Valid], bytes]:
+    return lambda v: bf.with_header(v.files["stats"], change)
+
+
+def _stats_arrays(change: Callable[[Arrays], object]) -> Callable[[bf.Valid], bytes]:
+    return lambda v: bf.with_arrays(v.files["stats"], change)
+
+
 def _stats_cases() -> list[Bad]:
     out = [
-        Bad(f"stats-{n}", (lambda v, f=f: bf.with_header(v.files["stats"], f)), "s.npz", CAL, e) for n, f, e in STATS_HEADER
+        Bad(f"stats-{n}", _stats_header(f), "s.npz", CAL, e) for n, f, e in STATS_HEADER
     ]
-    out += [Bad(f"stats-{n}", (lambda v, f=f: bf.with_arrays(v.files["stats"], f)), "s.npz", CAL, e) for n, f, e in STATS_ARRAYS]
+    out += [Bad(f"stats-{n}", _stats_arrays(f), "s.npz", CAL, e) for n, f, e in STATS_ARRAYS]
     out += [
         Bad("stats-header-not-json", lambda v: bf.with_header_text(v.files["stats"], "{not json"), "s.npz", CAL, "not valid JSON"),
         Bad("stats-header-5000-digits", lambda v: bf.with_header_text(v.files["stats"], '{"samples": ' + "9" * 5000 + "}"), "s.npz", CAL, "5000 characters"),
@@ -247,18 +258,18 @@ REVIEWS = [
 ]
 
 
-def _review_doc(v: bf.Valid) -> dict:
+def _review_doc(v: bf.Valid) -> Doc:
     return bf.header_of(bf.npz_arrays(v.files["review"]), "review")
 
 
-def _review_with(v: bf.Valid, change: Callable[[dict], object]) -> bytes:
+def _review_with(v: bf.Valid, change: Callable[[Doc], object]) -> bytes:
     doc = _review_doc(v)
     change(doc)
     return bf.with_header_text(v.files["review"], json.dumps(doc), key="review")
 
 
 @pytest.mark.parametrize(("change", "expect"), [(c, e) for _, c, e in REVIEWS], ids=[n for n, _, _ in REVIEWS])
-def test_bad_review_is_refused_with_a_sentence(valid: bf.Valid, change: Callable[[dict], object], expect: str) -> None:
+def test_bad_review_is_refused_with_a_sentence(valid: bf.Valid, change: Callable[[Doc], object], expect: str) -> None:
     with pytest.raises(QuantvizError, match=re.compile(expect, re.IGNORECASE)):
         load_review(_review_with(valid, change))
 
@@ -292,7 +303,7 @@ DIFF = "diff {bad} {table}"
 ANALYZE = "analyze {model} --data {data} --table {bad} -o {out}.csv"
 
 
-def _json_table(change: Callable[[dict], object], plain: bool = True) -> Callable[[bf.Valid], bytes]:
+def _json_table(change: Callable[[Doc], object], plain: bool = True) -> Callable[[bf.Valid], bytes]:
     def make(v: bf.Valid) -> bytes:
         doc = json.loads(v.files["json-plain" if plain else "json"])
         change(doc)
@@ -301,15 +312,15 @@ def _json_table(change: Callable[[dict], object], plain: bool = True) -> Callabl
     return make
 
 
-def _entry(key: str, value: object) -> Callable[[dict], None]:
-    def change(d: dict) -> None:
+def _entry(key: str, value: object) -> Callable[[Doc], None]:
+    def change(d: Doc) -> None:
         d["tensors"]["relu_out"][key] = value
 
     return change
 
 
-def _entries(**values: object) -> Callable[[dict], None]:
-    def change(d: dict) -> None:
+def _entries(**values: object) -> Callable[[Doc], None]:
+    def change(d: Doc) -> None:
         d["tensors"]["relu_out"].update(values)
 
     return change
@@ -323,7 +334,7 @@ def _qdq(change: Callable[[onnx.ModelProto], None]) -> Callable[[bf.Valid], byte
     def make(v: bf.Valid) -> bytes:
         m = onnx.load_from_string(v.files["qdq"])
         change(m)
-        return m.SerializeToString()
+        return bytes(m.SerializeToString())
 
     return make
 

@@ -42,7 +42,8 @@ def _model(folder: Path) -> tuple[Path, dict[str, np.ndarray], np.ndarray, np.nd
 def test_weight_scale_raised_so_bias_fits(tmp_path: Path) -> None:
     path, data, w, b = _model(tmp_path)
     model = load_model(path)
-    np.savez(tmp_path / "d.npz", **data)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(tmp_path / "d.npz", **data)  # type: ignore[arg-type]
     stats = collect(model, open_source(str(tmp_path / "d.npz"), model.inputs), CollectConfig())
     table = calibrate_model(model, stats, "minmax")
     s_x = table.tensors["x"].scale
@@ -69,6 +70,7 @@ def test_weight_scale_raised_so_bias_fits(tmp_path: Path) -> None:
 
 def test_cli_names_the_overflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, data, _, _ = _model(tmp_path)
-    np.savez(tmp_path / "d.npz", **data)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(tmp_path / "d.npz", **data)  # type: ignore[arg-type]
     assert main(["calibrate", str(path), "--data", str(tmp_path / "d.npz"), "--method", "minmax", "-o", str(tmp_path / "t.json")]) == 0
     assert "warning: The int32 bias 'b' of layer 'fc' overflows" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ from tests.test_kl import slow_best, slow_kl
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 ACTIVATIONS = ["conv_out", "bn_out", "relu_out", "add_out", "out"]
+Case = dict[str, Any]  # the case's folder, model, data and the expected tensors
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -25,7 +27,7 @@ def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def case(tmp_path_factory: pytest.TempPathFactory) -> Case:
     d = tmp_path_factory.mktemp("cli")
     proto = graphs.conv_bn_relu(seed=9)
     onnx.save_model(proto, str(d / "m.onnx"))
@@ -36,15 +38,15 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": d, "model": d / "m.onnx", "data": d / "d.npz", "expected": expected}
 
 
-def _table(path: Path) -> dict:
-    doc = json.loads(path.read_text())
+def _table(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text())
     assert doc["format"] == "quantviz-calibration"
     for name, e in doc["tensors"].items():
         assert {"threshold", "scale", "min", "max", "method"} <= set(e), name
     return doc
 
 
-def test_collect_writes_stats(case: dict) -> None:
+def test_collect_writes_stats(case: Case) -> None:
     out = case["dir"] / "stats.npz"
     r = run("collect", case["model"], "--data", case["data"], "--batch-size", "5", "--bins", "512", "-o", out)
     assert r.returncode == 0, r.stderr
@@ -58,7 +60,7 @@ def test_collect_writes_stats(case: dict) -> None:
         assert t.count == value.size
 
 
-def test_calibrate_minmax_from_model_and_data(case: dict) -> None:
+def test_calibrate_minmax_from_model_and_data(case: Case) -> None:
     out = case["dir"] / "minmax.json"
     r = run("calibrate", case["model"], "--data", case["data"], "--method", "minmax", "-o", out)
     assert r.returncode == 0, r.stderr
@@ -76,7 +78,7 @@ def test_calibrate_minmax_from_model_and_data(case: dict) -> None:
     assert doc["tensors"]["x"]["threshold"] == float(np.abs(case["expected"]["x"]).max())  # a graph input: exact
 
 
-def test_calibrate_asymmetric(case: dict) -> None:
+def test_calibrate_asymmetric(case: Case) -> None:
     out = case["dir"] / "asym.json"
     r = run("calibrate", case["model"], "--data", case["data"], "--method", "minmax", "--asymmetric", "-o", out)
     assert r.returncode == 0, r.stderr
@@ -86,7 +88,7 @@ def test_calibrate_asymmetric(case: dict) -> None:
     assert e["scale"] == pytest.approx(float(np.float32(hi / 255)), rel=1e-6)
 
 
-def test_calibrate_kl_from_stats(case: dict) -> None:
+def test_calibrate_kl_from_stats(case: Case) -> None:
     stats_path = case["dir"] / "stats_kl.npz"
     assert run("collect", case["model"], "--data", case["data"], "-o", stats_path).returncode == 0
     out = case["dir"] / "kl.json"
@@ -116,7 +118,7 @@ def test_calibrate_kl_from_stats(case: dict) -> None:
     assert stats.tensors["bn_out"].absmax == pytest.approx(top, rel=1e-6)
 
 
-def test_calibrate_kl_center(case: dict) -> None:
+def test_calibrate_kl_center(case: Case) -> None:
     out = case["dir"] / "klc.json"
     r = run("calibrate", case["model"], "--data", case["data"], "--method", "kl", "--kl-threshold", "center", "-o", out)
     assert r.returncode == 0, r.stderr
@@ -132,7 +134,7 @@ def _bad(r: subprocess.CompletedProcess[str], *words: str) -> None:
         assert w in lines[0], (w, lines[0])
 
 
-def test_bad_inputs(case: dict, tmp_path: Path) -> None:
+def test_bad_inputs(case: Case, tmp_path: Path) -> None:
     out = tmp_path / "t.json"
     _bad(
         run("calibrate", tmp_path / "missing.onnx", "--data", case["data"], "--method", "minmax", "-o", out),

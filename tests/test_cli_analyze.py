@@ -77,6 +77,12 @@ def test_layers_csv_with_default_labels(table: Path, tmp_path: Path) -> None:
         assert r["output_tensor"] in model_table["tensors"]
         assert 0.9 < float(r["cosine_isolated"]) <= 1.0 and 0.9 < float(r["cosine_accumulated"]) <= 1.0
         assert float(r["mse_isolated"]) >= 0
+        # the decomposition: every part a quantized layer has is at least as close to float as all three,
+        # up to noise, and sensitive_part names the lowest of them
+        parts = {p: float(r[f"cosine_{p}_only"]) for p in ("input", "weights", "output") if r[f"cosine_{p}_only"]}
+        assert parts and r["sensitive_part"] == min(parts, key=lambda p: parts[p])
+        assert all(c >= float(r["cosine_isolated"]) - 1e-4 for c in parts.values())
+        assert ("weights" in parts) == (r["op_type"] in ("Conv", "Gemm"))
 
 
 def test_html_report_and_explicit_labels(table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,11 @@ import math
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from .graphs import conv_bn_relu
@@ -31,7 +33,7 @@ def scale(t: float) -> float:
 
 
 @pytest.fixture
-def files(tmp_path: Path, write_model) -> dict[str, Path]:
+def files(tmp_path: Path, write_model: Callable[[onnx.ModelProto, str], Path]) -> dict[str, Path]:
     doc = {
         "format": "quantviz-calibration",
         "version": 1,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -23,7 +25,7 @@ def _float_tensors(proto: onnx.ModelProto) -> list[str]:
     return [o for n in inferred.graph.node for o in n.output if types.get(o) == onnx.TensorProto.FLOAT]
 
 
-def test_identity_stats_equal_numpy(tmp_path) -> None:
+def test_identity_stats_equal_numpy(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((13, 16)) * np.linspace(0.1, 50, 13)[:, None]).astype(np.float32)
     x[0, :3] = 0.0
@@ -45,7 +47,7 @@ def test_identity_stats_equal_numpy(tmp_path) -> None:
     assert stats.infos["y"].op_type == "Identity"
 
 
-def test_conv_bn_relu_every_tensor_against_plain_onnxruntime(tmp_path) -> None:
+def test_conv_bn_relu_every_tensor_against_plain_onnxruntime(tmp_path: Path) -> None:
     proto = graphs.conv_bn_relu(seed=2)
     x = np.random.default_rng(5).standard_normal((10, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
@@ -64,7 +66,7 @@ def test_conv_bn_relu_every_tensor_against_plain_onnxruntime(tmp_path) -> None:
     assert stats.tensors["relu_out"].min == 0.0
 
 
-def test_samples_limit_progress_and_cancel(tmp_path) -> None:
+def test_samples_limit_progress_and_cancel(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((23, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
     m = load_model(graphs.identity_graph().SerializeToString())
@@ -87,7 +89,7 @@ def test_samples_limit_progress_and_cancel(tmp_path) -> None:
         collect(m, src, CollectConfig(batch_size=4, bins=64), cancel=cancel_after_two)
 
 
-def test_fixed_batch_dimension_one(tmp_path) -> None:
+def test_fixed_batch_dimension_one(tmp_path: Path) -> None:
     x = np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
     m = load_model(graphs.identity_graph([1, 16]).SerializeToString())
@@ -99,7 +101,7 @@ def test_fixed_batch_dimension_one(tmp_path) -> None:
     assert (stats.tensors["y"].min, stats.tensors["y"].max) == (float(x.min()), float(x.max()))
 
 
-def test_subset_of_tensors_and_bad_config(tmp_path) -> None:
+def test_subset_of_tensors_and_bad_config(tmp_path: Path) -> None:
     m = load_model(graphs.conv_bn_relu().SerializeToString())
     src = open_source("synthetic:4", m.inputs)
     stats = collect(m, src, CollectConfig(bins=64), tensors=["relu_out", "x"])
@@ -132,7 +134,7 @@ def test_digits_sample_model() -> None:
     assert probs.min >= 0.0 and probs.max <= 1.0
 
 
-def test_fixed_batch_dimension_four(tmp_path) -> None:
+def test_fixed_batch_dimension_four(tmp_path: Path) -> None:
     """A fixed batch of 4 cannot run a short last batch: the remainder is left out (and said so)."""
     x = np.random.default_rng(3).standard_normal((10, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
@@ -172,7 +174,7 @@ def test_empty_tensor_reported_empty() -> None:
     assert not stats.tensors["y"].empty
 
 
-def test_float16_tensors(tmp_path) -> None:
+def test_float16_tensors(tmp_path: Path) -> None:
     """x -> Cast(float16) -> Relu -> Cast(float32) -> y: float16 activations are collected too."""
     from onnx import TensorProto, helper
 

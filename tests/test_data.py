@@ -5,20 +5,21 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from quantviz.data import ImagePreprocess, open_source
+from quantviz.data import CalibrationSource, ImagePreprocess, open_source
 from quantviz.errors import QuantvizError
-from quantviz.model import InputSpec
+from quantviz.model import Dim, InputSpec
 
 ONE = (InputSpec("x", ("N", 3, 4), "float32"),)
 TWO = (InputSpec("a", ("N", 2), "float32"), InputSpec("b", (None, 3), "float32"))
 
 
-def _all(source, batch_size: int = 3) -> dict[str, np.ndarray]:
+def _all(source: CalibrationSource, batch_size: int = 3) -> dict[str, np.ndarray]:
     batches = list(source.batches(batch_size))
     assert all(next(iter(b.values())).shape[0] <= batch_size for b in batches)
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -63,10 +64,10 @@ def test_single_input_npz_with_labels_beside_the_data(tmp_path: Path) -> None:
 def test_npy_memory_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
     np.save(tmp_path / "d.npy", x)
-    modes = []
+    modes: list[object] = []
     real_load = np.load
 
-    def spy(*args, **kwargs):
+    def spy(*args: Any, **kwargs: Any) -> Any:
         modes.append(kwargs.get("mmap_mode"))
         return real_load(*args, **kwargs)
 
@@ -106,6 +107,7 @@ def _expected(pixels: np.ndarray, pre: ImagePreprocess) -> np.ndarray:
         std = pre.std[c] if len(pre.std) > 1 else pre.std[0]
         for i in range(h):
             for j in range(w):
+                p: float
                 if chans == 1:  # ITU-R 601-2 luma, as Pillow's convert("L") (integer result)
                     r, g, b = (int(v) for v in pixels[i, j])
                     p = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
@@ -126,7 +128,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("pre", "shape"), CASES, ids=["bgr-nchw", "rgb-nhwc", "gray"])
-def test_image_folder_and_zip(tmp_path: Path, pre: ImagePreprocess, shape: tuple) -> None:
+def test_image_folder_and_zip(tmp_path: Path, pre: ImagePreprocess, shape: tuple[Dim, ...]) -> None:
     spec = (InputSpec("img", shape, "float32"),)
     pix = [_pixels(s) for s in range(3)]
     folder = tmp_path / "imgs"
@@ -223,9 +225,10 @@ def test_synthetic_needs_fixed_dims() -> None:
 # ------------------------------------------------------------------ mismatches
 
 
-def _npz(tmp_path: Path, **arrays) -> Path:
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
     p = tmp_path / "d.npz"
-    np.savez(p, **arrays)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(p, **arrays)  # type: ignore[arg-type]
     return p
 
 

@@ -4,7 +4,7 @@ plain numpy, every sample used, and the sample model against KL and float."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +190,9 @@ def test_bad_config_is_a_sentence(kwargs: dict[str, object], words: str) -> None
 # The search over a fake evaluate
 
 
-def bowl(tx: dict[str, float], tw: dict[str, np.ndarray], calls: list[tuple[str, float, np.ndarray]] | None = None):
+def bowl(
+    tx: dict[str, float], tw: dict[str, np.ndarray], calls: list[tuple[str, float, np.ndarray]] | None = None
+) -> Callable[[EQLayer, float, np.ndarray], Evaluation]:
     """A concave fake: cos = 1 - (s_x - tx)^2 - mean_c (s_w[c] - tw[c])^2; channel c: 1 - dx - dw[c]."""
 
     def evaluate(layer: EQLayer, s_x: float, s_w: np.ndarray) -> Evaluation:
@@ -317,7 +319,7 @@ def test_layers_reading_one_tensor_share_its_scale() -> None:
 
     def ev(layer: EQLayer, s_x: float, s_w: np.ndarray) -> float:
         want = {"a": grid[10], "b": grid[50], "c": 1.0}[layer.name]
-        return 1 - (s_x - want) ** 2
+        return float(1 - (s_x - want) ** 2)
 
     fixed: list[tuple[list[str], float]] = []
     rounds: list[int] = []
@@ -360,12 +362,14 @@ def test_layer_cosines_match_metrics_and_a_loop() -> None:
     want, want_ch = np_cosines(o, o_hat)
     assert ev.cosine == pytest.approx(cosine(o, o_hat), abs=1e-12)
     assert ev.cosine == pytest.approx(want, abs=1e-12)
+    assert ev.channel_cosines is not None
     np.testing.assert_allclose(ev.channel_cosines, want_ch, atol=1e-12)
     g = rng.standard_normal((9, 5))  # Gemm: one value per sample and channel
     g_hat = g + 0.2 * rng.standard_normal(g.shape)
     ev = layer_cosines(g, g_hat)
     want, want_ch = np_cosines(g, g_hat)
     assert ev.cosine == pytest.approx(want, abs=1e-12)
+    assert ev.channel_cosines is not None
     np.testing.assert_allclose(ev.channel_cosines, want_ch, atol=1e-12)
 
 
@@ -384,6 +388,7 @@ def test_real_evaluate_equals_numpy_on_a_tiny_conv_graph() -> None:
     )
     want, want_ch = np_cosines(o, o_hat)
     assert got.cosine == pytest.approx(want, abs=1e-6)
+    assert got.channel_cosines is not None
     np.testing.assert_allclose(got.channel_cosines, want_ch, atol=1e-6)
     assert got.cosine < 1 - 1e-5  # the quantization is visible: the comparison is not vacuous
 
@@ -408,6 +413,7 @@ def test_accumulated_evaluate_equals_numpy_on_the_quantized_upstream() -> None:
     o_hat = np_conv(np_fq(r_acc, s_cand), np_fq(p["w2"], w2s.astype(np.float64).reshape(3, 1, 1, 1)), p["b2"], [1, 1, 1, 1])
     want, want_ch = np_cosines(o, o_hat)
     assert got.cosine == pytest.approx(want, abs=1e-6)
+    assert got.channel_cosines is not None
     np.testing.assert_allclose(got.channel_cosines, want_ch, atol=1e-6)
     iso, _ = evaluator_for(proto, x, {"x": sx, "c1": sr, "r": sr}, EQConfig(mode="isolated"))
     o_iso = np_conv(np_fq(r_float, s_cand), np_fq(p["w2"], w2s.astype(np.float64).reshape(3, 1, 1, 1)), p["b2"], [1, 1, 1, 1])
@@ -596,7 +602,16 @@ def test_digits_isolated_eq_beats_kl_on_a_numpy_recomputation(digits: dict[str, 
         s_kl, s_eq = kl.tensors[layer["input"]].scale, table.tensors[layer["input"]].scale
         relu = layer["output"] != (bn.output[0] if bn is not None else node.output[0])
 
-        def run(s_x: float, s_w: np.ndarray, x: np.ndarray, quant: bool, node=node, w=w, b=b, relu=relu) -> np.ndarray:
+        def run(
+            s_x: float,
+            s_w: np.ndarray,
+            x: np.ndarray,
+            quant: bool,
+            node: onnx.NodeProto = node,
+            w: np.ndarray = w,
+            b: np.ndarray = b,
+            relu: bool = relu,
+        ) -> np.ndarray:
             xx = np_fq(x, s_x) if quant else np.asarray(x, np.float64)
             if node.op_type == "Conv":
                 pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), [0, 0, 0, 0])
@@ -645,7 +660,8 @@ def test_digits_accumulated_eq_per_layer_and_accuracy(digits: dict[str, object])
         if le.layer in searched:
             assert le.accumulated.cosine >= kl_layers[le.layer].accumulated.cosine - 1e-7, le.layer
     out_kl, out_eq = r_kl.outputs[0], r_eq.outputs[0]
-    assert out_eq.accuracy_float is not None and out_eq.accuracy_quantized is not None and out_kl.accuracy_quantized is not None
+    assert out_eq.accuracy_float is not None and out_eq.accuracy_quantized is not None
+    assert out_kl.accuracy_float is not None and out_kl.accuracy_quantized is not None
     assert out_eq.accuracy_quantized >= out_eq.accuracy_float - 0.01
     assert out_kl.accuracy_quantized >= out_kl.accuracy_float - 0.01
     # EQ searches the Conv/Gemm layers (each checked above); the softmax output keeps its KL scale, so
@@ -666,7 +682,7 @@ def test_coarse_to_fine_finds_the_grid_argmax_of_unimodal_scores_with_few_evalua
 
         def score(i: int, peak: int = peak, seen: list[int] = seen) -> float:
             seen.append(i)
-            return -abs(i - peak) ** 1.5
+            return -float(abs(i - peak) ** 1.5)
 
         got = coarse_to_fine(n, score, strides)
         assert max(got, key=lambda i: (got[i], -i)) == peak

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +15,9 @@ from hypothesis import strategies as st
 from quantviz.errors import QuantvizError
 from quantviz.export.csv_format import COLUMNS, dumps_csv, loads_csv, read_csv, write_csv
 from quantviz.table import CalibrationTable, TensorEntry
-from tests.strategies import entry_values
+from tests.strategies import EntryValues, entry_values
 
-NAME_CHARS = st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",))
+NAME_CHARS = st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"])
 NAMES = st.text(NAME_CHARS, min_size=1, max_size=24)
 
 
@@ -67,7 +68,7 @@ def test_header_and_one_row_by_plain_csv_reader() -> None:
     )
 )
 @settings(max_examples=60, deadline=None)
-def test_round_trip_is_exact(entries: dict) -> None:
+def test_round_trip_is_exact(entries: dict[str, tuple[EntryValues, int, str, list[str]]]) -> None:
     # what the writer accepts (quantviz.schema) reads back exactly
     src = {
         n: TensorEntry("m", lo, hi, t, s, zp, cos, note, kept, tuple(sw))
@@ -79,7 +80,7 @@ def test_round_trip_is_exact(entries: dict) -> None:
         assert same_entry(e, back.tensors[n]), (n, e, back.tensors[n])
 
 
-def test_file_round_trip_and_spreadsheet_bom(tmp_path) -> None:
+def test_file_round_trip_and_spreadsheet_bom(tmp_path: Path) -> None:
     src = table({"x": TensorEntry("minmax", 0.0, 6.0, 6.0, 6.0 / 255, 0)})
     path = tmp_path / "t.csv"
     write_csv(src, path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,27 +16,27 @@ from hypothesis import strategies as st
 from quantviz.errors import QuantvizError
 from quantviz.export.qv_json import dumps, loads, read_json, write_json
 from quantviz.table import CalibrationTable, TensorEntry
-from tests.strategies import entry_values
+from tests.strategies import EntryValues, entry_values
 
 
 def same_float(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or struct.pack(">d", a) == struct.pack(">d", b)
 
 
-def table(entries: dict[str, TensorEntry], **kw: object) -> CalibrationTable:
-    return CalibrationTable("digits_cnn.onnx", "ab" * 32, {"dtype": "int8", "symmetric": True}, entries, **kw)  # type: ignore[arg-type]
+def table(entries: dict[str, TensorEntry], **kw: Any) -> CalibrationTable:
+    return CalibrationTable("digits_cnn.onnx", "ab" * 32, {"dtype": "int8", "symmetric": True}, entries, **kw)
 
 
 @given(
     entries=st.dictionaries(
-        st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=24),  # JSON holds any name, line breaks too
+        st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=24),  # JSON holds any name, line breaks too
         st.tuples(entry_values(), st.text(max_size=20)),
         min_size=1,
         max_size=6,
     )
 )
 @settings(max_examples=60, deadline=None)
-def test_round_trip_is_bit_exact(entries: dict) -> None:
+def test_round_trip_is_bit_exact(entries: dict[str, tuple[EntryValues, str]]) -> None:
     src = {n: TensorEntry("kl", lo, hi, t, s, 0, cos, note, kept) for n, ((lo, hi, t, s, cos, kept), note) in entries.items()}
     back = loads(dumps(table(src)))
     assert list(back.tensors) == list(src)
@@ -44,11 +46,11 @@ def test_round_trip_is_bit_exact(entries: dict) -> None:
             assert same_float(getattr(e, f), getattr(b, f)), (n, f)
         assert (e.cosine is None) == (b.cosine is None)
         if e.cosine is not None:
-            assert same_float(e.cosine, b.cosine)  # type: ignore[arg-type]
+            assert b.cosine is not None and same_float(e.cosine, b.cosine)
         assert b.note == e.note
 
 
-def test_contract_keys_and_everything_else_survive(tmp_path) -> None:
+def test_contract_keys_and_everything_else_survive(tmp_path: Path) -> None:
     e = TensorEntry(
         "kl",
         -2.9,

@@ -4,6 +4,8 @@ one line per consuming layer, '#' lines kept in float, weight lines first, bad f
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,14 +56,14 @@ def model() -> LoadedModel:
     return load_model(branchy().SerializeToString(), name="branchy.onnx")
 
 
-def sym(t: float, **kw: object) -> TensorEntry:
-    return TensorEntry("kl", -t, t, t, float(np.float32(t) / np.float32(127)), 0, **kw)  # type: ignore[arg-type]
+def sym(t: float, **kw: Any) -> TensorEntry:
+    return TensorEntry("kl", -t, t, t, float(np.float32(t) / np.float32(127)), 0, **kw)
 
 
 THRESHOLDS = {"x": 127 / 42.717117, "r1": 2.5, "f": 6.0, "c1": 3.0}  # c1 feeds no Conv/Gemm: no line
 
 
-def table(entries: dict[str, TensorEntry], weights: dict | None = None) -> CalibrationTable:
+def table(entries: dict[str, TensorEntry], weights: dict[str, dict[str, Any]] | None = None) -> CalibrationTable:
     return CalibrationTable("branchy.onnx", "", {}, entries, weights=weights or {})
 
 
@@ -112,8 +114,8 @@ def test_float_kept_lines_start_with_hash_and_read_back_as_float(model: LoadedMo
     assert math.isclose(back.tensors["r1"].threshold, 2.5, rel_tol=1e-6)
 
 
-def test_round_trip_with_model(model: LoadedModel, tmp_path) -> None:
-    weights = {
+def test_round_trip_with_model(model: LoadedModel, tmp_path: Path) -> None:
+    weights: dict[str, dict[str, Any]] = {
         "w1": {"axis": 0, "node": "conv1", "scales": [0.011, 0.0123, 0.0005]},
         "wf": {"axis": 0, "node": "fc", "scales": [0.2, 0.3]},
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,8 +31,8 @@ from quantviz.table import CalibrationTable, TensorEntry
 THRESHOLDS = {"input": 1.0, "conv out: [0]": 2.640625, "/relu/Relu_output_0": 0.1, "big": 12345.678}
 
 
-def sym(t: float, **kw: object) -> TensorEntry:
-    return TensorEntry("kl", -t, t, t, float(np.float32(t) / np.float32(127)), 0, **kw)  # type: ignore[arg-type]
+def sym(t: float, **kw: Any) -> TensorEntry:
+    return TensorEntry("kl", -t, t, t, float(np.float32(t) / np.float32(127)), 0, **kw)
 
 
 def table(entries: dict[str, TensorEntry]) -> CalibrationTable:
@@ -52,7 +54,7 @@ def test_round_trip_within_float32(kind: str) -> None:
         assert e.method == f"ort-{kind}"
 
 
-def test_onnxruntime_own_readers_accept_the_files(tmp_path) -> None:
+def test_onnxruntime_own_readers_accept_the_files(tmp_path: Path) -> None:
     from onnxruntime.quantization.calibrate import load_tensors_data
     from onnxruntime.quantization.CalTableFlatBuffers.TrtTable import TrtTable
 
@@ -74,7 +76,7 @@ def test_onnxruntime_own_readers_accept_the_files(tmp_path) -> None:
     assert {k: t.tensors for k, t in read_ort_directory(tmp_path).items()}.keys() == set(KINDS)
 
 
-def test_write_one_kind_to_a_chosen_path(tmp_path) -> None:
+def test_write_one_kind_to_a_chosen_path(tmp_path: Path) -> None:
     out = tmp_path / "my.cache"
     write_ort_table(SRC, out, "cache")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my.cache"]  # the other two stayed in a private temp dir
@@ -90,7 +92,7 @@ def test_float_kept_left_out_and_asymmetric_written_as_symmetric_cover() -> None
 
 @given(
     st.dictionaries(
-        st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=16),
+        st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]), min_size=1, max_size=16),
         st.floats(1e-30, 1e30),
         min_size=1,
         max_size=5,

@@ -20,13 +20,15 @@ OVERRIDES = {"x": 0.03, "relu_out": 0.02}
 @pytest.fixture(scope="module")
 def qdq_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """conv_bn_relu quantized by onnxruntime (QDQ, int8, per-channel weights) with two fixed activation scales."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    class Reader(CalibrationDataReader):
+    # onnxruntime takes any object with get_next() as a CalibrationDataReader (its __subclasshook__);
+    # its classes carry no type information, so subclassing one would derive from Any.
+    class Reader:
         def __init__(self) -> None:
             self.batches = iter([{"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}])
 
-        def get_next(self) -> dict | None:
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
     d = tmp_path_factory.mktemp("qdq")

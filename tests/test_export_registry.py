@@ -4,6 +4,7 @@ tells each written file's format from its content."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from quantviz.errors import QuantvizError
 from quantviz.export.qdq_model import build_available
 from quantviz.export.registry import FORMATS, ExportOptions, detect_format, export_bytes, import_bytes, read_table, write_table
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.table import CalibrationTable, TensorEntry
 
 from .graphs import conv_bn_relu
@@ -34,7 +35,7 @@ TEXT_FORMATS = [f for f in FORMATS if f != "qdq"]
 
 
 @pytest.fixture(scope="module")
-def model():
+def model() -> LoadedModel:
     return load_model(conv_bn_relu().SerializeToString(), name="conv_bn_relu.onnx")
 
 
@@ -44,7 +45,7 @@ def table() -> CalibrationTable:
 
 
 @pytest.mark.parametrize("fmt", TEXT_FORMATS)
-def test_every_format_round_trips_and_is_detected(fmt: str, model, tmp_path) -> None:
+def test_every_format_round_trips_and_is_detected(fmt: str, model: LoadedModel, tmp_path: Path) -> None:
     opts = ExportOptions(model=model)
     data = export_bytes(table(), fmt, opts)
     assert detect_format(data, None) == fmt, "detected from content alone"
@@ -60,7 +61,7 @@ def test_every_format_round_trips_and_is_detected(fmt: str, model, tmp_path) -> 
 
 
 @pytest.mark.skipif(not build_available(), reason="quantviz.qdq.build_qdq_model not written yet")
-def test_qdq_round_trip(model) -> None:
+def test_qdq_round_trip(model: LoadedModel) -> None:
     # every activation needs a scale, or the builder keeps its node in float
     full = {**THRESHOLDS, "bn_out": 5.0, "add_out": 7.5, "out": 7.5}
     src = CalibrationTable(
@@ -107,7 +108,7 @@ def test_unknown_format_name() -> None:
         export_bytes(table(), "onnx")
 
 
-def test_missing_output_folder(tmp_path) -> None:
+def test_missing_output_folder(tmp_path: Path) -> None:
     with pytest.raises(QuantvizError, match="does not exist"):
         write_table(table(), "csv", tmp_path / "no" / "t.csv")
 
@@ -122,7 +123,7 @@ def test_each_format_declares_whether_it_needs_the_model() -> None:
     assert all(f.detect for f in FORMATS.values())  # every format can be recognised
 
 
-def test_cli_export_refuses_a_model_format_without_the_model(tmp_path) -> None:
+def test_cli_export_refuses_a_model_format_without_the_model(tmp_path: Path) -> None:
     import subprocess
     import sys
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import struct
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,13 +17,13 @@ from quantviz.export.tensorrt import DEFAULT_TRT_HEADER, dumps_trt, loads_trt, r
 from quantviz.table import CalibrationTable, TensorEntry
 
 # Line-based formats cannot hold line breaks; everything else (spaces, brackets, colons, unicode) goes.
-NAME_CHARS = st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",))
+NAME_CHARS = st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"])
 NAMES = st.text(NAME_CHARS, min_size=1, max_size=24)
 
 
-def sym(t: float, scale: float | None = None, **kw: object) -> TensorEntry:
+def sym(t: float, scale: float | None = None, **kw: Any) -> TensorEntry:
     s = float(np.float32(t) / np.float32(127)) if scale is None else scale
-    return TensorEntry("kl", -t, t, t, s, 0, **kw)  # type: ignore[arg-type]
+    return TensorEntry("kl", -t, t, t, s, 0, **kw)
 
 
 def table(entries: dict[str, TensorEntry]) -> CalibrationTable:
@@ -61,7 +63,7 @@ def test_formats_md_example_parses() -> None:
     assert (t.settings["trt_version"], t.settings["trt_algorithm"]) == ("8601", "EntropyCalibration2")
 
 
-def test_names_with_spaces_brackets_colons(tmp_path) -> None:
+def test_names_with_spaces_brackets_colons(tmp_path: Path) -> None:
     names = ["(Unnamed Layer* 3) [Activation]_output", "a: b: c", "x:", "ends with colon space: ", "ünïcødé 名前"]
     src = table({n: sym(0.5 + i) for i, n in enumerate(names)})
     path = tmp_path / "calib.cache"

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 
+from quantviz import kernels
 from quantviz.calib import MethodConfig
 from quantviz.calib.kl import kl_histogram, threshold_kl
 from quantviz.config import STATS_FORMAT, CollectConfig
@@ -22,6 +23,7 @@ from quantviz.histogram import (
     CHUNK,
     Histogram,
     abs_and_signed_counts,
+    add_pair_counts,
     bin_indices,
     coarsened,
     edges_for,
@@ -193,3 +195,39 @@ def test_kl_histogram_leaves_zeros_out_and_spans_the_abs_max() -> None:
     h = kl_histogram(s, 2048)
     assert h.bins == 2048 and h.edges[-1] == pytest.approx(3.0) and h.total == pytest.approx(4000)
     assert s.fine_hist is not None and s.fine_hist.counts[0] >= 5000  # the stored histogram is untouched
+
+
+def _edge_heavy(rng: np.random.Generator, size: int, width: float) -> np.ndarray:
+    """Normal values plus many exact multiples of the grid (negative edges of every signed group in
+    many blocks), exact zeros, -0.0, subnormals and the largest value the grid holds."""
+    x = (rng.standard_normal(size) * 3).astype(np.float32)
+    on = rng.random(size) < 0.05
+    x[on] = (np.round(x[on] / (16 * width)) * 16 * width).astype(np.float32)  # signed-group edges
+    x[rng.random(size) < 0.03] = -0.0
+    x[rng.random(size) < 0.03] = 0.0
+    x[:3] = np.float32(1e-40), np.float32(-1e-40), -np.float32(width)
+    return x
+
+
+@pytest.mark.parametrize("size", [1000, kernels.DIRECT_BELOW + 77, 600_000])
+@pytest.mark.parametrize("sbins", [2048, 4096, 32768])  # signed bins of 16, 8 and 1 fine bins
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_compiled_counts_equal_numpy_and_the_oracle(size: int, sbins: int, nonnegative: bool) -> None:
+    assert kernels.available()  # numba is a requirement: the fast path must be the one tested
+    rng = np.random.default_rng(size + sbins)
+    fine = 16384
+    x = _edge_heavy(rng, size, 2.0**-10)
+    if nonnegative:
+        x = np.abs(x)
+    e = exponent_for(float(np.abs(x).max()), fine)
+    assert e <= 0
+    got_a, got_s = np.zeros(fine, np.int64), np.zeros(sbins, np.int64)
+    ref_a, ref_s = np.zeros(fine, np.int64), np.zeros(sbins, np.int64)
+    zeros = add_pair_counts(x, e, fine, nonnegative, sbins, got_a, got_s)
+    ref_zeros = add_pair_counts(x, e, fine, nonnegative, sbins, ref_a, ref_s, compiled=False)
+    np.testing.assert_array_equal(got_a, ref_a)
+    np.testing.assert_array_equal(got_s, ref_s)
+    assert zeros == ref_zeros == int((x == 0).sum())
+    shift = (2 * fine // sbins).bit_length() - 1
+    np.testing.assert_array_equal(got_a, np.bincount(bin_indices(x, e, fine, False), minlength=fine))
+    np.testing.assert_array_equal(got_s, np.bincount(bin_indices(x, e + shift, sbins, True), minlength=sbins))

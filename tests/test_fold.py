@@ -32,7 +32,7 @@ def inits(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
 
 
-def model(nodes: list[onnx.NodeProto], arrays: dict[str, np.ndarray], x_shape: list[int], y_name: str = "y") -> onnx.ModelProto:
+def model(nodes: list[onnx.NodeProto], arrays: dict[str, np.ndarray], x_shape: list[int | str], y_name: str = "y") -> onnx.ModelProto:
     g = helper.make_graph(
         nodes,
         "g",

@@ -22,7 +22,7 @@ def test_the_fold_happens_once_for_every_table(monkeypatch: pytest.MonkeyPatch) 
     model = load_model(conv_bn_relu().SerializeToString())
     stats = collect(model, open_source("synthetic:16", model.inputs))
     calls: list[int] = []
-    real = quantviz.folded.fold_batchnorm
+    real = fold_batchnorm
 
     def counting(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, FoldReport]:
         calls.append(1)

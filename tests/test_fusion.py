@@ -13,8 +13,9 @@ from quantviz.data import open_source
 from quantviz.errors import QuantvizError
 from quantviz.export.qv_json import dumps, loads
 from quantviz.fusion import analyse, requant_points
-from quantviz.model import load_model
-from quantviz.table import TensorEntry, calibrate_model, check_table_against_model
+from quantviz.model import LoadedModel, load_model
+from quantviz.stats import CalibrationStats
+from quantviz.table import CalibrationTable, TensorEntry, calibrate_model, check_table_against_model
 from tests import graphs
 
 RNG = np.random.default_rng(0)
@@ -119,7 +120,7 @@ def test_add_and_concat_are_listed_with_their_scales() -> None:
     assert a2.input_scales == (0.02, None) and not a2.differ
 
 
-def _table(proto: onnx.ModelProto, method: str = "minmax"):  # noqa: ANN202 - test helper
+def _table(proto: onnx.ModelProto, method: str = "minmax") -> tuple[LoadedModel, CalibrationStats, CalibrationTable]:
     model = load_model(proto.SerializeToString(), name="tiny.onnx")
     stats = collect(model, open_source("synthetic:16", model.inputs), CollectConfig(bins=256))
     return model, stats, calibrate_model(model, stats, method)

@@ -25,7 +25,7 @@ from quantviz.schema import SCALE_MIN, check_stats, check_table
 from quantviz.stats import load_stats, save_stats
 from quantviz.table import CalibrationTable, TensorEntry
 from tests import bad_files as bf
-from tests.strategies import entry_values
+from tests.strategies import EntryValues, entry_values
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 ROUND = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -125,7 +125,7 @@ def _table(entries: dict[str, TensorEntry]) -> CalibrationTable:
 
 @ROUND
 @given(st.dictionaries(NAMES, st.tuples(entry_values(), st.integers(-128, 255), st.text(max_size=10)), min_size=1, max_size=6))
-def test_json_and_csv_round_trip_exactly(entries: dict) -> None:
+def test_json_and_csv_round_trip_exactly(entries: dict[str, tuple[EntryValues, int, str]]) -> None:
     src = {n: TensorEntry("kl", lo, hi, t, s, zp, cos, note, kept) for n, ((lo, hi, t, s, cos, kept), zp, note) in entries.items()}
     for fmt in ("json", "csv"):
         back = import_bytes(export_bytes(_table(src), fmt), fmt)

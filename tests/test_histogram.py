@@ -7,6 +7,7 @@ Oracles: histogram_of over the concatenated values, and a plain numpy check of e
 from __future__ import annotations
 
 import itertools
+import random
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_shards_merge_in_any_order(signed: bool) -> None:
 @pytest.mark.parametrize("signed", [False, True])
 def test_bin_of_every_value(signed: bool) -> None:
     rng = np.random.default_rng(11)
-    x = np.concatenate([rng.standard_normal(400).astype(np.float32) * 3, np.float32([0.0, -0.0, 5.0, -5.0])])
+    x = np.concatenate([rng.standard_normal(400).astype(np.float32) * 3, np.array([0.0, -0.0, 5.0, -5.0], np.float32)])
     h = histogram_of(x, 32, signed)
     expected = np.zeros(32, dtype=np.int64)
     for v in x:
@@ -150,7 +151,7 @@ arrays = hnp.arrays(np.float32, st.integers(0, 40), elements=finite32 | st.sampl
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(arrays, min_size=1, max_size=6), st.sampled_from([16, 128]), st.booleans(), st.randoms())
-def test_property_any_split_any_order(batches: list[np.ndarray], bins: int, signed: bool, rnd) -> None:
+def test_property_any_split_any_order(batches: list[np.ndarray], bins: int, signed: bool, rnd: random.Random) -> None:
     whole = histogram_of(np.concatenate(batches), bins, signed)
     _assert_same(_feed(batches, bins, signed).result(), whole)
     shuffled = list(batches)

@@ -9,6 +9,7 @@ normalised; KL(P || Q) with P = 0 terms skipped, infinite where P > 0 and Q = 0.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -85,9 +86,9 @@ def _histograms() -> list[np.ndarray]:
 def test_curve_equals_slow_loop(k: int) -> None:
     h = _histograms()[k]
     cand, div = kl_curve(h, KL_START_BIN, KL_TARGET_BINS)
-    s_cand, s_div = slow_kl(h.tolist())
+    s_cand, s_div_list = slow_kl(h.tolist())
     np.testing.assert_array_equal(cand, s_cand)
-    s_div = np.array(s_div)
+    s_div = np.array(s_div_list)
     np.testing.assert_array_equal(np.isinf(div), np.isinf(s_div))
     fin = np.isfinite(s_div)
     np.testing.assert_allclose(div[fin], s_div[fin], rtol=1e-9, atol=1e-12)
@@ -160,6 +161,7 @@ def test_zeros_removed_without_mutating_stats() -> None:
     acc = TensorAccumulator("t", bins=2048, fine_bins=16384)
     acc.update(x)
     stats = acc.result()
+    assert stats.fine_hist is not None
     before = stats.fine_hist.counts.copy()
     assert stats.zero_count == int((x == 0).sum()) > 15000
     r = threshold_kl(stats, MethodConfig())
@@ -179,10 +181,10 @@ def test_zeros_removed_without_mutating_stats() -> None:
 
 def test_fewer_bins_than_target_gives_absmax() -> None:
     acc = TensorAccumulator("t", bins=64)
-    acc.update(np.float32([0.1, -2.5, 1.7, 0.0, 3.2]))
+    acc.update(np.array([0.1, -2.5, 1.7, 0.0, 3.2], np.float32))
     stats = acc.result()
     r = threshold_kl(stats, MethodConfig(kl_bins=64))
-    assert r.threshold == float(np.abs(np.float32([0.1, -2.5, 1.7, 3.2])).max())
+    assert r.threshold == float(np.abs(np.array([0.1, -2.5, 1.7, 3.2], np.float32)).max())
     assert r.curve is not None and r.curve.x.size == 1
 
 
@@ -226,7 +228,7 @@ def test_full_2048_bins_against_two_pass_slow_loop() -> None:
     assert abs(chosen - best) <= 1 or s_div[chosen - s_cand[0]] <= 1.02 * min(s_div), (chosen, best)
 
 
-def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -> None:
+def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     """calibrate() spreads tensors over threads: every entry must equal threshold_kl on that tensor,
     in the statistics' order, as with one thread."""
     from pathlib import Path
@@ -242,7 +244,7 @@ def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -
     samples = Path(__file__).resolve().parent.parent / "sample_models"
     model = load_model(samples / "digits_cnn.onnx")
     stats = collect(model, open_source(samples / "digits_calib.npz", model.inputs), CollectConfig(samples=64))
-    monkeypatch.setattr(table_mod.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     threaded = table_mod.calibrate(stats, "kl")
     assert list(threaded.tensors) == list(stats.tensors)
     for name, t in stats.tensors.items():
@@ -251,3 +253,40 @@ def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch) -
         assert (got.threshold, got.scale, got.min, got.max) == (want.threshold, want.scale, want.min, want.max), name
     monkeypatch.setattr(table_mod, "CALIBRATE_THREADS", 1)
     assert table_mod.calibrate(stats, "kl").tensors == threaded.tensors
+
+
+@pytest.mark.parametrize(("n", "target", "first"), [(2048, 128, 128), (1500, 128, 300), (3000, 128, 128), (700, 100, 150)])
+def test_compiled_group_sums_equal_the_numpy_gather(n: int, target: int, first: int) -> None:
+    """kl_curve sums each candidate's group terms with quantviz.kernels.group_sums (stepping a_g =
+    ceil(g i / target) incrementally); the numpy fallback gathers them through the plan's index table.
+    Both against a direct sum written here from the definition."""
+    from quantviz import kernels
+    from quantviz.calib.kl import _group_sums_numpy, _plan
+
+    assert kernels.available()
+    rng = np.random.default_rng(n)
+    flat, width = _plan(max(n, 2048), target)
+    term = rng.random(n * width)
+    got = kernels.group_sums(term, width, first, n, target)
+    ref = _group_sums_numpy(term, flat[first - 1 : n], target)
+    direct = []
+    for i in range(first, n + 1):
+        a = [-(-g * i // target) for g in range(target + 1)]
+        direct.append(sum(term[a[g] * width + a[g + 1] - a[g] - 1] for g in range(target)))
+    np.testing.assert_allclose(got, direct, rtol=1e-12)
+    np.testing.assert_allclose(ref, direct, rtol=1e-12)
+
+
+def test_curve_without_the_compiled_loop_equals_the_slow_loop(monkeypatch) -> None:
+    """The numpy fallback (no numba) gives the same curves."""
+    from quantviz import kernels
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    for h in _histograms():
+        cand, div = kl_curve(h, KL_START_BIN, KL_TARGET_BINS)
+        s_cand, s_div = slow_kl(h.tolist())
+        np.testing.assert_array_equal(cand, s_cand)
+        s_div = np.array(s_div)
+        fin = np.isfinite(s_div)
+        np.testing.assert_array_equal(np.isinf(div), np.isinf(s_div))
+        np.testing.assert_allclose(div[fin], s_div[fin], rtol=1e-9, atol=1e-12)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests import bad_files as bf
@@ -80,7 +81,7 @@ def test_declared_256_tib_is_refused_under_the_cap(tmp_path: Path) -> None:
 
 
 def test_tampered_statistics_are_refused_under_the_cap(tmp_path: Path, valid: bf.Valid) -> None:
-    def tamper(a: dict) -> None:
+    def tamper(a: dict[str, np.ndarray]) -> None:
         a["scalars"] = a["scalars"].copy()
         a["scalars"][:, 6] *= 1e6  # max of every tensor, a million times past its histograms
 

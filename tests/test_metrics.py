@@ -26,7 +26,7 @@ def slow_cosine(a: np.ndarray, b: np.ndarray) -> float:
         else:
             c = dot / (nx * ny)
         total += c
-    return total / a.shape[0]
+    return total / int(a.shape[0])
 
 
 def test_hand_values() -> None:

@@ -81,14 +81,14 @@ def test_constant_and_zero_tensors_are_defined() -> None:
 
 
 def test_power_of_two() -> None:
-    x = np.float32([-0.3, 5.1])
+    x = np.array([-0.3, 5.1], np.float32)
     r = threshold_minmax(_stats(x), MethodConfig(power_of_two=True))
     assert r.scale == 2.0 ** math.ceil(math.log2(float(np.float32(5.1) / np.float32(127))))
     assert r.threshold == r.scale * 127 >= 5.1
 
 
 def test_ema_threshold_is_moving_average() -> None:
-    batches = [np.float32([-1.0, 2.0]), np.float32([-3.0, 10.0]), np.float32([-0.5, 1.0])]
+    batches = [np.array([-1.0, 2.0], np.float32), np.array([-3.0, 10.0], np.float32), np.array([-0.5, 1.0], np.float32)]
     c = 0.25
     lo, hi = -1.0, 2.0
     for b in batches[1:]:
@@ -102,6 +102,6 @@ def test_ema_threshold_is_moving_average() -> None:
 
 @pytest.mark.parametrize("method", ["minmax", "ema"])
 def test_empty_tensor_refused(method: str) -> None:
-    for empty in (_stats(), _stats(np.float32([np.nan, np.inf]))):
+    for empty in (_stats(), _stats(np.array([np.nan, np.inf], np.float32))):
         with pytest.raises(QuantvizError, match="Tensor 't' has no finite values"):
             METHODS[method](empty, SYM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,25 @@ from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import open_source
 from quantviz.errors import QuantvizError
-from quantviz.model import load_model, plain_session, session_with_outputs
+from quantviz.model import Dim, load_model, plain_session, session_with_outputs
 from tests import graphs
 from tests.conftest import ort_run_with_outputs
 
 
-def _model(nodes, inputs, outputs, inits=(), opsets=(("", graphs.OPSET),), ir_version=graphs.IR_VERSION) -> bytes:
+def _model(
+    nodes: Sequence[onnx.NodeProto],
+    inputs: Sequence[onnx.ValueInfoProto],
+    outputs: Sequence[onnx.ValueInfoProto],
+    inits: Sequence[onnx.TensorProto] = (),
+    opsets: Sequence[tuple[str, int]] = (("", graphs.OPSET),),
+    ir_version: int = graphs.IR_VERSION,
+) -> bytes:
     g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
     m = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], ir_version=ir_version)
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
-def _vi(name: str, elem: int = TensorProto.FLOAT, shape=("N", 4)) -> onnx.ValueInfoProto:
+def _vi(name: str, elem: int = TensorProto.FLOAT, shape: Sequence[Dim] = ("N", 4)) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, list(shape))
 
 
@@ -67,7 +75,7 @@ def test_constant_node_outputs_are_weights() -> None:
     w = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "wc")
     nodes = [
         helper.make_node("Constant", [], ["W"], name="const_w", value=w),
-        helper.make_node("Constant", [], ["k"], name="const_k", value=numpy_helper.from_array(np.float32([2.0]), "k")),
+        helper.make_node("Constant", [], ["k"], name="const_k", value=numpy_helper.from_array(np.array([2.0], np.float32), "k")),
         helper.make_node("Mul", ["W", "k"], ["W2"], name="scale_w"),  # computed from constants only
         helper.make_node("MatMul", ["x", "W2"], ["y"], name="mm"),
     ]
@@ -222,7 +230,7 @@ def test_nothing_written_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert os.listdir(work) == []
 
 
-def test_sha256_and_name(write_model) -> None:
+def test_sha256_and_name(write_model: Callable[[onnx.ModelProto, str], Path]) -> None:
     import hashlib
 
     path = write_model(graphs.identity_graph(), "ident.onnx")

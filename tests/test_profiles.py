@@ -27,7 +27,8 @@ LN_INSIDE = {"mu", "d", "d2", "var", "ve", "sd", "n", "ng"}
 
 def _stats(path: Path, data: dict[str, np.ndarray], tmp: Path):
     model = load_model(path)
-    np.savez(tmp / "data.npz", **data)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(tmp / "data.npz", **data)  # type: ignore[arg-type]
     source = open_source(str(tmp / "data.npz"), model.inputs)
     return model, source, collect(model, source, CollectConfig())
 
@@ -173,7 +174,8 @@ def test_output_figures_judge_decisions_and_one_value_outputs(tmp_path: Path) ->
 
 def test_cli_profile_and_clip_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, data = _logit_model(tmp_path)
-    np.savez(tmp_path / "d.npz", **data)
+    # numpy's stub lets **arrays fill its allow_pickle: bool parameter
+    np.savez(tmp_path / "d.npz", **data)  # type: ignore[arg-type]
     out = tmp_path / "t.json"
     assert main(["calibrate", str(path), "--data", str(tmp_path / "d.npz"), "--method", "kl", "--clip-outputs", "-o", str(out)]) == 0
     err = capsys.readouterr().err
@@ -232,3 +234,126 @@ def test_int8_layers_with_float_outputs_are_analysed(tmp_path: Path) -> None:
     assert by["conv"].isolated.cosine == pytest.approx(by["conv"].accumulated.cosine, abs=1e-12)
     assert by["fc"].accumulated.cosine == pytest.approx(report.outputs[0].figures.cosine, abs=1e-12)  # fc writes y
     assert by["conv"].isolated.cosine < 1.0
+
+
+def _head_model(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A detection head: x[N,8] -> Gemm -> Sigmoid -> scores[N,4] and x -> Gemm -> Mul 100 -> boxes[N,4],
+    joined by Concat into the one graph output det[N,8] (YOLO's output0). Most scores are small, a few
+    near 1 (KL clips them); the boxes reach hundreds."""
+    rng = np.random.default_rng(3)
+    g = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "ws"], ["logit"], name="cls", transB=1),
+            helper.make_node("Sigmoid", ["logit"], ["scores"], name="sigmoid"),
+            helper.make_node("Gemm", ["x", "wb"], ["raw"], name="reg", transB=1),
+            helper.make_node("Mul", ["raw", "stride"], ["boxes"], name="scale_boxes"),
+            helper.make_node("Concat", ["boxes", "scores"], ["det"], name="join", axis=1),
+        ],
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("det", TensorProto.FLOAT, ["N", 8])],
+        [
+            numpy_helper.from_array(np.full((4, 8), 0.5, np.float32), "ws"),
+            numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "wb"),
+            numpy_helper.from_array(np.array(100.0, np.float32), "stride"),
+        ],
+    )
+    x = (rng.standard_normal((400, 8)) * 0.1 - 0.6).astype(np.float32)  # logits near -2.4: scores near 0.08
+    x[::50] += 1.2  # one sample in 50: logit near +2.4, score near 0.92
+    return _save(g, folder, "head"), {"x": x}
+
+
+def test_detection_head_join_stays_float_and_scores_keep_their_range(tmp_path: Path) -> None:
+    path, data = _head_model(tmp_path)
+    proto = onnx.load(str(path))
+    for key in PROFILES:  # under every profile: the join is float, its node runs in float
+        p = placement(proto, key)
+        assert "det" in p.float_tensors and "joins probabilities ('scores')" in p.float_tensors["det"], key
+        assert "join" in p.float_nodes
+    assert {"scores", "boxes", "logit"} <= placement(proto, "ort").quantized
+    model, source, stats = _stats(path, data, tmp_path)
+    table = calibrate_model(model, stats, "kl")
+    # independent reference: the scores in numpy
+    scores = 1 / (1 + np.exp(-(data["x"].astype(np.float64) @ np.full((8, 4), 0.5))))
+    e = table.tensors["scores"]
+    assert e.extra["output_minmax"]["was"] == "kl" and e.extra["output_minmax"]["threshold"] < 0.5 * scores.max()  # KL would clip
+    assert e.threshold == pytest.approx(scores.max(), rel=1e-5)
+    assert table.tensors["det"].float_kept
+    # one int8 scale for det (set by the boxes) would round every score to zero: what the rule avoids
+    det_f = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, data)[0]
+    assert np.all(np.round(scores / (np.abs(det_f).max() / 127)) == 0)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    qdq = build_qdq_model(model, table)
+    assert "det" not in _quantized_tensors(qdq) and "scores" in _quantized_tensors(qdq)
+    det_q = ort.InferenceSession(qdq.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, data)[0]
+    assert np.mean((det_q[:, 4:] >= 0.5) == (scores >= 0.5)) == 1.0  # the rare confident scores survive
+    assert np.abs(det_q[:, 4:] - scores).max() < 0.05
+
+
+def test_graph_inputs_take_minmax_unless_the_clip_is_allowed(tmp_path: Path) -> None:
+    """The head's input x: most values near -0.6, one sample in 50 near +0.6; KL clips it (the rare
+    samples carry the confident scores), so x takes its observed range, as outputs do."""
+    path, data = _head_model(tmp_path)
+    model, _, stats = _stats(path, data, tmp_path)
+    x = data["x"].astype(np.float64)
+    clipped = calibrate_model(model, stats, "kl", clip_outputs=True)
+    assert clipped.tensors["x"].threshold < 0.9 * np.abs(x).max()
+    assert "'x' is a graph input and is clipped" in clipped.settings["output_clip_warnings"]["x"]
+    e = calibrate_model(model, stats, "kl").tensors["x"]
+    assert e.method == "minmax" and e.threshold == pytest.approx(np.abs(x).max(), rel=1e-6)
+    assert e.extra["output_minmax"] == {"was": "kl", "threshold": clipped.tensors["x"].threshold, "input": "x"}
+
+
+def _gelu_model(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """x -> MatMul -> h; the tanh-form GELU of h (jax2tf's order: c * h, h * ., h * ., h + ., * sqrt(2/pi),
+    Tanh, 1 + ., 0.5 * ., h * .) -> MatMul -> y; the erf-form GELU of h (PyTorch's: h / sqrt 2, Erf, + 1,
+    h * ., * 0.5) -> MatMul -> z."""
+    c = lambda v, n: numpy_helper.from_array(np.array(v, np.float32), n)  # noqa: E731
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Mul", ["k", "h"], ["t1"], name="t_mul"),
+        helper.make_node("Mul", ["h", "t1"], ["t2"], name="t_mul1"),
+        helper.make_node("Mul", ["h", "t2"], ["t3"], name="t_mul2"),
+        helper.make_node("Add", ["h", "t3"], ["t4"], name="t_add"),
+        helper.make_node("Mul", ["s2pi", "t4"], ["t5"], name="t_mul3"),
+        helper.make_node("Tanh", ["t5"], ["t6"], name="t_tanh"),
+        helper.make_node("Add", ["one", "t6"], ["t7"], name="t_add1"),
+        helper.make_node("Mul", ["half", "t7"], ["t8"], name="t_mul4"),
+        helper.make_node("Mul", ["h", "t8"], ["g_tanh"], name="t_mul5"),
+        helper.make_node("MatMul", ["g_tanh", "w"], ["y"], name="fc_y"),
+        helper.make_node("Div", ["h", "sqrt2"], ["e1"], name="e_div"),
+        helper.make_node("Erf", ["e1"], ["e2"], name="e_erf"),
+        helper.make_node("Add", ["e2", "one"], ["e3"], name="e_add"),
+        helper.make_node("Mul", ["h", "e3"], ["e4"], name="e_mul"),
+        helper.make_node("Mul", ["e4", "half"], ["g_erf"], name="e_mul1"),
+        helper.make_node("MatMul", ["g_erf", "w"], ["z"], name="fc_z"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "gelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8]), helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+        [
+            numpy_helper.from_array(np.random.default_rng(5).standard_normal((8, 8)).astype(np.float32), "w"),
+            c(0.044715, "k"), c(np.sqrt(2 / np.pi), "s2pi"), c(1.0, "one"), c(0.5, "half"), c(np.sqrt(2.0), "sqrt2"),
+        ],
+    )  # fmt: skip
+    return _save(g, folder, "gelu"), {"x": np.random.default_rng(6).standard_normal((64, 8)).astype(np.float32)}
+
+
+def test_decomposed_gelu_insides_are_float(tmp_path: Path) -> None:
+    path, data = _gelu_model(tmp_path)
+    proto = onnx.load(str(path))
+    inside = {"t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "e1", "e2", "e3", "e4"}
+    for key in PROFILES:
+        p = placement(proto, key)
+        assert inside <= set(p.float_tensors), key
+        assert all("GELU" in p.float_tensors[t] for t in inside)
+        assert {"t_tanh", "t_mul5", "e_erf", "e_mul1"} <= set(p.float_nodes)
+    assert {"h", "g_tanh", "g_erf", "y", "z"} <= placement(proto, "ort").quantized
+    model, _, stats = _stats(path, data, tmp_path)
+    table = calibrate_model(model, stats, "minmax")
+    assert all(table.tensors[t].float_kept for t in inside)
+    q = _quantized_tensors(build_qdq_model(model, table))
+    assert not (q & inside) and {"h", "g_tanh", "g_erf"} <= q

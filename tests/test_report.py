@@ -7,6 +7,8 @@ import io
 import math
 import re
 
+import pytest
+
 from quantviz.metrics import ErrorFigures
 from quantviz.report import layer_cosine_figure, to_csv, to_html
 from quantviz.sensitivity import LayerError, LayerReport, OutputError
@@ -95,3 +97,22 @@ def test_html_is_offline_and_names_layers() -> None:
     for name in ("conv_&lt;one&gt;", "relu &amp; two", "gemm_three"):
         assert name in page  # escaped in the HTML tables
     assert "tiny.onnx" in page and "accuracy quantized" in page
+
+
+def test_error_figure_log_one_minus_cosine_with_the_axis_on_top() -> None:
+    from quantviz.error_chart import COSINE, SNR, layer_error_figure
+
+    fig = layer_error_figure(report(), "accumulated")
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis2.side == "top" and fig.layout.xaxis2.matches == "x"
+    assert list(fig.data[1].x) == pytest.approx([0.1, 0.05, 0.001])  # 1 - cosine, worst first
+    assert fig.data[1].customdata[0][0] == "gemm_three" and "cos 0.90000000" in fig.data[1].customdata[0][1]
+    # isolated cosine 1.0 (identical): drawn at the floor of the log axis, not dropped
+    assert fig.data[0].x[1] == pytest.approx(1e-12)
+    # the legend sits under the title, both in the top margin above the plot
+    assert fig.layout.title.yref == "container" and fig.layout.legend.yref == "container"
+    assert fig.layout.legend.y < fig.layout.title.y and fig.layout.margin.t >= 100
+    assert tuple(fig.layout.yaxis.range) == (2.5, -0.5)  # worst on top, no padding above the first bar
+    snr = layer_error_figure(report(), "accumulated", measure=SNR)
+    assert snr.layout.xaxis.type == "linear" and list(snr.data[1].x) == [10.0, 12.5, 30.0]
+    assert list(layer_error_figure(report(), "accumulated", measure=COSINE).data[1].x) == [0.9, 0.95, 0.999]
+    assert layer_error_figure(report(), "accumulated", log=False).layout.xaxis.type == "linear"

@@ -129,6 +129,11 @@ def asymmetric(table: CalibrationTable, tensors: dict[str, np.ndarray]) -> Calib
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
+    return make_tiny(tmp_path_factory)
+
+
+def make_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny graph loaded, 10 samples, a table clipping at 0.8 of each range, the numpy references."""
     proto, arrays = tiny_graph()
     rng = np.random.default_rng(1)
     x = rng.standard_normal((10, 2, 6, 6)).astype(F32)

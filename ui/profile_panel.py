@@ -56,7 +56,7 @@ def engine_profile_expander(table: CalibrationTable, where: str) -> None:
         clips = dict(table.settings.get("output_clip_warnings") or {})
         protected = [n for n, e in table.tensors.items() if e.extra.get("output_minmax")]
         if protected:
-            st.caption(f"Feeding graph outputs, MinMax instead of a clipping threshold: {', '.join(protected)}.")
+            st.caption(f"Graph inputs and tensors feeding graph outputs, MinMax instead of a clipping threshold: {', '.join(protected)}.")
         for text in clips.values():
             st.warning(text)
         for text in (v.get("text", "") for v in dict(table.settings.get("bias_overflow") or {}).values()):

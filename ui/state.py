@@ -127,6 +127,7 @@ class Controls:
     sens_samples: int | None = None  # None: the page's default
     sens_mode: str = "isolated"
     sens_limit: int | str = 40
+    sens_measure: str = "1 - cosine (log)"  # how the per-layer error is drawn (pages/3_Layer_sensitivity.py)
     eq_alpha: float = EQConfig().alpha
     eq_beta: float = EQConfig().beta
     eq_n: int = EQConfig().n

@@ -59,7 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from quantviz.calib.result import Curve
-from quantviz.errors import QuantvizError
+from quantviz.errors import CancelledError, QuantvizError
 from quantviz.limits import EQ_ROUNDS_MAX, SEARCH_CANDIDATES_MAX, check_at_most
 
 EQ_ALPHA = 0.5
@@ -72,6 +72,7 @@ EQ_MODES = ("accumulated", "isolated")
 COARSE_MIN_N = 25
 
 Progress = Callable[[int, int], object]
+Cancel = Callable[[], bool]  # True: stop before the next layer group
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ def eq_search(
     on_round: Callable[[int], None] | None = None,
     on_fixed: Callable[[Sequence[EQLayer], float, Mapping[str, npt.NDArray[np.float32]]], None] | None = None,
     progress: Progress | None = None,
+    cancel: Cancel | None = None,
 ) -> EQResult:
     """EasyQuant's alternating search over a callable (module doc): pure, testable with a fake.
 
@@ -311,7 +313,9 @@ def eq_search(
     -> Evaluation (or a float: the mean cosine; then the weights get one factor for all channels).
     on_round(r) is called before round r (0-based); on_fixed(layers, input_scale, weight scales by
     layer) after the layers reading one tensor have their scales for this round (the real evaluate
-    uses both to advance its walk of the quantized network). progress(done, total) counts groups.
+    uses both to advance its walk of the quantized network). progress(done, total) counts layer groups
+    (the layers reading one tensor, searched together) over all rounds; cancel() is asked before each
+    group and True raises CancelledError (nothing is returned).
     """
     config = config or EQConfig()
     missing = [layer.name for layer in layers if layer.name not in initial]
@@ -340,6 +344,8 @@ def eq_search(
         if on_round:
             on_round(r)
         for group in groups:
+            if cancel is not None and cancel():
+                raise CancelledError(f"EQ cancelled after {done} of {total} layer groups.")
             x = group[0].input
             starts: dict[str, float] = {}
             after_w: dict[str, float] = {}

@@ -16,6 +16,7 @@ from quantviz.config import INT8_MAX
 from quantviz.data import CalibrationSource
 from quantviz.easyquant.evaluator import SUBGRAPH_OPS, ModelEvaluator
 from quantviz.easyquant.search import (
+    Cancel,
     EQConfig,
     EQLayer,
     EQLayerResult,
@@ -96,6 +97,7 @@ def calibrate_eq(
     config: EQConfig | None = None,
     progress: Progress | None = None,
     *,
+    cancel: Cancel | None = None,
     method_config: MethodConfig | None = None,
     per_channel: bool = True,
     profile: str | None = None,
@@ -109,7 +111,8 @@ def calibrate_eq(
     tensors' entries replaced (method "eq"; extra["eq"] keeps the KL values and the layers), the
     searched weights' per-channel scales in table.weights (FORMATS.md {"axis", "scales", "node"}; "method"
     "eq" and "absmax_scales" added), requantization multipliers recomputed, and settings["eq"] with the
-    config and each layer's cosine trace. Symmetric int8 only.
+    config and each layer's cosine trace. Symmetric int8 only. progress(done, total) counts layer groups
+    over all rounds; cancel: asked before each group (CancelledError, nothing returned).
     """
     config = config or EQConfig()
     method_config = method_config or MethodConfig()
@@ -136,7 +139,7 @@ def calibrate_eq(
         prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples, source), fused_pre
     )
     result = eq_search(
-        layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress
+        layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress, cancel=cancel
     )
     return eq_table(base, result, model, per_channel, evaluator.samples, skipped)
 

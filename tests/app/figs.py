@@ -17,7 +17,8 @@ def array(value: Any) -> np.ndarray:
 
 
 def figure(chart: Any) -> dict[str, Any]:
-    return json.loads(chart.proto.spec)
+    fig: dict[str, Any] = json.loads(chart.proto.spec)
+    return fig
 
 
 # --- the session's typed state (ui/state.py), read the way the pages read it ------------------------

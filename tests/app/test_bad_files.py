@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -18,7 +19,7 @@ APP = str(ROOT / "app.py")
 
 
 def _tampered(raw: bytes) -> bytes:
-    def change(a: dict) -> None:
+    def change(a: dict[str, np.ndarray]) -> None:
         a["scalars"] = a["scalars"].copy()
         a["scalars"][:, 6] *= 1e6  # max a million times past the histograms: MSE would take gigabytes
 

@@ -4,6 +4,7 @@ weights, default method. Expected values come from the statistics or plain numpy
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
@@ -23,11 +24,11 @@ def _page() -> AppTest:
     return at
 
 
-def _hist(at: AppTest) -> dict:
+def _hist(at: AppTest) -> dict[str, Any]:
     return figure(at.get("plotly_chart")[0])
 
 
-def _lines(fig: dict) -> list[float]:
+def _lines(fig: dict[str, Any]) -> list[float]:
     return [s["x0"] for s in fig["layout"]["shapes"] if s["type"] == "line"]
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from quantviz.model import LoadedModel
+from quantviz.table import CalibrationTable
 from tests.app.figs import review_of, set_review_of, stats_of, stored_in, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +26,7 @@ def _export_page() -> AppTest:
     return at
 
 
-def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked():
+def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_checked() -> None:
     at = _export_page()
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download calibration.cache" in labels and "Download calibration_table.json" in labels
@@ -35,7 +39,7 @@ def test_every_cheap_format_and_the_review_are_offered_and_the_trt_header_is_che
     assert not at.error
 
 
-def test_qdq_model_is_built_on_request():
+def test_qdq_model_is_built_on_request() -> None:
     at = _export_page()
     assert "Download model_qdq.onnx" not in [b.proto.label for b in at.get("download_button")]
     at.button(key="prepare_qdq").click().run()
@@ -43,7 +47,7 @@ def test_qdq_model_is_built_on_request():
     assert "Download model_qdq.onnx" in [b.proto.label for b in at.get("download_button")]
 
 
-def test_import_and_adopt_overrides():
+def test_import_and_adopt_overrides() -> None:
     at = _export_page()
     table = "TRT-8601-EntropyCalibration2\n/Relu_output_0: " + struct.pack(">f", np.float32(1.0) / np.float32(127)).hex() + "\n"
     at.file_uploader(key="import_table").upload("other.cache", table.encode(), "text/plain").run()
@@ -53,7 +57,7 @@ def test_import_and_adopt_overrides():
     assert review.choice("/Relu_output_0").override == float(np.float32(1.0) / np.float32(127)) * 127
 
 
-def _weight_scales(proto) -> dict[str, np.ndarray]:
+def _weight_scales(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Scales of the DequantizeLinear nodes that read an integer weight initializer."""
     from onnx import numpy_helper
 
@@ -65,13 +69,13 @@ def _weight_scales(proto) -> dict[str, np.ndarray]:
     }
 
 
-def test_qdq_seven_bit_weights_checkbox(monkeypatch):
+def test_qdq_seven_bit_weights_checkbox(monkeypatch: pytest.MonkeyPatch) -> None:
     import quantviz.qdq as qdq
 
-    built: list[tuple[bool, object]] = []
+    built: list[tuple[bool, onnx.ModelProto]] = []
     original = qdq.build_qdq_model
 
-    def recording_build(model, table, **kwargs):
+    def recording_build(model: LoadedModel, table: CalibrationTable, **kwargs: Any) -> onnx.ModelProto:
         proto = original(model, table, **kwargs)
         built.append((kwargs.get("reduce_range", False), proto))
         return proto
@@ -103,7 +107,7 @@ def test_qdq_seven_bit_weights_checkbox(monkeypatch):
     assert not at.exception and not at.info
 
 
-def test_html_report_of_the_current_table():
+def test_html_report_of_the_current_table() -> None:
     """The report offered on Export is the analysis of the table the page exports (its scales)."""
     at = _export_page()
     labels = [b.proto.label for b in at.get("download_button")]

@@ -36,7 +36,7 @@ def _float_absmax(model_path: Path, data: np.ndarray, tensor: str) -> float:
     return float(np.abs(out).max())
 
 
-def test_first_screen_shows_the_sample_without_any_click():
+def test_first_screen_shows_the_sample_without_any_click() -> None:
     at = _app()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Samples"] == "256"
@@ -45,7 +45,7 @@ def test_first_screen_shows_the_sample_without_any_click():
     assert not at.error
 
 
-def test_distributions_page_draws_histogram_with_clip_lines():
+def test_distributions_page_draws_histogram_with_clip_lines() -> None:
     at = _app()
     at.switch_page("pages/1_Distributions.py").run()
     assert not at.exception
@@ -70,7 +70,7 @@ def test_distributions_page_draws_histogram_with_clip_lines():
     assert any(abs(x - expected) <= 1e-6 * max(1.0, expected) for x in xs)
 
 
-def test_table_download_holds_every_tensor():
+def test_table_download_holds_every_tensor() -> None:
     at = _app()
     at.switch_page("pages/1_Distributions.py").run()
     assert not at.exception
@@ -79,7 +79,7 @@ def test_table_download_holds_every_tensor():
     assert btn, "no download button"
 
 
-def test_upload_model_and_npz_then_collect():
+def test_upload_model_and_npz_then_collect() -> None:
     at = _app()
     at.radio(key="model_source").set_value("Upload a model").run()
     at.file_uploader(key="model_upload").upload("digits_cnn.onnx", SAMPLE_MODEL.read_bytes(), "application/octet-stream").run()
@@ -92,7 +92,7 @@ def test_upload_model_and_npz_then_collect():
     assert metrics["Samples"] == "32"
 
 
-def test_bad_model_upload_gives_one_sentence_and_keeps_the_page():
+def test_bad_model_upload_gives_one_sentence_and_keeps_the_page() -> None:
     at = _app()
     at.radio(key="model_source").set_value("Upload a model").run()
     at.file_uploader(key="model_upload").upload("broken.onnx", b"this is not a model", "application/octet-stream").run()
@@ -103,7 +103,7 @@ def test_bad_model_upload_gives_one_sentence_and_keeps_the_page():
     assert {m.label for m in at.metric} >= {"Tensors", "Samples"}
 
 
-def test_npz_that_does_not_fit_the_model_names_the_input():
+def test_npz_that_does_not_fit_the_model_names_the_input() -> None:
     at = _app()
     import io
 
@@ -116,7 +116,7 @@ def test_npz_that_does_not_fit_the_model_names_the_input():
     assert "'input'" in at.error[0].value and "[?, 1, 8, 8]" in at.error[0].value.replace("batch", "?")
 
 
-def test_weights_of_a_conv_are_shown_per_channel_after_folding():
+def test_weights_of_a_conv_are_shown_per_channel_after_folding() -> None:
     """The Conv feeding a BatchNorm: its folded per-channel abs-max, checked against numpy."""
     import onnx
     from onnx import numpy_helper
@@ -142,7 +142,7 @@ def test_weights_of_a_conv_are_shown_per_channel_after_folding():
     np.testing.assert_allclose(array(weights[0]["data"][1]["y"]), (expected / 127).astype(np.float32), rtol=1e-6)
 
 
-def test_an_already_quantized_model_is_named_as_such_and_cannot_run(tmp_path: Path):
+def test_an_already_quantized_model_is_named_as_such_and_cannot_run(tmp_path: Path) -> None:
     from tests.corpus import already_quantized
 
     at = _app()

@@ -21,7 +21,7 @@ def _kl_page() -> AppTest:
     return at
 
 
-def test_curve_has_its_minimum_marked():
+def test_curve_has_its_minimum_marked() -> None:
     at = _kl_page()
     fig = figure(at.get("plotly_chart")[0])
     xs, ys = array(fig["data"][0]["x"]), array(fig["data"][0]["y"])
@@ -33,7 +33,7 @@ def test_curve_has_its_minimum_marked():
     assert abs(ys[np.argmin(np.abs(xs - marked_x))] - ys.min()) < 1e-12
 
 
-def test_typed_threshold_moves_slider_and_metrics_then_sticks_in_review():
+def test_typed_threshold_moves_slider_and_metrics_then_sticks_in_review() -> None:
     at = _kl_page()
     absmax = at.slider(key="kl_slider").max
     at.number_input(key="kl_typed").set_value(absmax / 2).run()
@@ -50,7 +50,7 @@ def test_typed_threshold_moves_slider_and_metrics_then_sticks_in_review():
     assert review.choice(tensor).override == absmax
 
 
-def test_both_kl_methods_drawn_with_their_minima_and_log_axis():
+def test_both_kl_methods_drawn_with_their_minima_and_log_axis() -> None:
     from quantviz.calib import METHODS, MethodConfig
 
     at = _kl_page()
@@ -68,7 +68,7 @@ def test_both_kl_methods_drawn_with_their_minima_and_log_axis():
     assert fig["layout"]["yaxis"]["type"] == "log"
 
 
-def test_typed_threshold_below_first_candidate_shows_its_own_kl():
+def test_typed_threshold_below_first_candidate_shows_its_own_kl() -> None:
     from quantviz.calib import MethodConfig
     from quantviz.calib.kl_at import kl_at
 

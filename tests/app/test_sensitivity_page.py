@@ -29,10 +29,11 @@ def _metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def _cosine_bars(at: AppTest) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _bars(at: AppTest) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The layers of the error chart (customdata [layer, text]) and its isolated and accumulated bars."""
     fig = figure(at.get("plotly_chart")[0])
     iso, acc = fig["data"][0], fig["data"][1]
-    return list(iso["customdata"]), array(iso["x"]), array(acc["x"])
+    return [c[0] for c in iso["customdata"]], array(iso["x"]).astype(float), array(acc["x"]).astype(float)
 
 
 @pytest.fixture(scope="module")
@@ -49,29 +50,38 @@ def test_arrives_analysed_worst_first_with_accuracy(float_accuracy: float) -> No
     assert m["accuracy float"] == f"{float_accuracy:.2%}"  # plain onnxruntime on the same 256 labelled samples
     quantized = float(m["accuracy quantized"].rstrip("%")) / 100
     assert abs(quantized - float_accuracy) <= 0.01  # KL on the sample: within one point of float
-    layers, iso, acc = _cosine_bars(at)
+    # the default view: 1 - cosine on a log axis, worst (largest) on top
+    layers, iso, acc = _bars(at)
+    assert figure(at.get("plotly_chart")[0])["layout"]["xaxis"]["type"] == "log"
     assert len(layers) >= 19 and len(set(layers)) == len(layers)
-    assert np.all(np.diff(iso) >= 0)  # sorted by the isolated cosine, worst on top
-    assert np.all((iso > 0.99) & (iso <= 1.0)) and np.all((acc > 0.99) & (acc <= 1.0))
+    assert np.all(np.diff(iso) <= 0)  # sorted by the isolated error, worst on top
+    assert np.all((iso > 0) & (iso < 0.01)) and np.all((acc > 0) & (acc < 0.01))
     # the layer opened first is the worst one
     assert at.selectbox(key="sens_layer").value == layers[0]
+    # the same bars as cosines on a linear axis: 1 - the values above
+    at.radio(key="sens_measure").set_value("cosine").run()
+    layers_c, iso_c, _ = _bars(at)
+    assert layers_c == layers and figure(at.get("plotly_chart")[0])["layout"]["xaxis"]["type"] == "linear"
+    np.testing.assert_allclose(iso_c, 1 - iso, atol=1e-12)
+    at.radio(key="sens_measure").set_value("1 - cosine (log)").run()
     at.radio(key="sens_mode").set_value("accumulated").run()
-    _, _, acc2 = _cosine_bars(at)
-    assert np.all(np.diff(acc2) >= 0)
+    _, _, acc2 = _bars(at)
+    assert np.all(np.diff(acc2) <= 0)
 
 
 def test_override_changes_that_layers_error_and_recompute_agrees() -> None:
     at = _page()
     layer = "/fc/Gemm"
     at.selectbox(key="sens_layer").set_value(layer).run()
-    before = _metrics(at)["cosine isolated"]
+    before = _metrics(at)["1 - cos isolated"]
     # recompute with the unchanged table: the one-layer model gives the analysis figure
     at.button(key="sens_recompute").click().run()
     assert not at.exception
     m = _metrics(at)
-    assert m["cosine isolated now"] == before
+    assert m["1 - cos isolated now"] == before
     tensor = "/fc/Gemm_output_0"
     box = at.number_input(key=f"sens_override::{tensor}")
+    assert box.value is not None
     box.set_value(box.value / 8).run()
     at.button(key="sens_use").click().run()
     assert not at.exception
@@ -79,17 +89,17 @@ def test_override_changes_that_layers_error_and_recompute_agrees() -> None:
     assert review.choice(tensor).override == pytest.approx(box.value)
     # a small model is analysed again at once: the layer's figure moves, nothing is flagged stale
     assert not any("table changed" in w.value for w in at.warning)
-    after = _metrics(at)["cosine isolated"]
-    assert float(after) < float(before) - 1e-4  # clipping the classifier's logits at 1/8 hurts
+    after = _metrics(at)["1 - cos isolated"]
+    assert float(after) > float(before) + 1e-4  # clipping the classifier's logits at 1/8 hurts
     at.button(key="sens_recompute").click().run()
-    assert _metrics(at)["cosine isolated now"] == after
+    assert _metrics(at)["1 - cos isolated now"] == after
 
 
 def test_keep_float_and_note_reach_the_table_and_the_analysis() -> None:
     at = _page()
     layer = "/res2/res2.0/Conv"
     at.selectbox(key="sens_layer").set_value(layer).run()
-    before = _metrics(at)["cosine isolated"]
+    before = _metrics(at)["1 - cos isolated"]
     out = "/res2/res2.1/BatchNormalization_output_0"
     at.checkbox(key=f"sens_float::{out}").check().run()
     at.text_area(key=f"sens_note::{out}").input("residual branch: keep float until the BN is fixed").run()
@@ -99,7 +109,7 @@ def test_keep_float_and_note_reach_the_table_and_the_analysis() -> None:
     # analysed again at once (small model): the node runs in float (float weights), only its input
     # and output are still quantized for their int8 neighbours, so its figure moves
     assert any("kept in float: " + layer in c.value for c in at.caption)
-    assert _metrics(at)["cosine isolated"] != before
+    assert _metrics(at)["1 - cos isolated"] != before
     # the table the exports write carries both (the same build_table the Export page calls)
     from quantviz.export.qv_json import table_to_dict
     from quantviz.review import build_table
@@ -148,7 +158,7 @@ def test_eq_trace_and_adopt() -> None:
     at.button(key="eq_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     at.selectbox(key="sens_layer").set_value("/stem/stem.0/Conv").run()
-    assert len(at.get("plotly_chart")) == 3  # cosine bars, SNR, EQ trace
+    assert len(at.get("plotly_chart")) == 4  # error bars, SNR, the layer's parts, EQ trace
     trace = figure(at.get("plotly_chart")[-1])
     ys = array(trace["data"][0]["y"])
     assert ys.size == 3 and ys[2] >= ys[0] - 1e-12  # never worse than its start

@@ -34,7 +34,7 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 
 def _texts(at: AppTest) -> str:
-    return "\n".join(e.value for kind in ("markdown", "caption", "info", "warning", "success") for e in at.get(kind))
+    return "\n".join(e.value for kind in (at.markdown, at.caption, at.info, at.warning, at.success) for e in kind)
 
 
 def _second_model(at: AppTest) -> onnx.ModelProto:
@@ -126,13 +126,15 @@ def test_kept_float_layer_stays_listed_and_can_be_unticked_and_stale_values_are_
     layer, out = "/fc/Gemm", "/fc/Gemm_output_0"
     at.selectbox(key="sens_layer").set_value(layer).run()
     # a typed threshold never used, then another method: the box shows that method's threshold
-    stale = at.number_input(key=f"sens_override::{out}").value / 3
+    typed = at.number_input(key=f"sens_override::{out}").value
+    assert typed is not None
+    stale = typed / 3
     at.number_input(key=f"sens_override::{out}").set_value(stale).run()
     at.selectbox(key=f"sens_method::{out}").set_value("minmax").run()
     assert not at.exception
     expected = _absmax(out)
     shown = at.number_input(key=f"sens_override::{out}").value
-    assert abs(shown - expected) <= 1e-5 * expected, (shown, expected, stale)
+    assert shown is not None and abs(shown - expected) <= 1e-5 * expected, (shown, expected, stale)
     at.button(key="sens_use").click().run()
     assert abs(review_of(at).choice(out).override - expected) <= 1e-5 * expected
 

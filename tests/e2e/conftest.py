@@ -11,8 +11,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.sync_api import Page
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "tests" / "e2e" / "screenshots"
@@ -29,7 +31,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict:
+def browser_type_launch_args() -> dict[str, Any]:
     exe = shutil.which("chromium")
     if exe is None:
         pytest.fail("Debian's chromium is not installed: run `make browser` (make test does it).")
@@ -37,7 +39,7 @@ def browser_type_launch_args() -> dict:
 
 
 @pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict) -> dict:
+def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
     return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}, "accept_downloads": True}
 
 
@@ -76,13 +78,13 @@ def app_url() -> Iterator[str]:
             proc.kill()
 
 
-def settle(page, timeout: float = 60_000) -> None:
+def settle(page: Page, timeout: float = 60_000) -> None:
     """Wait until the script has finished and no stale element remains."""
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
     page.wait_for_function('document.querySelectorAll("[data-stale=\\"true\\"]").length === 0', timeout=timeout)
 
 
-def screenshot(page, name: str) -> Path:
+def screenshot(page: Page, name: str) -> Path:
     """A full screenshot: grow the viewport to the main container's height first (Streamlit scrolls inside)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     height = page.evaluate('() => document.querySelector(\'[data-testid="stMain"]\')?.scrollHeight || 1000')

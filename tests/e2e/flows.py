@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.conftest import settle
@@ -48,7 +48,7 @@ def no_exception(page: Page) -> None:
     expect(page.get_by_test_id("stException")).to_have_count(0)
 
 
-def keyed(page: Page, key: str):
+def keyed(page: Page, key: str) -> Locator:
     """The element a widget with this key renders (Streamlit puts the class st-key-<key> on it)."""
     return page.locator(f".st-key-{key}")
 

@@ -9,6 +9,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -55,13 +56,13 @@ def _avx2_without_vnni() -> bool:
     return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
 
 
-def _check_json(doc: dict) -> dict:
+def _check_json(doc: dict[str, Any]) -> dict[str, Any]:
     names = float_tensors(MODEL)
     assert doc["format"] == "quantviz-calibration"
     assert doc["model"]["sha256"] == hashlib.sha256(MODEL.read_bytes()).hexdigest()
     with np.load(DATA) as z:
         assert doc["settings"]["samples"] == len(z["input"])
-    tensors = doc["tensors"]
+    tensors: dict[str, Any] = doc["tensors"]
     assert list(tensors) == names  # every float tensor, in graph order
     absmax = {n: float(np.abs(v).max()) for n, v in run_all(MODEL, np.load(DATA)["input"]).items()}
     absmax["input"] = float(np.abs(np.load(DATA)["input"]).max())
@@ -75,7 +76,7 @@ def _check_json(doc: dict) -> dict:
     return tensors
 
 
-def _check_csv(text: str, tensors: dict) -> None:
+def _check_csv(text: str, tensors: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert [r["name"] for r in rows] == list(tensors)
     for r in rows:
@@ -87,7 +88,7 @@ def _check_csv(text: str, tensors: dict) -> None:
         assert (json.loads(r["shared_with"]) if r["shared_with"] else []) == e.get("shared_with", [])
 
 
-def _check_trt(text: str, tensors: dict) -> None:
+def _check_trt(text: str, tensors: dict[str, Any]) -> None:
     lines = text.splitlines()
     assert lines[0] == HEADER
     body = dict(line.rsplit(": ", 1) for line in lines[1:])
@@ -96,8 +97,8 @@ def _check_trt(text: str, tensors: dict) -> None:
         assert body[name] == struct.pack(">f", e["scale"]).hex(), name
 
 
-def _check_ort(json_bytes: bytes, flat: bytes, cache: bytes, tensors: dict) -> None:
-    def num(v):
+def _check_ort(json_bytes: bytes, flat: bytes, cache: bytes, tensors: dict[str, Any]) -> None:
+    def num(v: Any) -> Any:
         return v["data"] if isinstance(v, dict) else v
 
     doc = json.loads(json_bytes)
@@ -118,7 +119,7 @@ def _check_ort(json_bytes: bytes, flat: bytes, cache: bytes, tensors: dict) -> N
         assert _f32(float(lines[name])) == t, name
 
 
-def _check_ncnn(text: str, tensors: dict) -> None:
+def _check_ncnn(text: str, tensors: dict[str, Any]) -> None:
     lines = [line for line in text.split("\n") if line]
     assert all(line.endswith(" ") for line in lines)  # ncnn2table's trailing space
     rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines}
@@ -134,7 +135,7 @@ def _check_ncnn(text: str, tensors: dict) -> None:
         assert abs(value - 127.0 / tensors[tensor]["threshold"]) <= 1e-6 + 1e-6 * value, layer
 
 
-def _check_qdq(data: bytes, doc: dict, weight_levels: int) -> onnx.ModelProto:
+def _check_qdq(data: bytes, doc: dict[str, Any], weight_levels: int) -> onnx.ModelProto:
     tensors, weights = doc["tensors"], doc["weights"]
     proto = onnx.load_from_string(data)
     onnx.checker.check_model(proto)

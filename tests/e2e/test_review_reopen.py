@@ -9,6 +9,7 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,7 +39,7 @@ NOTE_LABEL = "Note for the team's review"
 
 
 def _node_output(name: str) -> str:
-    return next(n.output[0] for n in onnx.load(str(MODEL)).graph.node if n.name == name)
+    return str(next(n.output[0] for n in onnx.load(str(MODEL)).graph.node if n.name == name))
 
 
 def _open_layer(page: Page, layer: str) -> None:
@@ -62,13 +63,14 @@ def _pick_tensor(page: Page, name: str) -> None:
     expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1)
 
 
-def _json_table(page: Page, dest: Path) -> dict:
+def _json_table(page: Page, dest: Path) -> dict[str, Any]:
     go_to(page, "Export", "Export")
-    return json.loads(download(page, "export_json", dest))
+    table: dict[str, Any] = json.loads(download(page, "export_json", dest))
+    return table
 
 
 def test_override_survives_the_review_file(
-    page: Page, app_url: str, browser: Browser, browser_context_args: dict, tmp_path: Path
+    page: Page, app_url: str, browser: Browser, browser_context_args: dict[str, Any], tmp_path: Path
 ) -> None:
     assert TENSOR in float_tensors(MODEL)
     noted = _node_output(NOTE_LAYER)

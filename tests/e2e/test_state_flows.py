@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import onnx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from quantviz.stats import load_stats, save_stats
 from tests.e2e.conftest import screenshot, settle
@@ -107,7 +107,7 @@ def _three_tensor_stats(tmp_path: Path) -> tuple[Path, int]:
     return out, len(keep)
 
 
-def test_two_sessions_never_see_each_others_opened_files(browser, app_url: str, tmp_path: Path) -> None:
+def test_two_sessions_never_see_each_others_opened_files(browser: Browser, app_url: str, tmp_path: Path) -> None:
     three, kept = _three_tensor_stats(tmp_path)
     sample_tensors = len(float_tensors(MODEL))
     a = browser.new_context(viewport={"width": 1400, "height": 1000})
