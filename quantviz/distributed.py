@@ -42,7 +42,7 @@ from quantviz.data import CalibrationSource, Cancel, ImagePreprocess, Progress, 
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.limits import BATCH_RECORD_MAX
 from quantviz.merge import merge_calibration_stats
-from quantviz.model import LoadedModel, load_model
+from quantviz.model import LoadedModel, load_model, session_with_outputs
 from quantviz.stats import CalibrationStats
 from quantviz.store import deep_size
 
@@ -173,6 +173,7 @@ def plan_shards(total: int, batch_size: int, shards: int) -> list[tuple[int, int
 
 _worker_model: dict[str, LoadedModel] = {}
 _worker_data: dict[tuple[str, str], Any] = {}
+_worker_session: dict[tuple[str, tuple[str, ...] | None], Any] = {}  # the onnxruntime session of the last shard
 
 
 def _open_on_worker(
@@ -187,6 +188,7 @@ def _open_on_worker(
     if model_key not in _worker_model:
         _worker_model.clear()
         _worker_data.clear()
+        _worker_session.clear()
         _worker_model[model_key] = load_model(model_source, model_name)
     model = _worker_model[model_key]
     if (model_key, data_key) not in _worker_data:
@@ -217,7 +219,11 @@ def collect_shard(
         model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
         if model.sha256 != model_key:
             raise QuantvizError(f"the model this worker read is not the one being calibrated (sha256 {model.sha256[:12]}...)")
-        stats = collect(model, sample_range(source, start, stop), config, tensors=tensors)
+        session_key = (model_key, tuple(tensors) if tensors is not None else None)
+        if session_key not in _worker_session:
+            _worker_session.clear()
+            _worker_session[session_key] = session_with_outputs(model, tensors)
+        stats = collect(model, sample_range(source, start, stop), config, tensors=tensors, session=_worker_session[session_key])
     except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which shard and why
         return {**where, "error": _error_text(exc)}, None
     return {**where, "samples": stats.samples, "nbytes": deep_size(stats)}, stats
