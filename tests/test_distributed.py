@@ -23,7 +23,7 @@ from quantviz.cli import main
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import ImagePreprocess, open_source
-from quantviz.distributed import ClusterConfig, collect_on_cluster, import_ray, plan_shards
+from quantviz.distributed import ClusterConfig, collect_on_cluster, import_ray
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import load_model
 from quantviz.stats import CalibrationStats, stats_arrays
@@ -50,17 +50,6 @@ def _single_and_ray(
     single = collect(model, open_source(data, model.inputs, preprocess=pre), config)  # type: ignore[arg-type]
     run = collect_on_cluster(model, model_path, data, config, ClusterConfig(shards=shards), **kw)  # type: ignore[arg-type]
     return single, run
-
-
-def test_plan_shards_whole_batches() -> None:
-    assert plan_shards(256, 16, 4) == [(0, 64), (64, 128), (128, 192), (192, 256)]
-    assert plan_shards(100, 8, 3) == [(0, 32), (32, 64), (64, 100)]
-    assert plan_shards(5, 8, 4) == [(0, 5)]
-    assert plan_shards(0, 8, 4) == []
-    for total, batch, n in [(1000, 7, 9), (17, 1, 40), (64, 64, 2)]:
-        plan = plan_shards(total, batch, n)
-        assert plan[0][0] == 0 and plan[-1][1] == total and all(a % batch == 0 for a, _ in plan)
-        assert all(p[1] == q[0] for p, q in zip(plan, plan[1:], strict=False)) and len(plan) <= n
 
 
 @pytest.mark.parametrize("model_name", ["digits_cnn.onnx", "digits_resnet.onnx"])
