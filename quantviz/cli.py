@@ -258,9 +258,15 @@ def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationS
     )  # fmt: skip
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    cluster = None
+    if args.ray is not None and config.mode == "isolated":
+        from quantviz.distributed import ClusterConfig
+
+        cluster = ClusterConfig(address=None if args.ray == LOCAL_RAY else args.ray)
     return calibrate_eq(
         model, stats, source, config, progress=progress_bar("eq"), method_config=_method_config(args),
         per_channel=not args.per_tensor_weights, profile=args.profile, clip_outputs=args.clip_outputs,
+        cluster=cluster, model_source=model_path,
     )  # fmt: skip
 
 
@@ -402,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--best-samples", type=int, default=BEST_SAMPLES, help=f"samples each comparison runs (default {BEST_SAMPLES})")
     p.add_argument(
         "--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
-        help="with MODEL --data: collect on a Ray cluster; with --method best: one Ray task per candidate method",
+        help="with MODEL --data: collect on a Ray cluster; with --method best: one Ray task per candidate method; "
+        "with --method eq --eq-mode isolated: runs of layer groups searched by Ray tasks",
     )  # fmt: skip
     p.add_argument("--shards", type=int, help="with --ray: how many shards of the collection (default 4 per CPU)")
     p.add_argument("-o", "--output", required=True, help="table (.json)")

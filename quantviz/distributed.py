@@ -482,3 +482,103 @@ def analyses_on_cluster(
                 log.debug("analysis already finished")
         raise
     return {m: ray.get(reports[m]) for m in methods}
+
+
+# ----------------------------------------------------------------------------- EQ, isolated mode
+
+
+def eq_search_groups(
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, stats: CalibrationStats, config: Any, method_config: Any, per_channel: bool, profile: str | None,
+    clip_outputs: bool, first: int, stop: int,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """EQ's isolated search of the layer groups first..stop-1 (a Ray task): the same start as one process
+    (quantviz.easyquant.table.eq_setup), an evaluator over these groups' layers only, eq_search."""
+    import ray
+
+    from quantviz.easyquant.search import eq_search
+    from quantviz.easyquant.table import eq_evaluator, eq_groups, eq_setup
+
+    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    try:
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        setup = eq_setup(model, stats, method_config, per_channel, profile, clip_outputs)
+        layers = [layer for group in eq_groups(setup.layers)[first:stop] for layer in group]
+        evaluator = eq_evaluator(model, setup, source, config, layers)
+        result = eq_search(layers, setup.initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which groups and why
+        return {**where, "error": _error_text(exc)}, None
+    return {**where, "samples": evaluator.samples}, result
+
+
+def eq_isolated_on_cluster(
+    model: LoadedModel,
+    model_source: str | Path | bytes,
+    stats: CalibrationStats,
+    data: str | Path | bytes | CalibrationSource,
+    config: Any,
+    method_config: Any,
+    cluster: ClusterConfig | None = None,
+    *,
+    per_channel: bool,
+    profile: str | None,
+    clip_outputs: bool,
+    groups: int,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> tuple[Any, int]:
+    """EQ's isolated search fanned out: runs of whole layer groups, one Ray task each (SHARDS_PER_CPU a
+    CPU at most). Returns the EQResult of all layers (evaluations summed) and the samples searched."""
+    from quantviz.easyquant.search import EQResult
+
+    cluster = cluster or ClusterConfig()
+    inputs = _Inputs.of(model, model_source, data, None, None)
+    data_key = inputs.source.data_id
+    del inputs.source
+    ray = connect(cluster.address, cluster.local_cpus)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    runs = plan_shards(groups, 1, cluster.shards or SHARDS_PER_CPU * cpus)
+    model_arg, data_arg = inputs.put(ray)
+    stats_ref = ray.put(stats)
+    task = ray.remote(num_returns=2, max_retries=cluster.retries)(eq_search_groups)
+    pending: dict[Any, int] = {}
+    results: dict[int, Any] = {}
+    for i, (a, b) in enumerate(runs):
+        info_ref, result_ref = task.options(name=f"quantviz EQ groups {a + 1}-{b}").remote(
+            model.sha256, model_arg, model.name, data_arg, data_key, inputs.data_name, inputs.pre, stats_ref, config, method_config,
+            per_channel, profile, clip_outputs, a, b,
+        )  # fmt: skip
+        pending[info_ref] = i
+        results[i] = result_ref
+    samples = 0
+    done = 0
+    total = config.rounds * groups
+    if progress:
+        progress(0, total)
+    try:
+        while pending:
+            if cancel is not None and cancel():
+                raise CancelledError(f"EQ cancelled after {done} of {total} layer groups.")
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                i = pending.pop(ref)
+                rec = ray.get(ref)
+                a, b = runs[i]
+                if "error" in rec:
+                    raise QuantvizError(
+                        f"EQ's search of layer groups {a + 1}..{b} of {groups} failed on the cluster: {rec['error']}"
+                    )
+                samples = int(rec["samples"])
+                done += config.rounds * (b - a)
+                if progress:
+                    progress(done, total)
+    except BaseException:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - finished meanwhile: nothing to cancel
+                log.debug("EQ task already finished")
+        raise
+    parts = [ray.get(results[i]) for i in range(len(runs))]
+    layers = {name: r for part in parts for name, r in part.layers.items()}
+    return EQResult(layers, config, sum(p.evaluations for p in parts)), samples
