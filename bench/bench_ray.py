@@ -118,9 +118,13 @@ def _run(args: argparse.Namespace, name: str, shards: int | None, out: Path) -> 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def sizing(single: dict[str, Any], ray1: dict[str, Any], machines: int, cpus: int, samples: int) -> list[tuple[str, str]]:
-    """The 100-machine table from the measured figures (see bench/README.md for the reasoning)."""
-    per_sample = ray1["collect_s"] / single["samples"]  # one worker's seconds a sample, Ray's overheads in
+def sizing(single: dict[str, Any], ray2: dict[str, Any], machines: int, cpus: int, samples: int) -> list[tuple[str, str]]:
+    """The 100-machine table from the measured figures (see bench/README.md for the reasoning).
+
+    One machine's rate is ray-2's (both cores busy with shards, Ray's overheads in): a ray-1 task
+    already uses both cores (onnxruntime's threads, the accumulators' threads), so per-CPU figures
+    would count each core twice."""
+    per_sample = ray2["collect_s"] / single["samples"]  # one machine's seconds a sample
     workers = machines * cpus
     shards = 4 * workers
     b = single["stats_bytes"]
@@ -130,7 +134,7 @@ def sizing(single: dict[str, Any], ray1: dict[str, Any], machines: int, cpus: in
         ("workers (machines x CPUs)", f"{machines} x {cpus} = {workers}"),
         ("calibration samples", f"{samples}"),
         ("shards (4 a worker)", f"{shards} of {samples / shards:.0f} samples"),
-        ("collection, all workers busy", f"{samples * per_sample / workers:.0f} s  ({per_sample:.3f} s a sample a worker, measured on ray-1)"),
+        ("collection, all machines busy", f"{samples * per_sample / machines:.0f} s  ({per_sample:.3f} s a sample a machine, measured on ray-2)"),
         ("same on one process", f"{samples * single['collect_s'] / single['samples'] / 3600:.1f} h"),
         ("bytes a shard sends back", f"{b / MB:.0f} MB in memory ({single['npz_bytes'] / MB:.1f} MB as a compressed file)"),
         ("bytes moved to merge tasks", f"{shards} x {b / MB:.0f} MB = {shards * b / 2**30:.1f} GB over the cluster"),
@@ -185,7 +189,7 @@ def main() -> None:
     print(f"single: {single['stats_bytes'] / MB:.1f} MB of statistics ({single['npz_bytes'] / MB:.1f} MB compressed); one merge of a pair {single['merge_pair_s']:.3f} s")
     print(f"speed-up ray-2 / ray-1: {ray1['collect_s'] / ray2['collect_s']:.2f}x; ray-2 / single: {single['collect_s'] / ray2['collect_s']:.2f}x")
     print(f"\nsizing for {args.machines} machines of 2 CPUs, {args.cluster_samples} samples, from the figures above:")
-    for k, v in sizing(single, ray1, args.machines, 2, args.cluster_samples):
+    for k, v in sizing(single, ray2, args.machines, 2, args.cluster_samples):
         print(f"  {k:<34}{v}")
 
 
