@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -221,7 +222,7 @@ def _draw_warnings(items: list[DomainWarning], where: str) -> None:
 
 warnings = state.cached(
     state.derived_key("domain warnings", (review.profile,)),
-    lambda: domain_warnings(table, stats, state.weights_of(model, True), per_channel=state.per_channel(), profile=review.profile),
+    partial(domain_warnings, table, stats, state.weights_of(model, True), per_channel=state.per_channel(), profile=review.profile),
 )
 if warnings:
     with st.expander(f"Warnings ({len(warnings)}), each with its fix", expanded=len(warnings) <= 3):
@@ -344,7 +345,7 @@ else:
     if le.parts is not None and worst is not None:
         st.markdown("**Why is this layer sensitive?**")
         dc1, dc2 = st.columns([3, 2])
-        dc1.plotly_chart(state.cached(replace(shown, kind="parts figure", params=(*shown.params, layer)), lambda: parts_figure(le)), key="sens_parts")
+        dc1.plotly_chart(state.cached(replace(shown, kind="parts figure", params=(*shown.params, layer)), partial(parts_figure, le)), key="sens_parts")
         wf = getattr(le.parts, worst)
         what = {"input": "its input activations", "weights": "its weights (and bias)", "output": "its output"}[worst]
         dc2.markdown(
@@ -555,6 +556,7 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
     eq_clicked = eq_run_col.button("Run EQ", key="eq_run")
     _cancel_button(eq_cancel_col, "eq")
     if eq_clicked:
+        cfg: EQConfig | None
         try:
             cfg = EQConfig(
                 alpha=float(alpha), beta=float(beta), n=int(n_cand), rounds=int(rounds), max_samples=int(eq_samples), mode=eq_mode

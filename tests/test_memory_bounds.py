@@ -30,7 +30,7 @@ def test_batch_shrinks_to_the_budget_and_figures_do_not_change(monkeypatch: pyte
     model = load_model(SAMPLES / "digits_cnn.onnx")
     source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
     table = calibrate_model(model, collect(model, source, CollectConfig(samples=40)), "kl")
-    p = plan(model, table)
+    p = plan(model, table, parts=True)  # analyze decomposes each layer's error by default
     # independent count: every exposed output of the isolated and accumulated models for one sample, float32
     one = next(iter(source.batches(1, 1)))
     per_sample = 0
