@@ -226,11 +226,17 @@ def test_eq_isolated_fans_out_to_the_same_table() -> None:
     model = load_model(path)
     source = open_source(SAMPLES / "digits32_calib.npz", model.inputs)
     stats = collect(model, source, CollectConfig(samples=16, batch_size=8))
-    config = EQConfig(rounds=2, n=5, max_samples=8, mode="isolated")
+    config = EQConfig(rounds=1, n=3, max_samples=4, mode="isolated")
     one = calibrate_eq(model, stats, source, config)
     seen: list[tuple[int, int]] = []
     on_ray = calibrate_eq(
-        model, stats, source, config, cluster=ClusterConfig(), model_source=path, progress=lambda d, t: seen.append((d, t))
+        model,
+        stats,
+        source,
+        config,
+        cluster=ClusterConfig(shards=2),
+        model_source=path,
+        progress=lambda d, t: seen.append((d, t)),
     )
     assert table_to_dict(on_ray) == table_to_dict(one)  # every scale, every layer's trace of cosines
     assert len(one.settings["eq"]["layers"]) > 8 and seen[-1][0] == seen[-1][1]
