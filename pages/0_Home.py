@@ -13,6 +13,7 @@ import streamlit as st
 
 from quantviz.config import CollectConfig
 from quantviz.data import CalibrationSource, ImagePreprocess, open_source
+from quantviz.distributed import ClusterConfig
 from quantviz.errors import QuantvizError
 from quantviz.limits import UPLOAD_LIMIT_MB
 from quantviz.model import LoadedModel
@@ -43,14 +44,20 @@ def _model_sources() -> tuple[str, ...]:
     return MODEL_SOURCES if state.paths_allowed() else MODEL_SOURCES[:2]
 
 
+# The chosen model's path or upload bytes: what Ray's workers open (None: an upload no longer at hand)
+model_origin: str | bytes | None = None
+
+
 def _choose_model() -> tuple[LoadedModel | None, Sample | None]:
+    global model_origin
     kinds = _model_sources()
     kind = st.radio("Model", kinds, horizontal=True, **state.bound("model_source", kinds))
     if kind == MODEL_SOURCES[0]:
         key = st.selectbox(
             "Sample model", list(SAMPLES), format_func=lambda k: SAMPLES[k].label, **state.bound("sample_model", list(SAMPLES), _auto)
         )  # fmt: skip
-        return state.model_from(str(SAMPLES[key].model)), SAMPLES[key]
+        model_origin = str(SAMPLES[key].model)
+        return state.model_from(model_origin), SAMPLES[key]
     if kind == MODEL_SOURCES[1]:
         up = st.file_uploader(f"ONNX model (up to {UPLOAD_LIMIT_MB} MB)", type=["onnx"], key="model_upload")
         if up is None:
@@ -60,11 +67,13 @@ def _choose_model() -> tuple[LoadedModel | None, Sample | None]:
                 return kept, None
             st.info("Upload an .onnx file, or pick the bundled sample.")
             return None, None
-        return state.model_from(up.getvalue(), name=up.name), None
+        model_origin = up.getvalue()
+        return state.model_from(model_origin, name=up.name), None
     path = st.text_input("Path of an .onnx file on the machine running quantviz", **state.bound("model_path"))
     if not path:
         return None, None
-    return state.model_from(str(state.checked_path(path))), None
+    model_origin = str(state.checked_path(path))
+    return state.model_from(model_origin), None
 
 
 def _preprocess() -> ImagePreprocess:
@@ -241,7 +250,17 @@ with st.expander("Collection settings"):
     max_samples = c1.number_input("Samples (0 = all)", min_value=0, step=16, **state.bound("collect_samples"))
     bins = c2.selectbox("Histogram bins", BIN_CHOICES, **state.bound("collect_bins", BIN_CHOICES))
     batch = c3.number_input("Batch size", min_value=1, **state.bound("collect_batch"))
+    on_ray = st.checkbox(
+        "Collect on a Ray cluster", help="Shards of the data collected by Ray's workers and merged exactly (needs Ray installed).",
+        **state.bound("collect_ray"),
+    )  # fmt: skip
+    address = ""
+    if on_ray and state.paths_allowed():  # a visitor of a public server never points it at another machine
+        address = st.text_input(
+            "Cluster address (empty: a local Ray on this machine; auto; HOST:PORT; ray://HOST:10001)", **state.bound("collect_ray_address")
+        ).strip()
 config = CollectConfig(samples=int(max_samples) or None, bins=int(bins), batch_size=int(batch))
+cluster = ClusterConfig(address=address or None) if on_ray else None
 
 run_col, cancel_col = st.columns([1, 6])
 run = run_col.button("Run collection", type="primary", key="run", disabled=source is None)
@@ -258,7 +277,7 @@ if model is not None and source is not None and (run or auto):
         bar.progress(done / total if total else 1.0, text=f"Collecting statistics: {done}/{total} samples")
 
     try:
-        state.collected(model, source, config, _progress)
+        state.collected(model, source, config, _progress, cluster=cluster, model_source=model_origin)
         session.pending = None
         bar.empty()
         state.show_flashes()
@@ -273,6 +292,9 @@ if current is not None:
     )
     st.subheader("Summary")
     _summary(current)
+    note = session.cluster_notes.get(state.current_key())  # type: ignore[arg-type]
+    if note:
+        st.caption(note)
     cur_model, _ = state.model_and_source()
     if cur_model is not None:
         try:

@@ -161,7 +161,7 @@ def _collect_on_ray(args: argparse.Namespace, model_path: str, model: LoadedMode
     """collect --ray: shards on a Ray cluster (quantviz.distributed), statistics equal to one process's."""
     from quantviz.distributed import ClusterConfig, collect_on_cluster
 
-    if args.range is not None:
+    if getattr(args, "range", None) is not None:
         raise QuantvizError("--ray collects every sample in shards of its own: give --ray or --range, not both.")
     if args.shards is not None and args.shards < 1:
         raise QuantvizError(f"--shards must be at least 1, not {args.shards}.")
@@ -267,9 +267,15 @@ def _calibrate_eq(args: argparse.Namespace, model_path: str, stats: CalibrationS
     )  # fmt: skip
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    cluster = None
+    if args.ray is not None and config.mode == "isolated":
+        from quantviz.distributed import ClusterConfig
+
+        cluster = ClusterConfig(address=None if args.ray == LOCAL_RAY else args.ray)
     return calibrate_eq(
         model, stats, source, config, progress=progress_bar("eq", "layer groups"), method_config=_method_config(args),
         per_channel=not args.per_tensor_weights, profile=args.profile, clip_outputs=args.clip_outputs,
+        cluster=cluster, model_source=model_path,
     )  # fmt: skip
 
 
@@ -287,10 +293,15 @@ def _calibrate_best(args: argparse.Namespace, model_path: str, stats: Calibratio
         raise QuantvizError(f"--best-samples must be at least 1, not {args.best_samples}.")
     model = load_checked(model_path)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
+    cluster = None
+    if args.ray is not None:
+        from quantviz.distributed import ClusterConfig
+
+        cluster = ClusterConfig(address=None if args.ray == LOCAL_RAY else args.ray)
     table, picks = best_method_table(
         model, stats, source, methods, _method_config(args), samples=args.best_samples,
         per_channel=not args.per_tensor_weights, progress=progress_bar("best"), profile=args.profile,
-        clip_outputs=args.clip_outputs,
+        clip_outputs=args.clip_outputs, cluster=cluster, model_source=model_path,
     )  # fmt: skip
     counts = Counter(p.method for p in picks.values())
     print("best method per layer: " + ", ".join(f"{m} {n}" for m, n in counts.most_common()), file=sys.stderr)
@@ -457,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"candidate methods, comma separated, the first wins ties (default {','.join(BEST_CANDIDATES)})",
     )  # fmt: skip
     b.add_argument("--best-samples", type=int, default=BEST_SAMPLES, help=f"samples each comparison runs (default {BEST_SAMPLES})")
+    p.add_argument(
+        "--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+        help="with MODEL --data: collect on a Ray cluster; with --method best: one Ray task per candidate method; "
+        "with --method eq --eq-mode isolated: runs of layer groups searched by Ray tasks",
+    )  # fmt: skip
+    p.add_argument("--shards", type=int, help="with --ray: how many shards of the collection (default 4 per CPU)")
     t = p.add_argument_group("mixed precision to a target (needs the model and data to measure it on)")
     t.add_argument("--target", help="cosine=0.999 | snr=30 | top1-drop=0.5 | metric=package.module:function>=VALUE")
     t.add_argument("--fallback", choices=("float", "int16"), default="float", help="precision of the layers taken out of int8 (default float)")

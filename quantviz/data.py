@@ -61,6 +61,14 @@ class ImagePreprocess:
             raise QuantvizError("A standard deviation of 0 would divide by zero; give std values other than 0.")
 
 
+@dataclass(frozen=True)
+class DataOrigin:
+    """What open_source was given for a source it can open again: an absolute path or synthetic:N."""
+
+    location: str
+    preprocess: ImagePreprocess
+
+
 # How each model input is fed (decided from the data's ranks against the model's, see _layout):
 BATCHED = "batched"  # samples on the input's own first axis: runs take --batch-size samples
 PER_SAMPLE = "per sample"  # one more leading axis than the input: each sample's value fed whole, batch 1
@@ -75,7 +83,7 @@ class CalibrationSource:
     inputs; batches() turns them into what the model is fed: per-sample inputs indexed (every run is then
     one sample), constants added. layout: input name -> BATCHED, PER_SAMPLE or CONSTANT (empty: all batched).
     first: where sample 0 of this source lies in the data it was cut from (sample_range); description
-    and data_id are the whole data's.
+    and data_id are the whole data's. origin: how to open the same data again (None for uploads).
     """
 
     description: str
@@ -86,6 +94,7 @@ class CalibrationSource:
     layout: Mapping[str, str] = field(default_factory=dict, compare=False)
     constants: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False, compare=False)
     first: int = 0
+    origin: DataOrigin | None = field(default=None, compare=False)
 
     @property
     def one_sample_per_run(self) -> bool:
@@ -423,9 +432,17 @@ def open_source(
     """Open and check a calibration set against the model inputs.
 
     source: a path (.npz, .npy, .zip, a folder of images), "synthetic:N", or the bytes of an upload
-    (then name gives its file name, used only for its suffix and in messages).
+    (then name gives its file name, used only for its suffix and in messages). A path or synthetic:N
+    is kept as the source's origin (another process opens the same data from it: the Ray collection).
     """
-    pre = preprocess or ImagePreprocess()
+    opened = _open(source, inputs, name, preprocess or ImagePreprocess())
+    if isinstance(source, bytes | bytearray | memoryview):
+        return opened
+    where = str(source) if str(source).startswith(SYNTHETIC_PREFIX) else str(Path(source).resolve())
+    return dataclasses.replace(opened, origin=DataOrigin(where, preprocess or ImagePreprocess()))
+
+
+def _open(source: str | Path | bytes, inputs: Sequence[InputSpec], name: str | None, pre: ImagePreprocess) -> CalibrationSource:
     if isinstance(source, str) and source.startswith(SYNTHETIC_PREFIX):
         try:
             n = int(source[len(SYNTHETIC_PREFIX) :])

@@ -38,11 +38,11 @@ from typing import Any
 
 from quantviz.collect import collect, samples_and_batch, validate_config
 from quantviz.config import CollectConfig
-from quantviz.data import Cancel, ImagePreprocess, Progress, open_source, sample_range
+from quantviz.data import CalibrationSource, Cancel, ImagePreprocess, Progress, open_source, sample_range
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.limits import BATCH_RECORD_MAX
 from quantviz.merge import merge_calibration_stats
-from quantviz.model import LoadedModel, load_model
+from quantviz.model import LoadedModel, load_model, session_with_outputs
 from quantviz.stats import CalibrationStats
 from quantviz.store import deep_size
 
@@ -73,11 +73,13 @@ class ClusterConfig:
     address: None starts (or reuses) a local Ray on this machine with LOCAL_CPUS CPUs; "auto" joins the
     cluster this machine belongs to; "HOST:PORT" or "ray://HOST:10001" a given one.
     shards: how many shards (None: SHARDS_PER_CPU per CPU of the cluster); each holds whole batches.
+    local_cpus: CPUs of the local Ray (address None): how many shards run at once.
     """
 
     address: str | None = None
     shards: int | None = None
     retries: int = TASK_RETRIES
+    local_cpus: int = LOCAL_CPUS
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,17 @@ def import_ray() -> Any:
     return ray
 
 
-_connected: str | None = None  # the address this process initialised Ray with ("local" for our own)
+_connected: str | None = None  # the address this process initialised Ray with ("local:CPUS" for our own)
 
 
-def connect(address: str | None = None) -> Any:
+def connect(address: str | None = None, local_cpus: int = LOCAL_CPUS) -> Any:
     """Ray, initialised for quantviz: a local Ray on this machine (address None) or the given cluster.
 
     A Ray already initialised for the same address is reused; one initialised for another is shut down
     first (the app may change its cluster address between runs)."""
     global _connected
     ray = import_ray()
-    key = address or "local"
+    key = address or f"local:{local_cpus}"
     if ray.is_initialized():
         if _connected in (None, key):
             return ray
@@ -142,7 +144,7 @@ def connect(address: str | None = None) -> Any:
             root = str(Path(package).parent)
             path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
             ray.init(
-                address="local", num_cpus=LOCAL_CPUS, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                address="local", num_cpus=local_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                 runtime_env={"env_vars": {"PYTHONPATH": path}}, **common,
             )  # fmt: skip
         else:
@@ -171,15 +173,23 @@ def plan_shards(total: int, batch_size: int, shards: int) -> list[tuple[int, int
 
 _worker_model: dict[str, LoadedModel] = {}
 _worker_data: dict[tuple[str, str], Any] = {}
+_worker_session: dict[tuple[str, tuple[str, ...] | None], Any] = {}  # the onnxruntime session of the last shard
 
 
 def _open_on_worker(
-    model_key: str, model_source: str | bytes, data: str | bytes, data_key: str, name: str | None, pre: ImagePreprocess
+    model_key: str,
+    model_source: str | bytes,
+    model_name: str,
+    data: str | bytes,
+    data_key: str,
+    name: str | None,
+    pre: ImagePreprocess,
 ) -> Any:
     if model_key not in _worker_model:
         _worker_model.clear()
         _worker_data.clear()
-        _worker_model[model_key] = load_model(model_source)
+        _worker_session.clear()
+        _worker_model[model_key] = load_model(model_source, model_name)
     model = _worker_model[model_key]
     if (model_key, data_key) not in _worker_data:
         _worker_data.clear()
@@ -195,8 +205,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 def collect_shard(
-    model_key: str, model_source: str | bytes, data: str | bytes, data_key: str, name: str | None, pre: ImagePreprocess,
-    start: int, stop: int, config: CollectConfig, tensors: list[str] | None,
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, start: int, stop: int, config: CollectConfig, tensors: list[str] | None,
 ) -> tuple[dict[str, Any], CalibrationStats | None]:  # fmt: skip
     """One shard (a Ray task with two results): a small record first (its worker, its size, or the
     sentence of its failure), then its statistics. Any failure of the shard is a record, not a raised
@@ -206,8 +216,14 @@ def collect_shard(
     ctx = ray.get_runtime_context()
     where = {"node": ctx.get_node_id(), "pid": os.getpid()}
     try:
-        model, source = _open_on_worker(model_key, model_source, data, data_key, name, pre)
-        stats = collect(model, sample_range(source, start, stop), config, tensors=tensors)
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        if model.sha256 != model_key:
+            raise QuantvizError(f"the model this worker read is not the one being calibrated (sha256 {model.sha256[:12]}...)")
+        session_key = (model_key, tuple(tensors) if tensors is not None else None)
+        if session_key not in _worker_session:
+            _worker_session.clear()
+            _worker_session[session_key] = session_with_outputs(model, tensors)
+        stats = collect(model, sample_range(source, start, stop), config, tensors=tensors, session=_worker_session[session_key])
     except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which shard and why
         return {**where, "error": _error_text(exc)}, None
     return {**where, "samples": stats.samples, "nbytes": deep_size(stats)}, stats
@@ -219,6 +235,48 @@ def merge_pair(left: CalibrationStats, right: CalibrationStats) -> CalibrationSt
 
 
 # --------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class _Inputs:
+    """The model and data as the workers open them: absolute paths, synthetic:N, or bytes."""
+
+    model_source: str | bytes
+    data: str | bytes
+    data_name: str | None
+    pre: ImagePreprocess
+    source: Any  # the data opened here to check and plan (dropped before the tasks run)
+
+    @staticmethod
+    def of(
+        model: LoadedModel, model_source: str | Path | bytes, data: str | Path | bytes | CalibrationSource,
+        data_name: str | None, preprocess: ImagePreprocess | None,
+    ) -> _Inputs:  # fmt: skip
+        pre = preprocess or ImagePreprocess()
+        if isinstance(data, CalibrationSource):
+            if data.origin is None:
+                raise QuantvizError(
+                    "Data uploaded here cannot be sent to a Ray cluster's workers: give its path (on a file system every "
+                    "machine of the cluster reads), or run without a cluster."
+                )
+            if data.first:
+                raise QuantvizError("A sample range of the data cannot be sent to a cluster: give the whole data.")
+            return _Inputs(_model_arg(model_source), data.origin.location, None, data.origin.preprocess, data)
+        if isinstance(data, Path) or (isinstance(data, str) and not data.startswith("synthetic:")):
+            data = str(Path(data).resolve())
+        raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        source = open_source(raw, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
+        return _Inputs(_model_arg(model_source), raw, data_name, pre, source)
+
+    def put(self, ray: Any) -> tuple[Any, Any]:
+        """Bytes go to Ray's object store once (every task then reads the same copy); paths as they are."""
+        model = ray.put(self.model_source) if isinstance(self.model_source, bytes) else self.model_source
+        data = ray.put(self.data) if isinstance(self.data, bytes) else self.data
+        return model, data
+
+
+def _model_arg(model_source: str | Path | bytes) -> str | bytes:
+    return model_source if isinstance(model_source, bytes) else str(Path(model_source).resolve())
 
 
 @dataclass
@@ -235,7 +293,7 @@ class _Run:
 def collect_on_cluster(
     model: LoadedModel,
     model_source: str | Path | bytes,
-    data: str | Path | bytes,
+    data: str | Path | bytes | CalibrationSource,
     config: CollectConfig | None = None,
     cluster: ClusterConfig | None = None,
     *,
@@ -248,25 +306,20 @@ def collect_on_cluster(
     """quantviz.collect.collect over shards on Ray; the statistics equal its result bit for bit.
 
     model: the model loaded here (to plan and check); model_source: its path or bytes, opened again on
-    every worker. data: a path, "synthetic:N" or an upload's bytes (data_name: its file name)."""
+    every worker. data: a path, "synthetic:N", an upload's bytes (data_name: its file name), or a source
+    opened from a path or synthetic:N (its origin says how the workers open it)."""
     config = config or CollectConfig()
     cluster = cluster or ClusterConfig()
     validate_config(config)
-    pre = preprocess or ImagePreprocess()
-    if isinstance(model_source, str | Path):
-        model_source = str(Path(model_source).resolve())
-    if isinstance(data, Path) or (isinstance(data, str) and not data.startswith("synthetic:")):
-        data = str(Path(data).resolve())
-    source = open_source(data, model.inputs, name=data_name, preprocess=pre)  # checked here, before any task
-    total, batch_size = samples_and_batch(model, source, config)
-    data_key, description = source.data_id, source.description
-    del source  # the driver keeps no data
-    ray = connect(cluster.address)
+    inputs = _Inputs.of(model, model_source, data, data_name, preprocess)
+    total, batch_size = samples_and_batch(model, inputs.source, config)
+    data_key, description, pre = inputs.source.data_id, inputs.source.description, inputs.pre
+    del inputs.source  # the driver keeps no data
+    ray = connect(cluster.address, cluster.local_cpus)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     plan = plan_shards(total, batch_size, cluster.shards or SHARDS_PER_CPU * cpus)
     shard_config = dataclasses.replace(config, samples=None)
-    model_arg = ray.put(model_source) if isinstance(model_source, bytes) else model_source
-    data_arg = ray.put(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else data
+    model_arg, data_arg = inputs.put(ray)
     names = list(tensors) if tensors is not None else None
     task = ray.remote(num_returns=2, max_retries=cluster.retries)(collect_shard)
     merge_task = ray.remote(max_retries=cluster.retries)(merge_pair)
@@ -275,7 +328,7 @@ def collect_on_cluster(
     stats_refs: dict[int, Any] = {}
     for i, (a, b) in enumerate(plan):
         info_ref, stats_ref = task.options(name=f"quantviz shard {i + 1}/{len(plan)}").remote(
-            model.sha256, model_arg, data_arg, data_key, data_name, pre, a, b, shard_config, names
+            model.sha256, model_arg, model.name, data_arg, data_key, inputs.data_name, pre, a, b, shard_config, names
         )
         pending[info_ref] = i
         stats_refs[i] = stats_ref
@@ -342,3 +395,190 @@ def _merge_adjacent(runs: dict[int, _Run], merging: dict[Any, int], merge_task: 
             k += 2
         else:
             k += 1
+
+
+# ------------------------------------------------------------------- analyses independent per candidate
+
+
+def analyze_method(
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, stats: CalibrationStats, method: str, config: Any, samples: int | None, per_channel: bool,
+    profile: str | None, clip_outputs: bool,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """One candidate of best-method-per-layer (a Ray task): the table of that method everywhere and its
+    analysis (quantviz.sensitivity.analyze), exactly as best_method_picks computes it in one process."""
+    import ray
+
+    from quantviz.sensitivity import analyze
+    from quantviz.table import calibrate_model
+
+    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    try:
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        table = calibrate_model(model, stats, method, config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
+        report = analyze(model, table, source, samples=samples, per_channel=per_channel, parts=False)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which method and why
+        return {**where, "error": _error_text(exc)}, None
+    return where, report
+
+
+def analyses_on_cluster(
+    model: LoadedModel,
+    model_source: str | Path | bytes,
+    stats: CalibrationStats,
+    data: str | Path | bytes | CalibrationSource,
+    methods: Sequence[str],
+    config: Any,
+    cluster: ClusterConfig | None = None,
+    *,
+    samples: int | None,
+    per_channel: bool = True,
+    profile: str | None = None,
+    clip_outputs: bool = False,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> dict[str, Any]:
+    """method -> LayerReport of the model calibrated with that method everywhere, one Ray task a method
+    (the candidates of best-method-per-layer are independent). Each task computes what the single
+    process computes for that method, so the reports, and the picks made from them, are the same."""
+    cluster = cluster or ClusterConfig()
+    inputs = _Inputs.of(model, model_source, data, None, None)
+    data_key = inputs.source.data_id
+    del inputs.source
+    ray = connect(cluster.address, cluster.local_cpus)
+    model_arg, data_arg = inputs.put(ray)
+    stats_ref = ray.put(stats)  # sent once, read by every task
+    task = ray.remote(num_returns=2, max_retries=cluster.retries)(analyze_method)
+    pending: dict[Any, str] = {}
+    reports: dict[str, Any] = {}
+    for m in methods:
+        info_ref, report_ref = task.options(name=f"quantviz analysis {m}").remote(
+            model.sha256, model_arg, model.name, data_arg, data_key, inputs.data_name, inputs.pre, stats_ref, m, config, samples,
+            per_channel, profile, clip_outputs,
+        )  # fmt: skip
+        pending[info_ref] = m
+        reports[m] = report_ref
+    if progress:
+        progress(0, len(methods))
+    try:
+        while pending:
+            if cancel is not None and cancel():
+                raise CancelledError(
+                    f"The comparison of methods was cancelled after {len(methods) - len(pending)} of {len(methods)}."
+                )
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                m = pending.pop(ref)
+                rec = ray.get(ref)
+                if "error" in rec:
+                    raise QuantvizError(f"The analysis of method '{m}' failed on the cluster: {rec['error']}")
+                if progress:
+                    progress(len(methods) - len(pending), len(methods))
+    except BaseException:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - finished meanwhile: nothing to cancel
+                log.debug("analysis already finished")
+        raise
+    return {m: ray.get(reports[m]) for m in methods}
+
+
+# ----------------------------------------------------------------------------- EQ, isolated mode
+
+
+def eq_search_groups(
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, stats: CalibrationStats, config: Any, method_config: Any, per_channel: bool, profile: str | None,
+    clip_outputs: bool, first: int, stop: int,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """EQ's isolated search of the layer groups first..stop-1 (a Ray task): the same start as one process
+    (quantviz.easyquant.table.eq_setup), an evaluator over these groups' layers only, eq_search."""
+    import ray
+
+    from quantviz.easyquant.search import eq_search
+    from quantviz.easyquant.table import eq_evaluator, eq_groups, eq_setup
+
+    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    try:
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        setup = eq_setup(model, stats, method_config, per_channel, profile, clip_outputs)
+        layers = [layer for group in eq_groups(setup.layers)[first:stop] for layer in group]
+        evaluator = eq_evaluator(model, setup, source, config, layers)
+        result = eq_search(layers, setup.initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which groups and why
+        return {**where, "error": _error_text(exc)}, None
+    return {**where, "samples": evaluator.samples}, result
+
+
+def eq_isolated_on_cluster(
+    model: LoadedModel,
+    model_source: str | Path | bytes,
+    stats: CalibrationStats,
+    data: str | Path | bytes | CalibrationSource,
+    config: Any,
+    method_config: Any,
+    cluster: ClusterConfig | None = None,
+    *,
+    per_channel: bool,
+    profile: str | None,
+    clip_outputs: bool,
+    groups: int,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> tuple[Any, int]:
+    """EQ's isolated search fanned out: runs of whole layer groups, one Ray task each (SHARDS_PER_CPU a
+    CPU at most). Returns the EQResult of all layers (evaluations summed) and the samples searched."""
+    from quantviz.easyquant.search import EQResult
+
+    cluster = cluster or ClusterConfig()
+    inputs = _Inputs.of(model, model_source, data, None, None)
+    data_key = inputs.source.data_id
+    del inputs.source
+    ray = connect(cluster.address, cluster.local_cpus)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    runs = plan_shards(groups, 1, cluster.shards or SHARDS_PER_CPU * cpus)
+    model_arg, data_arg = inputs.put(ray)
+    stats_ref = ray.put(stats)
+    task = ray.remote(num_returns=2, max_retries=cluster.retries)(eq_search_groups)
+    pending: dict[Any, int] = {}
+    results: dict[int, Any] = {}
+    for i, (a, b) in enumerate(runs):
+        info_ref, result_ref = task.options(name=f"quantviz EQ groups {a + 1}-{b}").remote(
+            model.sha256, model_arg, model.name, data_arg, data_key, inputs.data_name, inputs.pre, stats_ref, config, method_config,
+            per_channel, profile, clip_outputs, a, b,
+        )  # fmt: skip
+        pending[info_ref] = i
+        results[i] = result_ref
+    samples = 0
+    done = 0
+    total = config.rounds * groups
+    if progress:
+        progress(0, total)
+    try:
+        while pending:
+            if cancel is not None and cancel():
+                raise CancelledError(f"EQ cancelled after {done} of {total} layer groups.")
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+            for ref in ready:
+                i = pending.pop(ref)
+                rec = ray.get(ref)
+                a, b = runs[i]
+                if "error" in rec:
+                    raise QuantvizError(
+                        f"EQ's search of layer groups {a + 1}..{b} of {groups} failed on the cluster: {rec['error']}"
+                    )
+                samples = int(rec["samples"])
+                done += config.rounds * (b - a)
+                if progress:
+                    progress(done, total)
+    except BaseException:
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - finished meanwhile: nothing to cancel
+                log.debug("EQ task already finished")
+        raise
+    parts = [ray.get(results[i]) for i in range(len(runs))]
+    layers = {name: r for part in parts for name, r in part.layers.items()}
+    return EQResult(layers, config, sum(p.evaluations for p in parts)), samples

@@ -464,6 +464,8 @@ def best_method_picks(
     clip_outputs: bool = False,
     steps: Report | None = None,
     cancel: Cancel | None = None,
+    cluster: Any = None,
+    model_source: Any = None,
 ) -> tuple[dict[str, MethodPick], int]:
     """Per layer, the method whose isolated error is lowest, and the samples each analysis ran.
 
@@ -475,6 +477,8 @@ def best_method_picks(
     quantviz.review.apply_method_picks puts the picks in a review (the app and the CLI alike).
     steps: Steps "Analysis with <method> (i of n)" counting samples over all the analyses; cancel:
     asked before each batch (CancelledError, nothing returned).
+    cluster (a quantviz.distributed.ClusterConfig) runs the analyses as Ray tasks, one per method, the
+    workers opening model_source (the model's path or bytes) and the source's data: the same reports.
     """
     from quantviz.calib import METHOD_LABELS
     from quantviz.table import calibrate_model
@@ -484,6 +488,16 @@ def best_method_picks(
         raise QuantvizError("Give at least one method to compare.")
     config = config or MethodConfig()
     reports: dict[str, LayerReport] = {}
+    if cluster is not None:
+        from quantviz.distributed import analyses_on_cluster
+
+        if model_source is None:
+            raise QuantvizError("Comparing methods on a cluster needs the model's path or bytes for the workers.")
+        reports = analyses_on_cluster(
+            model, model_source, stats, source, methods, config, cluster, samples=samples, per_channel=per_channel,
+            profile=profile, clip_outputs=clip_outputs, progress=progress, cancel=cancel,
+        )  # fmt: skip
+        return compare_methods(reports), reports[methods[0]].samples
     for i, m in enumerate(methods):
         phase = f"Analysis with {METHOD_LABELS.get(m, m)} ({i + 1} of {len(methods)})"
 
@@ -560,6 +574,8 @@ def best_method_table(
     progress: Progress | None = None,
     profile: str | None = None,
     clip_outputs: bool = False,
+    cluster: Any = None,
+    model_source: Any = None,
 ) -> tuple[CalibrationTable, dict[str, MethodPick]]:
     """The table with, on each layer's output tensor, the method whose isolated error is lowest.
 
@@ -576,7 +592,7 @@ def best_method_table(
     config = config or MethodConfig()
     picks, samples_run = best_method_picks(
         model, stats, source, methods, config, samples=samples, per_channel=per_channel, progress=progress,
-        profile=profile, clip_outputs=clip_outputs,
+        profile=profile, clip_outputs=clip_outputs, cluster=cluster, model_source=model_source,
     )  # fmt: skip
     fused = fused_tensors(calibrate_model(model, stats, methods[0], config, per_channel, profile=profile))
     table = _picks_table(model, stats, picks, methods, config, per_channel, profile, clip_outputs)

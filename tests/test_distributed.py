@@ -24,7 +24,7 @@ from quantviz.cli import main
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import ImagePreprocess, open_source
-from quantviz.distributed import ClusterConfig, ClusterRun, collect_on_cluster, import_ray, plan_shards
+from quantviz.distributed import ClusterConfig, ClusterRun, collect_on_cluster, import_ray
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.model import load_model
 from quantviz.stats import CalibrationStats, stats_arrays
@@ -51,17 +51,6 @@ def _single_and_ray(
     single = collect(model, open_source(data, model.inputs, preprocess=pre), config)
     run = collect_on_cluster(model, model_path, data, config, ClusterConfig(shards=shards), **kw)
     return single, run
-
-
-def test_plan_shards_whole_batches() -> None:
-    assert plan_shards(256, 16, 4) == [(0, 64), (64, 128), (128, 192), (192, 256)]
-    assert plan_shards(100, 8, 3) == [(0, 32), (32, 64), (64, 100)]
-    assert plan_shards(5, 8, 4) == [(0, 5)]
-    assert plan_shards(0, 8, 4) == []
-    for total, batch, n in [(1000, 7, 9), (17, 1, 40), (64, 64, 2)]:
-        plan = plan_shards(total, batch, n)
-        assert plan[0][0] == 0 and plan[-1][1] == total and all(a % batch == 0 for a, _ in plan)
-        assert all(p[1] == q[0] for p, q in zip(plan, plan[1:], strict=False)) and len(plan) <= n
 
 
 @pytest.mark.parametrize("model_name", ["digits_cnn.onnx", "digits_resnet.onnx"])
@@ -201,3 +190,54 @@ def test_missing_ray_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(QuantvizError) as info:
         import_ray()
     assert "pip install -r requirements-ray.txt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_best_method_candidates_fan_out_to_the_same_picks_and_table() -> None:
+    from quantviz.export.qv_json import table_to_dict
+    from quantviz.sensitivity import best_method_table
+
+    path = SAMPLES / "digits_cnn.onnx"
+    model = load_model(path)
+    source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(samples=64))
+    methods = ["kl", "minmax", "percentile"]
+    table, picks = best_method_table(model, stats, source, methods, samples=48)
+    seen: list[tuple[int, int]] = []
+    on_ray, ray_picks = best_method_table(
+        model,
+        stats,
+        source,
+        methods,
+        samples=48,
+        cluster=ClusterConfig(),
+        model_source=path,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert ray_picks == picks  # every layer's pick and every method's cosine, equal
+    assert len(picks) > 5
+    assert table_to_dict(on_ray) == table_to_dict(table)
+    assert seen[-1] == (3, 3)
+
+
+def test_eq_isolated_fans_out_to_the_same_table() -> None:
+    from quantviz.easyquant import EQConfig, calibrate_eq
+    from quantviz.export.qv_json import table_to_dict
+
+    path = SAMPLES / "digits_resnet.onnx"
+    model = load_model(path)
+    source = open_source(SAMPLES / "digits32_calib.npz", model.inputs)
+    stats = collect(model, source, CollectConfig(samples=16, batch_size=8))
+    config = EQConfig(rounds=1, n=3, max_samples=4, mode="isolated")
+    one = calibrate_eq(model, stats, source, config)
+    seen: list[tuple[int, int]] = []
+    on_ray = calibrate_eq(
+        model,
+        stats,
+        source,
+        config,
+        cluster=ClusterConfig(shards=2),
+        model_source=path,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert table_to_dict(on_ray) == table_to_dict(one)  # every scale, every layer's trace of cosines
+    assert len(one.settings["eq"]["layers"]) > 8 and seen[-1][0] == seen[-1][1]

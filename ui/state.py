@@ -28,6 +28,7 @@ from quantviz.calib import MethodConfig
 from quantviz.collect import collect
 from quantviz.config import DEFAULT_BATCH_SIZE, DEFAULT_BINS, CollectConfig
 from quantviz.data import CalibrationSource
+from quantviz.distributed import ClusterConfig, collect_on_cluster
 from quantviz.easyquant import EQConfig
 from quantviz.errors import QuantvizError
 from quantviz.model import LoadedModel, load_model
@@ -113,6 +114,8 @@ class Controls:
     collect_bins: int = DEFAULT_BINS
     collect_batch: int = DEFAULT_BATCH_SIZE
     home_rows: int | str = 40  # tensors in Home's overview picture
+    collect_ray: bool = False  # collect in shards on Ray (quantviz.distributed); off: this process alone
+    collect_ray_address: str = ""  # empty: a local Ray on this machine; "auto", HOST:PORT, ray://HOST:10001
     # Distributions
     dist_show_all: bool = False
     dist_log: bool = True
@@ -182,6 +185,7 @@ class Session:
     opened_file: str | None = None
     pending: PendingReview | None = None
     auto_collect: bool = True  # the bundled sample runs by itself on a first visit or a new sample pick
+    cluster_notes: dict[StatsKey, str] = field(default_factory=dict)  # statistics collected on Ray: how it ran
 
     def work(self) -> ModelWork | None:
         return None if self.current is None else self.works.get(self.current.sha256)
@@ -336,13 +340,35 @@ def _review_words(r: Review) -> str:
 
 
 def collected(
-    model: LoadedModel, source: CalibrationSource, config: CollectConfig, progress: Callable[[int, int], object] | None = None
+    model: LoadedModel,
+    source: CalibrationSource,
+    config: CollectConfig,
+    progress: Callable[[int, int], object] | None = None,
+    cluster: ClusterConfig | None = None,
+    model_source: str | bytes | None = None,
 ) -> StatsKey:
-    """Run (or reuse) a collection, make its model current and return the statistics' key."""
+    """Run (or reuse) a collection, make its model current and return the statistics' key.
+
+    cluster: collect in shards on Ray (the statistics are the same bit for bit, so the key is too);
+    model_source: the model's path or bytes, which the workers open. How the run went is kept for the
+    page (cluster_note)."""
     key = StatsKey(model.sha256, source.data_id, (config.samples, config.bins, config.batch_size, config.ema_constant))
     store = session().store
     if key not in store:
-        stats = collect(model, source, config, progress=progress)
+        if cluster is not None:
+            if model_source is None:
+                raise QuantvizError(
+                    "The model uploaded before is no longer at hand to send to Ray's workers: upload it again, or collect without a cluster."
+                )
+            run = collect_on_cluster(model, model_source, source, config, cluster, progress=progress)
+            stats = run.stats
+            machines = f"{run.nodes} machine" + ("s" if run.nodes != 1 else "")
+            session().cluster_notes[key] = (
+                f"Collected on Ray ({run.address}): {len(run.shards)} shards on {run.workers} workers, {machines}, {run.cpus} CPUs."
+            )
+        else:
+            stats = collect(model, source, config, progress=progress)
+            session().cluster_notes.pop(key, None)
         _remember(key, stats)
     _remember(SourceKey(source.data_id), source)
     _remember(ModelKey(model.sha256), model)

@@ -5,7 +5,7 @@ searched input scales and per-channel weight scales, the settings trace).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,8 @@ def calibrate_eq(
     per_channel: bool = True,
     profile: str | None = None,
     clip_outputs: bool = False,
+    cluster: Any = None,
+    model_source: Any = None,
 ) -> CalibrationTable:
     """EasyQuant calibration table: EQ input scales on the layers it searched, KL elsewhere.
 
@@ -113,6 +115,10 @@ def calibrate_eq(
     "eq" and "absmax_scales" added), requantization multipliers recomputed, and settings["eq"] with the
     config and each layer's cosine trace. Symmetric int8 only. progress(done, total) counts layer groups
     over all rounds; cancel: asked before each group (CancelledError, nothing returned).
+    cluster (a quantviz.distributed.ClusterConfig), in mode "isolated" only: the layer groups are
+    searched by Ray tasks, each over a run of whole groups (a layer's isolated search reads float
+    inputs only, so it does not depend on the other groups); the workers open model_source (the model's
+    path or bytes) and the source's data. The table is the one of a single process.
     """
     config = config or EQConfig()
     method_config = method_config or MethodConfig()
@@ -122,6 +128,68 @@ def calibrate_eq(
         raise QuantvizError("EQ searches free scales, not powers of two; calibrate without --power-of-two to use it.")
     if source.num_samples < 1:
         raise QuantvizError("EQ needs at least one calibration sample; the data holds none.")
+    setup = eq_setup(model, stats, method_config, per_channel, profile, clip_outputs)
+    base, skipped = setup.base, setup.skipped
+    if cluster is not None and config.mode == "isolated":
+        from quantviz.distributed import eq_isolated_on_cluster
+
+        if model_source is None:
+            raise QuantvizError("EQ on a cluster needs the model's path or bytes for the workers.")
+        result, samples = eq_isolated_on_cluster(
+            model, model_source, stats, source, config, method_config, cluster, per_channel=per_channel, profile=profile,
+            clip_outputs=clip_outputs, groups=len(eq_groups(setup.layers)), progress=progress, cancel=cancel,
+        )  # fmt: skip
+        ordered = {layer.name: result.layers[layer.name] for group in eq_groups(setup.layers) for layer in group}
+        return eq_table(base, replace(result, layers=ordered), model, per_channel, samples, skipped)
+    evaluator = eq_evaluator(model, setup, source, config)
+    result = eq_search(
+        setup.layers, setup.initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress,
+        cancel=cancel,
+    )  # fmt: skip
+    return eq_table(base, result, model, per_channel, evaluator.samples, skipped)
+
+
+@dataclass(frozen=True)
+class EQSetup:
+    """What EQ starts from: the KL table, the prepared float model, the layers it searches (graph
+    order) with their starting scales, and the layers it skips with why."""
+
+    base: CalibrationTable
+    prepared: PreparedModel
+    scales: dict[str, float]
+    weights: dict[str, WeightQuant]
+    layers: list[EQLayer]
+    skipped: dict[str, str]
+    initial: dict[str, EQStart]
+    fused_pre: frozenset[str]
+
+
+def eq_groups(layers: Sequence[EQLayer]) -> list[list[EQLayer]]:
+    """The layer groups EQ searches together (the layers reading one tensor), in search order."""
+    from quantviz.easyquant.search import _groups
+
+    return _groups(layers)
+
+
+def eq_evaluator(
+    model: LoadedModel, setup: EQSetup, source: CalibrationSource, config: EQConfig, layers: Sequence[EQLayer] | None = None
+) -> ModelEvaluator:
+    """The real evaluate of eq_search for `layers` (default: all that EQ searches)."""
+    return ModelEvaluator(
+        setup.prepared, list(layers if layers is not None else setup.layers), setup.scales, setup.weights, source, config,
+        effective_batch_size(model, config.max_samples, source), setup.fused_pre,
+    )  # fmt: skip
+
+
+def eq_setup(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    method_config: MethodConfig,
+    per_channel: bool,
+    profile: str | None,
+    clip_outputs: bool,
+) -> EQSetup:
+    """EQ's starting point (see EQSetup); QuantvizError when it finds no layer to search."""
     base = calibrate_model(model, stats, "kl", method_config, per_channel=per_channel, profile=profile, clip_outputs=clip_outputs)
     prepared = prepare_float_model(model)
     scales = _usable_scales(base)
@@ -135,13 +203,7 @@ def calibrate_eq(
         layer.name: EQStart(scales[layer.input], np.asarray(weights[layer.weight].scales, dtype=np.float32)) for layer in layers
     }
     fused_pre = frozenset(g.pre_activation for g in analyse(prepared.proto).groups)
-    evaluator = ModelEvaluator(
-        prepared, layers, scales, weights, source, config, effective_batch_size(model, config.max_samples, source), fused_pre
-    )
-    result = eq_search(
-        layers, initial, evaluator, config, on_round=evaluator.start_round, on_fixed=evaluator.fix, progress=progress, cancel=cancel
-    )
-    return eq_table(base, result, model, per_channel, evaluator.samples, skipped)
+    return EQSetup(base, prepared, dict(scales), dict(weights), list(layers), dict(skipped), initial, fused_pre)
 
 
 def _outside_control_flow(
