@@ -124,7 +124,7 @@ def main() -> None:
         if not DET.exists():
             print(f"{DET} is missing: see this script's docstring to fetch it.", file=sys.stderr)
         else:
-            from bench.sweep_models import IMAGENET, _nchw, _pil_images
+            from sweep_models import IMAGENET, _nchw, _pil_images
 
             s = args.det_size
             calib = _npz({"x": _nchw(_pil_images(16, s, s, 0), **IMAGENET)})

@@ -80,8 +80,8 @@ class _Editor:
 
     def float_weight(self, dq: onnx.NodeProto) -> str | None:
         """The float model's initializer behind a weight or bias DequantizeLinear (None: not found)."""
-        src = dq.input[0]
-        for cand in (src.removesuffix("_quantized"), dq.output[0]):
+        src = str(dq.input[0])
+        for cand in (src.removesuffix("_quantized"), str(dq.output[0])):
             t = self.float_weights.get(cand)
             if t is not None:
                 name = cand + FLOAT_SUFFIX

@@ -176,10 +176,10 @@ class GraphIndex:
                 frontier = nxt
         # edges among the nodes found that the walk did not take (a skip connection inside the window)
         for name in found:
-            g = lookup.get(name)
-            if g is None:
+            node = lookup.get(name)
+            if node is None:
                 continue
-            for o in g.outputs:
+            for o in node.outputs:
                 for c in self.consumers.get(o, ()):
                     e = HoodEdge(name, c, o)
                     if c in found and e not in edges:

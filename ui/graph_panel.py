@@ -6,6 +6,7 @@ current table's clip points. A click on a node or a tensor opens that tensor (an
 from __future__ import annotations
 
 from collections.abc import Collection
+from functools import partial
 
 import streamlit as st
 
@@ -92,7 +93,7 @@ def graph_context(
             continue
         entry = table.tensors.get(name)
         col.plotly_chart(
-            state.cached(state.derived_key("context histogram", (name, role)), lambda t=t, entry=entry, role=role: clip_histogram_figure(t, entry, role)),
+            state.cached(state.derived_key("context histogram", (name, role)), partial(clip_histogram_figure, t, entry, role)),
             key=f"{where}_ctx_{role}::{name}",
         )  # fmt: skip
     if weights:
