@@ -176,10 +176,10 @@ class GraphIndex:
                 frontier = nxt
         # edges among the nodes found that the walk did not take (a skip connection inside the window)
         for name in found:
-            node = lookup.get(name)
-            if node is None:
+            hood_node = lookup.get(name)
+            if hood_node is None:
                 continue
-            for o in node.outputs:
+            for o in hood_node.outputs:
                 for c in self.consumers.get(o, ()):
                     e = HoodEdge(name, c, o)
                     if c in found and e not in edges:
