@@ -173,6 +173,13 @@ def flip(raw: bytes, at: int) -> bytes:
     return bytes(b)
 
 
+def member_data_middle(raw: bytes, member: str) -> int:
+    """Offset of the middle of a zip member's compressed data (after its local header)."""
+    info = zipfile.ZipFile(io.BytesIO(raw)).getinfo(member)
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+
+
 def trt_line(hex_scale: str) -> bytes:
     return f"TRT-8601-EntropyCalibration2\nrelu_out: {hex_scale}\n".encode()
 
