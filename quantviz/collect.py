@@ -5,8 +5,9 @@ accumulators (2 histograms per tensor). Nothing grows with the size of the set: 
 HistogramCalibrater, by contrast, keeps every activation of every sample until the end.
 
 A run is at most one batch, and fewer samples when a batch's activations would exceed RUN_BYTES
-(models with a dynamic batch dimension only): the first run takes one sample to measure them. The
-parts of a batch update the accumulators as one batch (TensorAccumulator.update(same_batch=True)),
+(models with a dynamic batch dimension only): one sample is run first to measure them, and not
+counted, so every batch then runs in the same equal parts wherever a collection starts (a shard's
+statistics, shapes included, equal those of the same batches in one process). The parts of a batch update the accumulators as one batch (TensorAccumulator.update(same_batch=True)),
 so the statistics are those of whole batches, bit for bit, for any model that computes each sample
 on its own (all usual ones; a tensor that mixes samples, e.g. a mean over the batch axis, would see
 the smaller runs).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -124,6 +126,15 @@ def samples_and_batch(model: LoadedModel, source: CalibrationSource, config: Col
     return total, batch_size
 
 
+def _run(session: ort.InferenceSession, fetched: list[str], feed: dict[str, np.ndarray], first: int, last: int) -> list[Any]:
+    """One onnxruntime run; its failure in one sentence naming the samples."""
+    try:
+        return list(session.run(fetched, feed))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QuantvizError(f"onnxruntime could not run the model on samples {first}..{last}: {line}") from exc
+
+
 def collect(
     model: LoadedModel,
     source: CalibrationSource,
@@ -147,31 +158,28 @@ def collect(
     total, batch_size = samples_and_batch(model, source, config)
     splittable = fixed_batch_size(model, source) is None and not source.one_sample_per_run
     unbatched = {k for k, v in source.layout.items() if v != BATCHED}  # never sliced
-    run = 1 if splittable else batch_size  # samples per onnxruntime run; set from the first run
+    run = batch_size  # samples per onnxruntime run; a splittable model's is measured on one sample first
+    measured = not splittable
     ran = 0
     # Each run's tensors are added on UPDATE_THREADS threads (the compiled histogram loop and numpy's
     # reductions release the GIL); onnxruntime is idle meanwhile, so its cores are free. Every
     # accumulator is updated by one thread per run, runs one after the other: the result is the same.
     with ThreadPoolExecutor(UPDATE_THREADS) as pool:
         for done, batch, n in batch_loop(source, batch_size, total, "Collection", progress, cancel):
+            if not measured:
+                probe = {k: v if k in unbatched else v[:1] for k, v in batch.items()}
+                per_sample = sum(np.asarray(v).nbytes for v in _run(session, fetched, probe, done, done))
+                most = max(1, min(batch_size, int(RUN_BYTES // max(per_sample, 1.0))))
+                run = -(-batch_size // -(-batch_size // most))  # batches in equal runs: 8 -> 4 + 4, not 5 + 3
+                measured = True
             start = 0
             while start < n:
                 stop = min(n, start + run)
                 part = batch if stop - start == n else {k: v if k in unbatched else v[start:stop] for k, v in batch.items()}
-                try:
-                    outputs = session.run(fetched, part)
-                except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise QuantvizError(
-                        f"onnxruntime could not run the model on samples {done + start}..{done + stop - 1}: {first}"
-                    ) from exc
+                outputs = _run(session, fetched, part, done + start, done + stop - 1)
                 work = [(accs[name], part[name]) for name in input_names if name in accs]
                 work += [(accs[name], np.asarray(v)) for name, v in zip(fetched, outputs, strict=True) if name in accs]
                 update_all(work, start > 0, pool)
-                if splittable and done == 0 and start == 0:
-                    per_sample = sum(np.asarray(v).nbytes for v in outputs) / (stop - start)
-                    most = max(1, min(batch_size, int(RUN_BYTES // max(per_sample, 1.0))))
-                    run = -(-batch_size // -(-batch_size // most))  # batches in equal runs: 8 -> 4 + 4, not 5 + 3
                 del outputs, work
                 start = stop
             ran = done + n
