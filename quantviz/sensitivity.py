@@ -34,7 +34,9 @@ quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in u
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
 copies of each layer output, kept under ANALYZE_BATCH_BYTES); metrics are reduced to sums
 (quantviz.metrics) before the next batch.
-The models are planned in quantviz.sensitivity_plan; this module runs them.
+The models are planned in quantviz.sensitivity_plan; this module runs them. With a Ray cluster
+(analyze(cluster=...)), the isolated copies run in Ray tasks, a run of layers each
+(quantviz.distributed.IsolatedFanOut, isolated_errors), on the same batches as this process's run.
 layer_error() recomputes one layer's isolated error with a pruned isolated model (only the float
 nodes that layer needs), for the app when a threshold is overridden.
 """
@@ -45,7 +47,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +68,9 @@ from quantviz.runtime import first_line, new_session, session_options
 from quantviz.sensitivity_plan import PARTS, LayerSpec, isolated_outputs, plan
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
+
+if TYPE_CHECKING:
+    from quantviz.distributed import IsolatedFanOut
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +360,7 @@ def analyze(
         raise QuantvizError(f"The number of samples must be at least 1, not {samples}.")
     if batch_size < 1:
         raise QuantvizError(f"The batch size must be at least 1, not {batch_size}.")
-    fan: Any = None
+    fan: IsolatedFanOut | None = None
     if cluster is not None:
         from quantviz.distributed import IsolatedFanOut
 
