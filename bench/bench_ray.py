@@ -13,6 +13,9 @@ other processes), each starting its own local Ray when it uses one. Runs:
   ray-2 xS   2 CPUs and S shards, for each S of --shards: the driver's peak RSS must stay flat in S
 
 Each Ray run's statistics file is compared with the single run's, member by member (bit for bit).
+With --analyze-samples N, two more runs time `analyze` (quantviz.sensitivity.analyze, error parts
+included) on N samples with the KL table of the collected statistics: in one process, and with the
+isolated per-layer error in 2 runs of layers on a local Ray of 2 CPUs; their LAYERS.csv must be equal.
 Printed per run: wall time of the collection (Ray's start apart), the driver's peak RSS, the bytes a
 shard sends back (its statistics in memory, and as a compressed file), then the merge time of one pair
 of statistics of this model, and the sizing table.
@@ -49,7 +52,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     config = CollectConfig(samples=args.samples, batch_size=args.batch_size)
     out: dict[str, Any] = {}
-    if args.run == "float":
+    if args.run.startswith("analyze"):
+        out.update(_analyze_child(args))
+    elif args.run == "float":
         import onnxruntime as ort
 
         from quantviz.data import open_source
@@ -100,6 +105,38 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _analyze_child(args: argparse.Namespace) -> dict[str, Any]:
+    """analyze in one process (analyze-single) or with its isolated error on Ray (analyze-ray-2)."""
+    from quantviz.collect import collect
+    from quantviz.config import CollectConfig
+    from quantviz.data import open_source
+    from quantviz.model import load_model
+    from quantviz.report import write_csv
+    from quantviz.sensitivity import analyze
+    from quantviz.table import calibrate_model
+
+    out: dict[str, Any] = {}
+    model = load_model(args.model)
+    source = open_source(args.data, model.inputs)
+    n = args.analyze_samples
+    table = calibrate_model(model, collect(model, source, CollectConfig(samples=n, batch_size=args.batch_size)), "kl")
+    cluster = None
+    if args.run == "analyze-ray-2":
+        from quantviz.distributed import ClusterConfig, connect
+
+        t = time.perf_counter()
+        connect(None, 2)
+        out["ray_start_s"] = time.perf_counter() - t
+        cluster = ClusterConfig(shards=2, local_cpus=2)
+        out["shards"] = 2
+    t = time.perf_counter()
+    report = analyze(model, table, source, samples=n, batch_size=args.batch_size, cluster=cluster, model_source=args.model)
+    out["collect_s"] = time.perf_counter() - t
+    out["layers"] = len(report.layers)
+    write_csv(report, args.out)
+    return out
+
+
 def _same_files(a: Path, b: Path) -> bool:
     import numpy as np
 
@@ -109,7 +146,7 @@ def _same_files(a: Path, b: Path) -> bool:
 
 def _run(args: argparse.Namespace, name: str, shards: int | None, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, args.model, args.data, "--child", name, "--out", str(out)]
-    cmd += ["--samples", str(args.samples), "--batch-size", str(args.batch_size)]
+    cmd += ["--samples", str(args.samples), "--batch-size", str(args.batch_size), "--analyze-samples", str(args.analyze_samples)]
     if shards:
         cmd += ["--child-shards", str(shards)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -155,6 +192,7 @@ def main() -> None:
     p.add_argument("--machines", type=int, default=100)
     p.add_argument("--cluster-samples", type=int, default=50_000, help="calibration samples of the sizing table")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--analyze-samples", type=int, default=0, help="also time analyze in one process vs on Ray on N samples")
     p.add_argument("--child", dest="run", help=argparse.SUPPRESS)
     p.add_argument("--child-shards", dest="shards_one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -178,6 +216,11 @@ def main() -> None:
         for s in args.shards:
             r = _run(args, "ray-2", s, d / f"s{s}.npz")
             rows.append((f"ray-2 x{s}", r, str(_same_files(d / f"s{s}.npz", d / "single.npz"))))
+        analyses: list[tuple[str, dict[str, Any], str]] = []
+        if args.analyze_samples:
+            analyses.append(("single", _run(args, "analyze-single", None, d / "a1.csv"), "-"))
+            r = _run(args, "analyze-ray-2", None, d / "a2.csv")
+            analyses.append(("ray-2", r, str((d / "a1.csv").read_bytes() == (d / "a2.csv").read_bytes())))
     print(f"model {Path(args.model).name}: {single['tensors']} tensors, {args.samples} samples, batch {args.batch_size}")
     print(f"{os.cpu_count()} cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs share the cores)")
     print(f"{'run':<12}{'shards':>7}{'workers':>8}{'collect s':>11}{'ray start s':>12}{'driver peak MB':>15}{'MB a shard':>11}  equal")
@@ -189,6 +232,16 @@ def main() -> None:
         )
     print(f"single: {single['stats_bytes'] / MB:.1f} MB of statistics ({single['npz_bytes'] / MB:.1f} MB compressed); one merge of a pair {single['merge_pair_s']:.3f} s")
     print(f"speed-up ray-2 / ray-1: {ray1['collect_s'] / ray2['collect_s']:.2f}x; ray-2 / single: {single['collect_s'] / ray2['collect_s']:.2f}x")
+    if analyses:
+        a1 = analyses[0][1]
+        print(f"\nanalyze: {a1['layers']} layers, {args.analyze_samples} samples, batch {args.batch_size}, error parts included")
+        print(f"{'run':<12}{'runs':>7}{'analyze s':>11}{'ray start s':>12}{'driver peak MB':>15}  LAYERS.csv equal")
+        for name, r, same in analyses:
+            print(
+                f"{name:<12}{r.get('shards', '-'):>7}{r['collect_s']:>11.2f}{r.get('ray_start_s', 0.0):>12.2f}"
+                f"{r['peak_rss_mb']:>15.0f}  {same}"
+            )
+        print(f"speed-up analyze ray-2 / single: {a1['collect_s'] / analyses[1][1]['collect_s']:.2f}x")
     print(f"\nsizing for {args.machines} machines of 2 CPUs, {args.cluster_samples} samples, from the figures above:")
     for k, v in sizing(single, ray2, args.machines, 2, args.cluster_samples):
         print(f"  {k:<34}{v}")

@@ -375,9 +375,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     table = read_json(args.table)
     source = open_source(args.data, model.inputs, preprocess=_preprocess(args))
     labels = read_labels(args.labels) if args.labels else default_labels(args.data)
+    cluster = None
+    if args.ray is not None:
+        from quantviz.distributed import ClusterConfig
+
+        if args.shards is not None and args.shards < 1:
+            raise QuantvizError(f"--shards must be at least 1, not {args.shards}.")
+        cluster = ClusterConfig(address=None if args.ray == LOCAL_RAY else args.ray, shards=args.shards)
     report = analyze(
         model, table, source, samples=args.samples, batch_size=args.batch_size, progress=progress_bar("analyze"),
-        labels=labels, per_channel=not args.per_tensor_weights,
+        labels=labels, per_channel=not args.per_tensor_weights, cluster=cluster, model_source=args.model,
     )  # fmt: skip
     (write_html if suffix in (".html", ".htm") else write_csv)(report, args.output)
     from quantviz.outputs import figures_note
@@ -489,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, help="a quantviz table (.json)")
     p.add_argument("--labels", help="FILE.npz:KEY or FILE.npy with one class per sample (default: a 'label' array in the data .npz)")
     p.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor (default: per output channel)")
+    p.add_argument(
+        "--ray", nargs="?", const=LOCAL_RAY, metavar="ADDRESS",
+        help="the isolated per-layer error in runs of layers on a Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
+        "(none: a local Ray on 127.0.0.1); the same figures",
+    )  # fmt: skip
+    p.add_argument("--shards", type=int, help="with --ray: how many runs of layers (default one per CPU of the cluster)")
     p.add_argument("-o", "--output", required=True, help="LAYERS.csv or REPORT.html")
     COMMANDS["analyze"] = cmd_analyze
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -582,3 +582,120 @@ def eq_isolated_on_cluster(
     parts = [ray.get(results[i]) for i in range(len(runs))]
     layers = {name: r for part in parts for name, r in part.layers.items()}
     return EQResult(layers, config, sum(p.evaluations for p in parts)), samples
+
+
+# ------------------------------------------------------------------- analyze: isolated error per layer
+
+
+def isolated_layers(
+    model_key: str, model_source: str | bytes, model_name: str, data: str | bytes, data_key: str, name: str | None,
+    pre: ImagePreprocess, table: Any, layers: list[str], total: int, batch_size: int, rest: int | None, per_channel: bool,
+    float_nodes: frozenset[str], parts: bool,
+) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """The isolated figures (and parts) of a run of layers (a Ray task): quantviz.sensitivity.isolated_errors
+    on the samples and batches of the driver's analysis."""
+    import ray
+
+    from quantviz.sensitivity import isolated_errors
+
+    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    try:
+        model, source = _open_on_worker(model_key, model_source, model_name, data, data_key, name, pre)
+        if model.sha256 != model_key:
+            raise QuantvizError(f"the model this worker read is not the one being analysed (sha256 {model.sha256[:12]}...)")
+        result = isolated_errors(
+            model, table, source, layers, total, batch_size, rest, per_channel=per_channel, float_nodes=float_nodes, parts=parts
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the driver says which layers and why
+        return {**where, "error": _error_text(exc)}, None
+    return where, result
+
+
+class IsolatedFanOut:
+    """analyze's isolated per-layer error on Ray (quantviz.sensitivity.analyze with a cluster): the
+    layers cut into runs, one Ray task a run, while the driver runs the float and QDQ models itself.
+
+    One run per CPU of the cluster by default (ClusterConfig.shards to change it): every task runs the
+    whole float model besides its layers' copies, so more runs than CPUs would only repeat float work.
+    connect at construction (the number of runs is known before the analysis starts), start when the
+    driver knows the batches (the first sample's outputs size them), finished/wait/cancel after."""
+
+    def __init__(
+        self, model: LoadedModel, model_source: str | Path | bytes, table: Any, source: CalibrationSource,
+        layers: Sequence[str], cluster: ClusterConfig,
+    ) -> None:  # fmt: skip
+        self.model = model
+        self.table = table
+        self.layers = list(layers)
+        self.cluster = cluster
+        self.inputs = _Inputs.of(model, model_source, source, None, None)
+        self.data_key, self.description = self.inputs.source.data_id, self.inputs.source.description
+        del self.inputs.source
+        self.ray = connect(cluster.address, cluster.local_cpus)
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        self.plan = plan_shards(len(self.layers), 1, cluster.shards or cpus)
+        self.runs = len(self.plan)
+        self.pending: dict[Any, int] = {}
+        self.refs: dict[int, Any] = {}
+        self.workers: set[tuple[str, int]] = set()
+
+    def start(
+        self, total: int, batch_size: int, rest: int | None, *, per_channel: bool, float_nodes: Iterable[str], parts: bool
+    ) -> None:
+        """One task a run of layers, on samples 0..total-1 in the driver's batches (analyze: batch_size, or
+        the first sample alone and then batches of rest)."""
+        ray = self.ray
+        model_arg, data_arg = self.inputs.put(ray)
+        table_ref = ray.put(self.table)
+        task = ray.remote(num_returns=2, max_retries=self.cluster.retries)(isolated_layers)
+        for i, (a, b) in enumerate(self.plan):
+            info_ref, result_ref = task.options(name=f"quantviz isolated layers {a + 1}-{b}").remote(
+                self.model.sha256, model_arg, self.model.name, data_arg, self.data_key, self.inputs.data_name, self.inputs.pre,
+                table_ref, self.layers[a:b], total, batch_size, rest, per_channel, frozenset(float_nodes), parts,
+            )  # fmt: skip
+            self.pending[info_ref] = i
+            self.refs[i] = result_ref
+
+    def _take(self, timeout: float) -> None:
+        if not self.pending:
+            return
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        for ref in ready:
+            i = self.pending.pop(ref)
+            rec = self.ray.get(ref)
+            if "error" in rec:
+                a, b = self.plan[i]
+                raise QuantvizError(
+                    f"The isolated error of layers {a + 1}..{b} of {len(self.layers)} ('{self.layers[a]}' to "
+                    f"'{self.layers[b - 1]}') failed on the cluster: {rec['error']}"
+                )
+            self.workers.add((str(rec["node"]), int(rec["pid"])))
+
+    def finished(self) -> int:
+        """Runs done so far (looks without waiting; a failed run raises its sentence)."""
+        if self.pending and self.refs:
+            self._take(0)
+        return self.runs - len(self.pending) if self.refs else 0
+
+    def wait(self, on_progress: Callable[[], None], cancel: Cancel | None) -> dict[str, Any]:
+        """layer -> (isolated ErrorFigures, ErrorParts or None), once every run is done."""
+        while self.pending:
+            if cancel is not None and cancel():
+                raise CancelledError(
+                    f"The analysis was cancelled after {self.runs - len(self.pending)} of {self.runs} runs of layers."
+                )
+            before = len(self.pending)
+            self._take(WAIT_SECONDS)
+            if len(self.pending) < before:
+                on_progress()
+        out: dict[str, Any] = {}
+        for i in range(self.runs):
+            out.update(self.ray.get(self.refs[i]))
+        return out
+
+    def cancel(self) -> None:
+        for ref in self.pending:
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - finished meanwhile: nothing to cancel
+                log.debug("isolated-error task already finished")

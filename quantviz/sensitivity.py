@@ -34,7 +34,9 @@ quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in u
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
 copies of each layer output, kept under ANALYZE_BATCH_BYTES); metrics are reduced to sums
 (quantviz.metrics) before the next batch.
-The models are planned in quantviz.sensitivity_plan; this module runs them.
+The models are planned in quantviz.sensitivity_plan; this module runs them. With a Ray cluster
+(analyze(cluster=...)), the isolated copies run in Ray tasks, a run of layers each
+(quantviz.distributed.IsolatedFanOut, isolated_errors), on the same batches as this process's run.
 layer_error() recomputes one layer's isolated error with a pruned isolated model (only the float
 nodes that layer needs), for the app when a threshold is overridden.
 """
@@ -45,7 +47,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,9 +65,12 @@ from quantviz.outputs import OutputFigures, OutputJudge, output_kind
 from quantviz.progress import Report, Step
 from quantviz.qdq import QdqBuild
 from quantviz.runtime import first_line, new_session, session_options
-from quantviz.sensitivity_plan import PARTS, plan
+from quantviz.sensitivity_plan import PARTS, LayerSpec, isolated_outputs, plan
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
+
+if TYPE_CHECKING:
+    from quantviz.distributed import IsolatedFanOut
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +277,57 @@ def budget_batch_size(per_sample_bytes: int, requested: int, budget: int | None 
     return max(1, min(requested, limit // max(per_sample_bytes, 1)))
 
 
+def _isolated_update(
+    layers: Sequence[LayerSpec],
+    f: Mapping[str, npt.NDArray[Any]],
+    iso_acc: Mapping[str, ErrorAccumulator],
+    part_acc: Mapping[tuple[str, str], ErrorAccumulator],
+) -> None:
+    """One batch of the isolated model: each layer's isolated output and parts against its float output."""
+    for s in layers:
+        ref = f[s.output_tensor]
+        iso_acc[s.name].update(ref, f[s.isolated_tensor])
+        for t in s.part_tensors:
+            if t:
+                part_acc[s.name, t].update(ref, f[t])
+
+
+def _parts_result(part_acc: Mapping[tuple[str, str], ErrorAccumulator], name: str, tensors: tuple[str, str, str]) -> ErrorParts:
+    got = [part_acc[name, t].result() if t else None for t in tensors]
+    return ErrorParts(got[0], got[1], got[2])
+
+
+def isolated_errors(
+    model: LoadedModel,
+    table: CalibrationTable,
+    source: CalibrationSource,
+    layers: Sequence[str],
+    total: int,
+    batch_size: int,
+    rest: int | None,
+    *,
+    per_channel: bool = True,
+    float_nodes: Iterable[str] = frozenset(),
+    parts: bool = True,
+) -> dict[str, tuple[ErrorFigures, ErrorParts | None]]:
+    """The isolated figures (and parts) of some layers, exactly as analyze computes them: the same
+    samples in the same batches (batch_size, or with rest the first sample alone and then batches of
+    rest, as analyze's free batch size runs), from an isolated model holding only these layers' copies
+    (a Ray task of quantviz.distributed runs one run of layers)."""
+    p = plan(model, table, per_channel=per_channel, float_nodes=float_nodes, only_layers=layers, parts=parts)
+    missing = sorted(set(layers) - {s.name for s in p.layers})
+    if missing:
+        raise QuantvizError(f"'{missing[0]}' is not a quantized layer of this model with this table.")
+    sess = _session(p.isolated)
+    names = [o.name for o in sess.get_outputs()]
+    iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
+    part_acc = {(s.name, t): ErrorAccumulator() for s in p.layers for t in s.part_tensors if t}
+    loop = batch_loop(source, batch_size, total, "Analysis", then=(lambda: rest) if rest is not None else None)
+    for done, batch, _ in loop:
+        _isolated_update(p.layers, _run(sess, names, batch, done), iso_acc, part_acc)
+    return {s.name: (iso_acc[s.name].result(), _parts_result(part_acc, s.name, s.part_tensors) if parts else None) for s in p.layers}
+
+
 def analyze(
     model: LoadedModel,
     table: CalibrationTable,
@@ -285,6 +341,8 @@ def analyze(
     per_channel: bool = True,
     float_nodes: Iterable[str] = frozenset(),
     parts: bool = True,
+    cluster: Any = None,
+    model_source: Any = None,
 ) -> LayerReport:
     """Per-layer isolated and accumulated error and end-to-end figures over (at most) `samples` samples.
 
@@ -292,14 +350,27 @@ def analyze(
     the source's order; accuracy is reported for [N, classes] outputs when given. parts: each layer's
     error decomposition too (ErrorParts: up to three more node evaluations per layer in the same run
     of the isolated model, reading the float activations it already computes).
+    cluster (a quantviz.distributed.ClusterConfig): the isolated figures (and parts) are computed by
+    Ray tasks, one run of layers each, the workers opening model_source (the model's path or bytes) and
+    the source's data; this process runs the float and QDQ models (accumulated and end-to-end figures,
+    one model run). The same samples in the same batches everywhere: the report is the same, float
+    for float. progress then counts samples over all passes (this one and every task's).
     """
     if samples is not None and samples < 1:
         raise QuantvizError(f"The number of samples must be at least 1, not {samples}.")
     if batch_size < 1:
         raise QuantvizError(f"The batch size must be at least 1, not {batch_size}.")
-    p = plan(model, table, per_channel=per_channel, float_nodes=float_nodes, parts=parts)
+    fan: IsolatedFanOut | None = None
+    if cluster is not None:
+        from quantviz.distributed import IsolatedFanOut
+
+        if model_source is None:
+            raise QuantvizError("Analysing on a cluster needs the model's path or bytes for the workers.")
+    p = plan(model, table, per_channel=per_channel, float_nodes=float_nodes, parts=parts, copies=cluster is None)
     total = source.num_samples if samples is None else min(samples, source.num_samples)
     label_arr = _check_labels(labels, total)
+    if cluster is not None:
+        fan = IsolatedFanOut(model, model_source, table, source, [s.name for s in p.layers], cluster)
     iso_sess, acc_sess = _session(p.isolated), _session(p.accumulated)
     iso_names = [o.name for o in iso_sess.get_outputs()]
     acc_names = [o.name for o in acc_sess.get_outputs()]
@@ -312,43 +383,66 @@ def analyze(
     # (budget_batch_size), so one batch's layer outputs stay under ANALYZE_BATCH_BYTES
     free = bs > 1 and effective_batch_size(model, 1, source) == 1
     size = bs
+    # on a cluster this process runs the float model only: the bytes the isolated model's outputs would
+    # take come from the float values they stand for, so the batches stay those of one process
+    iso_outputs = isolated_outputs(p.layers, p.model_outputs)
 
     def rest_size() -> int:
         return size  # set from the first batch's outputs below
 
+    def start() -> None:
+        if fan is not None:
+            fan.start(total, bs, size if free else None, per_channel=per_channel, float_nodes=float_nodes, parts=parts)
+
+    def step(done: int, _total: int) -> None:
+        if progress is None:
+            return
+        if fan is None:
+            progress(done, total)
+        else:
+            progress(done + fan.finished() * total, total * (1 + fan.runs))
+
     ran = 0
-    for done, batch, n in batch_loop(source, bs, total, "Analysis", progress, cancel, then=rest_size if free else None):
-        f = _run(iso_sess, iso_names, batch, done)
-        q = _run(acc_sess, acc_names, batch, done)
-        if free and done == 0:
-            size = budget_batch_size(sum(np.asarray(v).nbytes for v in (*f.values(), *q.values())) // max(n, 1), bs)
-        for s in p.layers:
-            ref = f[s.output_tensor]
-            iso_acc[s.name].update(ref, f[s.isolated_tensor])
-            acc_acc[s.name].update(ref, q[s.accumulated_tensor])
-            for t in s.part_tensors:
-                if t:
-                    part_acc[s.name, t].update(ref, f[t])
-        lab = label_arr[done : done + n] if label_arr is not None else None
-        for o, a in out_acc.items():
-            a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
-        del f, q
-        ran = done + n
-    if ran == 0:
-        raise QuantvizError("The data holds no samples to analyse.")
-
-    def parts_of(name: str, tensors: tuple[str, str, str]) -> ErrorParts | None:
-        if not parts:
-            return None
-        got = [part_acc[name, t].result() if t else None for t in tensors]
-        return ErrorParts(got[0], got[1], got[2])
-
-    layers = tuple(
-        LayerError(
-            s.name, s.op_type, s.output_tensor, iso_acc[s.name].result(), acc_acc[s.name].result(), parts_of(s.name, s.part_tensors)
+    if not free:
+        start()
+    try:
+        loop = batch_loop(source, bs, total, "Analysis", step, cancel, then=rest_size if free else None)
+        for done, batch, n in loop:
+            f = _run(iso_sess, iso_names, batch, done)
+            q = _run(acc_sess, acc_names, batch, done)
+            if free and done == 0:
+                iso_bytes = sum(np.asarray(v).nbytes for v in f.values()) if fan is None else sum(f[t].nbytes for _, t in iso_outputs)
+                size = budget_batch_size((iso_bytes + sum(np.asarray(v).nbytes for v in q.values())) // max(n, 1), bs)
+                start()
+            if fan is None:
+                _isolated_update(p.layers, f, iso_acc, part_acc)
+            for s in p.layers:
+                acc_acc[s.name].update(f[s.output_tensor], q[s.accumulated_tensor])
+            lab = label_arr[done : done + n] if label_arr is not None else None
+            for o, a in out_acc.items():
+                a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
+            del f, q
+            ran = done + n
+        if ran == 0:
+            raise QuantvizError("The data holds no samples to analyse.")
+        isolated: dict[str, tuple[ErrorFigures, ErrorParts | None]] | None = (
+            fan.wait(lambda: step(ran, total), cancel) if fan is not None else None
         )
-        for s in p.layers
-    )
+    except BaseException:
+        if fan is not None:
+            fan.cancel()
+        raise
+
+    def figures(name: str, tensors: tuple[str, str, str]) -> tuple[ErrorFigures, ErrorParts | None]:
+        if isolated is not None:
+            return isolated[name]
+        return iso_acc[name].result(), _parts_result(part_acc, name, tensors) if parts else None
+
+    def layer(s: LayerSpec) -> LayerError:
+        iso, prt = figures(s.name, s.part_tensors)
+        return LayerError(s.name, s.op_type, s.output_tensor, iso, acc_acc[s.name].result(), prt)
+
+    layers = tuple(layer(s) for s in p.layers)
     outputs = tuple(a.result(o, label_arr is not None) for o, a in out_acc.items())
     return LayerReport(
         model_name=model.name,

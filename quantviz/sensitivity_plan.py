@@ -245,9 +245,22 @@ def _value_info(name: str, elem: int) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, None)
 
 
-def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = False) -> onnx.ModelProto:
+def isolated_outputs(layers: Sequence[LayerSpec], model_outputs: Sequence[str]) -> list[tuple[str, str]]:
+    """The isolated model's outputs in order, each with the float tensor it stands for (same shape and
+    type): every layer's float output, isolated output and parts, then the model's own outputs."""
+    names: list[str] = []
+    for spec in layers:
+        for n in (spec.output_tensor, spec.isolated_tensor, *(t for t in spec.part_tensors if t)):
+            if n not in names:
+                names.append(n)
+    names += [o for o in model_outputs if o not in names]
+    return [(n, _float_of(n)) for n in names]
+
+
+def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = False, copies: bool = True) -> onnx.ModelProto:
     """The float model plus each layer's isolated quantized copy; outputs: float and isolated layer
-    outputs, then the model's own outputs."""
+    outputs, then the model's own outputs. copies False: the float model alone, exposing the layers'
+    float outputs and the model's outputs (the references, when other processes run the copies)."""
     prepared: PreparedModel = qdq.prepared
     out = onnx.ModelProto()
     out.CopyFrom(prepared.proto)
@@ -262,7 +275,7 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
     float_tensors = {o for n in g.node for o in n.output if o} | {i.name for i in g.input}
     used: set[str] = set()
     float_nodes = {n.name: n for n in g.node}
-    for spec in layers:
+    for spec in layers if copies else ():
         nodes, u = _isolated_copy(spec, qgraph, producer, consumers, qdq_inits, float_tensors, float_inits)
         g.node.extend(nodes)
         used |= u
@@ -284,14 +297,12 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
     model_outputs = [o.name for o in prepared.proto.graph.output]
     elem = prepared.float_types
     del g.output[:]
-    names: list[str] = []
-    for spec in layers:
-        for n in (spec.output_tensor, spec.isolated_tensor, *(t for t in spec.part_tensors if t)):
-            if n not in names:
-                names.append(n)
-    names += [o for o in model_outputs if o not in names]
-    for n in names:
-        g.output.append(_value_info(n, elem.get(_float_of(n), onnx.TensorProto.FLOAT)))
+    outputs = isolated_outputs(layers, model_outputs)
+    if not copies:
+        outputs = [(n, f) for n, f in outputs if n == f]
+    names = [n for n, _ in outputs]
+    for n, f in outputs:
+        g.output.append(_value_info(n, elem.get(f, onnx.TensorProto.FLOAT)))
     if prune:
         _prune(g, names)
     return out
@@ -346,9 +357,12 @@ def plan(
     float_nodes: Iterable[str] = frozenset(),
     only_layers: Iterable[str] | None = None,
     parts: bool = False,
+    copies: bool = True,
 ) -> AnalysisPlan:
     """Build the QDQ model once and derive the isolated and accumulated models from it; parts: the
-    isolated model also holds each layer's error decomposition (with_parts)."""
+    isolated model also holds each layer's error decomposition (with_parts). copies False: the isolated
+    model is the float model alone with the layers' float outputs (isolated_model), the layers' isolated
+    copies being run elsewhere (quantviz.distributed)."""
     qdq = build(model, table, per_channel=per_channel, float_nodes=float_nodes)
     layers = find_layers(qdq)
     if only_layers is not None:
@@ -359,7 +373,7 @@ def plan(
     return AnalysisPlan(
         qdq=qdq,
         layers=tuple(layers),
-        isolated=isolated_model(qdq, layers, prune=only_layers is not None),
+        isolated=isolated_model(qdq, layers, prune=only_layers is not None, copies=copies),
         accumulated=accumulated_model(qdq, layers),
         model_outputs=tuple(o.name for o in qdq.prepared.proto.graph.output),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -241,3 +242,76 @@ def test_eq_isolated_fans_out_to_the_same_table() -> None:
     )
     assert table_to_dict(on_ray) == table_to_dict(one)  # every scale, every layer's trace of cosines
     assert len(one.settings["eq"]["layers"]) > 8 and seen[-1][0] == seen[-1][1]
+
+
+@pytest.fixture(scope="module")
+def cnn_table() -> Any:
+    from quantviz.table import calibrate_model
+
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    stats = collect(model, open_source(SAMPLES / "digits_calib.npz", model.inputs), CollectConfig(samples=64))
+    return calibrate_model(model, stats, "kl")
+
+
+def test_analyze_isolated_error_fans_out_to_the_same_report(cnn_table: Any) -> None:
+    import dataclasses
+
+    from quantviz.sensitivity import analyze
+
+    path = SAMPLES / "digits_cnn.onnx"
+    model = load_model(path)
+    source = open_source(SAMPLES / "digits_eval.npz", model.inputs)
+    labels = np.load(SAMPLES / "digits_eval.npz")["label"]
+    # batch_size 8 with a free batch dimension: the first sample alone, then batches of 8 (analyze's sizing)
+    one = analyze(model, cnn_table, source, samples=41, batch_size=8, labels=labels)
+    seen: list[tuple[int, int]] = []
+    on_ray = analyze(
+        model, cnn_table, source, samples=41, batch_size=8, labels=labels, cluster=ClusterConfig(shards=2), model_source=path,
+        progress=lambda d, t: seen.append((d, t)),
+    )  # fmt: skip
+    for f in dataclasses.fields(one):
+        assert getattr(on_ray, f.name) == getattr(one, f.name), f.name
+    for a, b in zip(one.layers, on_ray.layers, strict=True):
+        assert a == b, a.layer  # isolated, accumulated and the three parts: the same floats
+    assert len(one.layers) > 10 and all(le.parts is not None for le in one.layers)
+    assert any(le.isolated != le.accumulated for le in one.layers)  # the isolated figures are not the driver's
+    assert one.has_labels and seen[-1] == (41 * 3, 41 * 3)  # the driver's pass and 2 runs of layers, in samples
+
+
+def test_analyze_a_failing_run_of_layers_is_one_sentence(cnn_table: Any, tmp_path: Path) -> None:
+    from quantviz.sensitivity import analyze
+
+    proto = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    proto.producer_name = "analysed here"  # bytes no worker has seen yet
+    path = tmp_path / "model.onnx"
+    onnx.save_model(proto, str(path))
+    model = load_model(path)
+    path.write_bytes((SAMPLES / "digits_resnet.onnx").read_bytes())  # the file changes before the workers read it
+    source = open_source(SAMPLES / "digits_eval.npz", model.inputs)
+    with pytest.raises(QuantvizError) as info:
+        analyze(model, cnn_table, source, samples=8, cluster=ClusterConfig(shards=2), model_source=path)
+    text = str(info.value)
+    # the first run to fail names its layers; its worker opened another model, which does not read this data
+    assert re.match(r"The isolated error of layers (1\.\.9|10\.\.19) of 19 \('/[^']+' to '/[^']+'\) failed on the cluster: \S", text), text
+    assert "\n" not in text
+    with pytest.raises(CancelledError, match="cancelled after 0 of 8 samples"):
+        analyze(model, cnn_table, source, samples=8, cluster=ClusterConfig(), model_source=SAMPLES / "digits_cnn.onnx", cancel=lambda: True)
+
+
+def test_cli_analyze_ray_writes_the_same_layers_csv(tmp_path: Path, cnn_table: Any) -> None:
+    from quantviz.export.qv_json import write_json
+
+    table = tmp_path / "kl.json"
+    write_json(cnn_table, table)
+    argv = ["analyze", str(SAMPLES / "digits_cnn.onnx"), "--data", str(SAMPLES / "digits_eval.npz"), "--table", str(table)]
+    argv += ["--samples", "40", "--batch-size", "16"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*argv, "-o", str(tmp_path / "one.csv")]) == 0, err.getvalue()
+        assert main([*argv, "--ray", "--shards", "2", "-o", str(tmp_path / "ray.csv")]) == 0, err.getvalue()
+    one, ray = (tmp_path / "one.csv").read_text(), (tmp_path / "ray.csv").read_text()
+    assert one.count("\n") > 10 and ray == one
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*argv, "--ray", "--shards", "0", "-o", str(tmp_path / "x.csv")]) == 2
+    assert err.getvalue().count("\n") == 1 and "--shards must be at least 1" in err.getvalue()
