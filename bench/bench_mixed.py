@@ -36,7 +36,8 @@ def _npz(arrays: dict[str, Any]) -> bytes:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # allow_pickle named (numpy's default) so that mypy does not match **arrays against that bool parameter
+    np.savez(buf, allow_pickle=True, **arrays)
     return buf.getvalue()
 
 

@@ -115,7 +115,8 @@ def _run(args: argparse.Namespace, name: str, shards: int | None, out: Path) -> 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode:
         raise SystemExit(f"{name} failed:\n{r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return result
 
 
 def sizing(single: dict[str, Any], ray2: dict[str, Any], machines: int, cpus: int, samples: int) -> list[tuple[str, str]]:

@@ -127,7 +127,8 @@ def _probabilities(x: np.ndarray) -> np.ndarray:
     if np.all(x >= 0) and np.allclose(x.sum(-1), 1.0, atol=1e-3):
         return x
     e = np.exp(x - x.max(-1, keepdims=True))
-    return np.asarray(e / e.sum(-1, keepdims=True))
+    p: np.ndarray = e / e.sum(-1, keepdims=True)
+    return p
 
 
 def _top1(f: list[np.ndarray], q: list[np.ndarray]) -> tuple[str, float, float]:

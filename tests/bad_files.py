@@ -176,7 +176,8 @@ def flip(raw: bytes, at: int) -> bytes:
 def member_data_middle(raw: bytes, member: str) -> int:
     """Offset of the middle of a zip member's compressed data (after its local header)."""
     info = zipfile.ZipFile(io.BytesIO(raw)).getinfo(member)
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    lengths: tuple[int, int] = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    name_len, extra_len = lengths
     return info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,7 +40,7 @@ def build(cycles: int = CYCLES, seed: int = 0) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(op: str, inputs: list[str], name: str, n_out: int = 1, **attrs: object) -> list[str]:
+    def node(op: str, inputs: list[str], name: str, n_out: int = 1, **attrs: Any) -> list[str]:
         outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
         nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
         return outs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -13,8 +14,15 @@ from tests.test_cli import _bad, run
 from tests.test_mixed import _cosine, _float_out, _qdq_out, planted_data, planted_model
 
 
+class Case(TypedDict):
+    dir: Path
+    model: Path
+    data: Path
+    x: np.ndarray
+
+
 @pytest.fixture(scope="module")
-def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def case(tmp_path_factory: pytest.TempPathFactory) -> Case:
     d = tmp_path_factory.mktemp("cli_mixed")
     onnx.save_model(planted_model(), str(d / "m.onnx"))
     x = planted_data()
@@ -22,7 +30,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": d, "model": d / "m.onnx", "data": d / "d.npz", "x": x}
 
 
-def test_target_writes_fallbacks_and_trace_and_exports_carry_them(case: dict) -> None:
+def test_target_writes_fallbacks_and_trace_and_exports_carry_them(case: Case) -> None:
     out = case["dir"] / "t.json"
     r = run("calibrate", case["model"], "--data", case["data"], "--method", "minmax", "--target", "cosine=0.995", "-o", out)
     assert r.returncode == 0, r.stderr
@@ -46,7 +54,7 @@ def test_target_writes_fallbacks_and_trace_and_exports_carry_them(case: dict) ->
     assert "p_relu" not in names and "q_relu" in names
 
 
-def test_int16_fallback_from_the_cli(case: dict) -> None:
+def test_int16_fallback_from_the_cli(case: Case) -> None:
     out = case["dir"] / "t16.json"
     r = run(
         "calibrate", case["model"], "--data", case["data"], "--method", "minmax", "--target", "cosine=0.9",
@@ -73,11 +81,11 @@ def test_int16_fallback_from_the_cli(case: dict) -> None:
         (["--target", "cosine=0.9", "--target-samples", "0"], ["--target-samples"]),
     ],
 )
-def test_bad_targets(case: dict, tmp_path: Path, extra: list[str], words: list[str]) -> None:
+def test_bad_targets(case: Case, tmp_path: Path, extra: list[str], words: list[str]) -> None:
     _bad(run("calibrate", case["model"], "--data", case["data"], "--method", "minmax", *extra, "-o", tmp_path / "t.json"), *words)
 
 
-def test_target_needs_the_model(case: dict, tmp_path: Path) -> None:
+def test_target_needs_the_model(case: Case, tmp_path: Path) -> None:
     stats = tmp_path / "s.npz"
     assert run("collect", case["model"], "--data", case["data"], "-o", stats).returncode == 0
     _bad(

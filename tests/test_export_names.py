@@ -9,7 +9,7 @@ from quantviz.export.registry import FORMATS
 from quantviz.table import CalibrationTable, TensorEntry
 
 
-def test_every_format_gets_a_distinct_model_named_download():
+def test_every_format_gets_a_distinct_model_named_download() -> None:
     names = {f: download_name("nets/yolov8n.onnx", fmt) for f, fmt in FORMATS.items()}
     assert len(set(names.values())) == len(names)
     assert all(n.startswith("yolov8n") for n in names.values())
@@ -22,7 +22,7 @@ def test_every_format_gets_a_distinct_model_named_download():
         assert n.endswith(FORMATS[f].default_name.rsplit(".", 1)[-1]), f
 
 
-def test_model_stem_is_safe_in_a_file_name():
+def test_model_stem_is_safe_in_a_file_name() -> None:
     assert model_stem("a b/c:d?.onnx") == "c_d"
     assert model_stem("..onnx") == "model"
     assert model_stem(r"C:\models\net.ONNX") == "net"
@@ -34,7 +34,7 @@ def _table(names: list[str], model: str = "m.onnx", sha: str = "") -> Calibratio
     return CalibrationTable(model, sha, {}, entries)
 
 
-def test_match_counts_the_files_tensors_the_model_has_and_lists_the_rest():
+def test_match_counts_the_files_tensors_the_model_has_and_lists_the_rest() -> None:
     mine = _table([f"t{i}" for i in range(10)], sha="a" * 64)
     other = _table(["t0", "t1", "x", "y"], sha="a" * 64)
     m = match_tables(mine, other)
@@ -45,7 +45,7 @@ def test_match_counts_the_files_tensors_the_model_has_and_lists_the_rest():
     assert not match_tables(mine, _table([f"t{i}" for i in range(9)] + ["z"], sha="a" * 64)).few
 
 
-def test_a_table_of_another_model_is_named():
+def test_a_table_of_another_model_is_named() -> None:
     mine = _table(["t0"], sha="a" * 64)
     m = match_tables(mine, _table(["t0"], model="other.onnx", sha="b" * 64))
     assert m.other_model == "other.onnx, model bbbbbbbbbbbb" and not m.few

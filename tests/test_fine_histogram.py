@@ -216,7 +216,7 @@ def test_compiled_counts_equal_numpy_and_the_oracle(size: int, sbins: int, nonne
     _compare_compiled(size, sbins, nonnegative)
 
 
-def test_compiled_counts_in_several_passes(monkeypatch) -> None:
+def test_compiled_counts_in_several_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The int32 fine layout is folded every FINE_MAX_VALUES values (2**30 in use): the same counts."""
     monkeypatch.setattr(kernels, "FINE_MAX_VALUES", 50_000)
     _compare_compiled(600_000, 2048, False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from onnx import helper
 
-from quantviz.graph import MAX_PER_LEVEL, GraphIndex, HoodEdge
+from quantviz.graph import MAX_PER_LEVEL, GraphIndex, HoodEdge, Neighbourhood
 from quantviz.model import TensorInfo
 
 # in -> A(Conv) -a-> B(Relu) -b-> C(Conv) -c-> D(Add: c + b) -d-> E(Relu) -e-> F(Conv) -f->
@@ -22,13 +22,13 @@ NODES = [
 FLOAT = ["in", "a", "b", "c", "d", "e", "f"]
 
 
-def _levels(hood) -> dict[str, int]:
+def _levels(hood: Neighbourhood) -> dict[str, int]:
     return {n.name: n.level for n in hood.nodes}
 
 
 def _infos() -> dict[str, TensorInfo]:
     producer = {o: n for n in NODES for o in n.output}
-    out = {}
+    out: dict[str, TensorInfo] = {}
     for t in FLOAT:
         p = producer.get(t)
         consumers = tuple(n.name for n in NODES if t in n.input and n.op_type != "Shape")
@@ -36,7 +36,7 @@ def _infos() -> dict[str, TensorInfo]:
     return out
 
 
-def test_two_hops_each_way_around_the_layer_producing_a_tensor():
+def test_two_hops_each_way_around_the_layer_producing_a_tensor() -> None:
     for index in (GraphIndex.from_onnx(NODES, FLOAT), GraphIndex.from_infos(_infos())):
         hood = index.neighbourhood("c")
         assert hood.centre == "C" and hood.tensor == "c"
@@ -51,7 +51,7 @@ def test_two_hops_each_way_around_the_layer_producing_a_tensor():
         assert hood.cut == {}
 
 
-def test_a_residual_add_sits_at_its_shortest_distance_and_shape_ops_stay_out():
+def test_a_residual_add_sits_at_its_shortest_distance_and_shape_ops_stay_out() -> None:
     index = GraphIndex.from_onnx(NODES, FLOAT)
     hood = index.neighbourhood(node="B")
     # D reads b directly: one hop downstream, although it is two hops through C
@@ -59,7 +59,7 @@ def test_a_residual_add_sits_at_its_shortest_distance_and_shape_ops_stay_out():
     assert _levels(index.neighbourhood("e")) == {"E": 0, "D": -1, "C": -2, "B": -2, "F": 1}
 
 
-def test_a_graph_input_is_a_pseudo_node_that_opens_itself():
+def test_a_graph_input_is_a_pseudo_node_that_opens_itself() -> None:
     index = GraphIndex.from_onnx(NODES, FLOAT)
     hood = index.neighbourhood("in")
     assert hood.centre == "in" and _levels(hood) == {"in": 0, "A": 1, "B": 2}
@@ -68,7 +68,7 @@ def test_a_graph_input_is_a_pseudo_node_that_opens_itself():
     assert _levels(index.neighbourhood("a", hops=1)) == {"A": 0, "in": -1, "B": 1}
 
 
-def test_a_wide_concat_keeps_the_first_nodes_of_a_level_and_counts_the_rest():
+def test_a_wide_concat_keeps_the_first_nodes_of_a_level_and_counts_the_rest() -> None:
     k = MAX_PER_LEVEL + 3
     nodes = [helper.make_node("Relu", ["x"], [f"r{i}"], name=f"R{i}") for i in range(k)]
     nodes.append(helper.make_node("Concat", [f"r{i}" for i in range(k)], ["cat"], name="Cat", axis=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
-from quantviz.data import open_source
+from quantviz.data import CalibrationSource, open_source
 from quantviz.errors import QuantvizError
 from quantviz.fallback import MS_DOMAIN, apply_fallbacks, int16_domain, layer_macs
 from quantviz.mixed import (
@@ -32,9 +33,9 @@ from quantviz.mixed import (
     run_search,
     table_fallbacks,
 )
-from quantviz.model import load_model
+from quantviz.model import LoadedModel, load_model
 from quantviz.qdq import build
-from quantviz.table import calibrate_model
+from quantviz.table import CalibrationTable, calibrate_model
 from tests.graphs import IR_VERSION, OPSET
 
 SAMPLES = 256
@@ -86,8 +87,12 @@ def npz(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# the planted fixture: the model, its minmax table, its calibration source and the data
+Planted = tuple[LoadedModel, CalibrationTable, CalibrationSource, np.ndarray]
+
+
 @pytest.fixture(scope="module")
-def planted():  # type: ignore[no-untyped-def]
+def planted() -> Planted:
     model = load_model(planted_model().SerializeToString(), name="planted.onnx")
     x = planted_data()
     source = open_source(npz(x), model.inputs, name="planted.npz")
@@ -103,7 +108,8 @@ def _float_out(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def _qdq_out(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # Q/DQ as the spec says
-    return np.asarray(ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0])
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {"x": x})[0])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -167,7 +173,7 @@ def agreement(ref: dict[str, np.ndarray], test: dict[str, np.ndarray], labels: n
 # Fallbacks in the QDQ model
 
 
-def test_float_fallback_of_every_layer_is_the_float_model(planted) -> None:  # type: ignore[no-untyped-def]
+def test_float_fallback_of_every_layer_is_the_float_model(planted: Planted) -> None:
     model, table, _, x = planted
     qdq = build(model, table)
     weights = {i.name: i for i in qdq.prepared.proto.graph.initializer}
@@ -177,7 +183,7 @@ def test_float_fallback_of_every_layer_is_the_float_model(planted) -> None:  # t
     np.testing.assert_allclose(_qdq_out(edited, x), _float_out(model.proto, x), rtol=1e-5, atol=1e-4)
 
 
-def test_int16_fallback_runs_in_onnxruntime_and_beats_int8(planted) -> None:  # type: ignore[no-untyped-def]
+def test_int16_fallback_runs_in_onnxruntime_and_beats_int8(planted: Planted) -> None:
     model, table, _, x = planted
     qdq = build(model, table)
     assert int16_domain(qdq.proto) == MS_DOMAIN  # opset 17 < 21: onnxruntime's own int16 Q/DQ
@@ -197,7 +203,7 @@ def test_int16_fallback_runs_in_onnxruntime_and_beats_int8(planted) -> None:  # 
     assert int8 < 0.5 < 0.9 < int16 < 0.99 < as_float
 
 
-def test_int16_pair_matches_numpy(planted) -> None:  # type: ignore[no-untyped-def]
+def test_int16_pair_matches_numpy(planted: Planted) -> None:
     """p in int16 reads x rounded on T / 32767 steps and computes with its int8 weights (dequantized by
     onnxruntime): the Gemm is recomputed here with numpy from those."""
     model, table, _, x = planted
@@ -229,7 +235,7 @@ def test_macs_of_gemms() -> None:
 # The search
 
 
-def test_search_finds_the_planted_layer_first_and_stops(planted) -> None:  # type: ignore[no-untyped-def]
+def test_search_finds_the_planted_layer_first_and_stops(planted: Planted) -> None:
     model, table, source, x = planted
     target = parse_target("cosine=0.995")
     result, _ = run_search(model, table, source, target)
@@ -249,7 +255,7 @@ def test_search_finds_the_planted_layer_first_and_stops(planted) -> None:  # typ
     assert "p" in result.fallbacks[0].why or "missing" in result.fallbacks[0].why
 
 
-def test_removal_takes_back_what_is_not_needed(planted) -> None:  # type: ignore[no-untyped-def]
+def test_removal_takes_back_what_is_not_needed(planted: Planted) -> None:
     """Ordered badly on purpose (p last), the one-at-a-time search adds everything, then the removal
     pass returns every unit but p to int8."""
     from quantviz.mixed import Unit, search
@@ -267,7 +273,7 @@ def test_removal_takes_back_what_is_not_needed(planted) -> None:  # type: ignore
     assert result.final_macs_share == pytest.approx(128 / (160 + 256 + 128))
 
 
-def test_metric_function_target(planted) -> None:  # type: ignore[no-untyped-def]
+def test_metric_function_target(planted: Planted) -> None:
     model, table, source, x = planted
     result, _ = run_search(model, table, source, parse_target("metric=tests.test_mixed:mean_abs_error<=0.05"))
     assert result.reached and {f.layer for f in result.fallbacks} >= {"p"}
@@ -276,13 +282,13 @@ def test_metric_function_target(planted) -> None:  # type: ignore[no-untyped-def
     assert float(np.mean(np.abs(ref - got))) == pytest.approx(result.final_value, rel=1e-5)
 
 
-def test_top1_drop_needs_labels(planted) -> None:  # type: ignore[no-untyped-def]
+def test_top1_drop_needs_labels(planted: Planted) -> None:
     model, table, source, _ = planted
     with pytest.raises(QuantvizError, match="needs labels"):
         Evaluator(model, table, source, parse_target("top1-drop=1"))
 
 
-def test_table_carries_fallbacks_and_trace(planted, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_table_carries_fallbacks_and_trace(planted: Planted, tmp_path: Path) -> None:
     from quantviz.export.ncnn import dumps_ncnn, loads_ncnn
     from quantviz.export.qv_json import read_json, write_json
     from quantviz.export.tensorrt import dumps_trt
@@ -306,7 +312,7 @@ def test_table_carries_fallbacks_and_trace(planted, tmp_path) -> None:  # type: 
     assert loads_ncnn(ncnn, model).tensors["x"].float_kept
 
 
-def test_a_click_on_a_tradeoff_point_picks_that_step(planted) -> None:  # type: ignore[no-untyped-def]
+def test_a_click_on_a_tradeoff_point_picks_that_step(planted: Planted) -> None:
     """Each point of the trade-off chart, clicked (the selection event st.plotly_chart returns), picks
     the step measured at that point's place; a click on the greedy path's line, or nothing, picks none."""
     from quantviz.mixed import Unit, search

@@ -376,7 +376,10 @@ def test_decomposed_gelu_insides_are_float(tmp_path: Path) -> None:
 def test_flax_layernorm_insides_are_float(tmp_path: Path) -> None:
     """jax2tf's LayerNorm: mean = Sum(x) * 1/n, var = max(Sum(x * x) * 1/n - mean^2, 0), Sqrt then
     Reciprocal, gamma folded into the rsqrt, (x - mean) * that + beta, then a MatMul."""
-    c = lambda v, n: numpy_helper.from_array(np.asarray(v, np.float32), n)  # noqa: E731
+
+    def c(v: float | np.ndarray, n: str) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(v, np.float32), n)
+
     nodes = [
         helper.make_node("ReduceSum", ["x", "ax"], ["s1"], name="sum", keepdims=1),
         helper.make_node("Mul", ["s1", "inv_n"], ["mean"], name="mean"),

@@ -464,7 +464,7 @@ def test_best_method_is_never_worse_end_to_end_than_one_method_everywhere() -> N
     methods = ["kl", "minmax", "percentile"]
     table, picks = best_method_table(model, stats, source, methods, samples=16)
 
-    def end_to_end(t: object) -> float:
+    def end_to_end(t: CalibrationTable) -> float:
         r = analyze(model, t, source, samples=16)
         return float(np.mean([o.figures.cosine for o in r.outputs]))
 

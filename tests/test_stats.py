@@ -292,7 +292,7 @@ def test_shape_seen_is_each_dimension_largest_and_survives_the_file() -> None:
 def test_files_without_shapes_still_load_and_bad_shapes_are_refused() -> None:
     raw = _saved(_stats())
 
-    def drop(arrays: dict) -> None:
+    def drop(arrays: dict[str, np.ndarray]) -> None:
         h = json.loads(str(arrays["header"]))
         h.pop("shapes")
         arrays["header"] = np.array(json.dumps(h))
@@ -300,7 +300,7 @@ def test_files_without_shapes_still_load_and_bad_shapes_are_refused() -> None:
     assert all(t.shape is None for t in load_stats(_rewrite(raw, drop)).tensors.values())
     for bad in ({"x": [-1]}, {"x": "3x4"}, {"nope": [1]}, [1, 2]):
 
-        def forge(arrays: dict, bad=bad) -> None:
+        def forge(arrays: dict[str, np.ndarray], bad: object = bad) -> None:
             h = json.loads(str(arrays["header"]))
             h["shapes"] = bad
             arrays["header"] = np.array(json.dumps(h))

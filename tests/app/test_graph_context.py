@@ -5,29 +5,31 @@ against numpy on the initializer."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from streamlit.testing.v1 import AppTest
 
+from quantviz.table import CalibrationTable
 from tests.app.figs import array, figure, session_of, stats_of, work_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_MODEL = ROOT / "sample_models" / "digits_cnn.onnx"
 
 
-def _figs(at: AppTest) -> dict[str, dict]:
+def _figs(at: AppTest) -> dict[str, dict[str, Any]]:
     return {figure(c)["layout"]["title"]["text"]: figure(c) for c in at.get("plotly_chart")}
 
 
-def _graph(at: AppTest) -> dict:
+def _graph(at: AppTest) -> dict[str, Any]:
     found = [f for t, f in _figs(at).items() if t.startswith("Graph context of")]
     assert len(found) == 1
     return found[0]
 
 
-def _nodes_by_level(fig: dict) -> dict[int, set[str]]:
+def _nodes_by_level(fig: dict[str, Any]) -> dict[int, set[str]]:
     nodes = fig["data"][2]
     out: dict[int, set[str]] = {}
     for x, text in zip(array(nodes["x"]), nodes["hovertext"], strict=True):
@@ -35,15 +37,16 @@ def _nodes_by_level(fig: dict) -> dict[int, set[str]]:
     return out
 
 
-def _current_table(at: AppTest):
+def _current_table(at: AppTest) -> CalibrationTable:
     s = session_of(at)
     w = work_of(at)
     keys = [k for k in list(s.store.keys()) if getattr(k, "kind", "") == "review table" and k.review == w.review.fingerprint()]
     assert keys
-    return s.store.get(keys[-1])
+    table: CalibrationTable = s.store.get(keys[-1])
+    return table
 
 
-def test_distributions_shows_two_hops_each_way_and_the_clip_points():
+def test_distributions_shows_two_hops_each_way_and_the_clip_points() -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     at.switch_page("pages/1_Distributions.py").run()
     at.selectbox(key="dist_tensor").set_value("/Add_output_0").run()
@@ -51,7 +54,7 @@ def test_distributions_shows_two_hops_each_way_and_the_clip_points():
     proto = onnx.load(str(SAMPLE_MODEL))
     floats = set(stats_of(at).tensors)
     producer = {o: n for n in proto.graph.node for o in n.output}
-    users = {}
+    users: dict[str, list[onnx.NodeProto]] = {}
     for n in proto.graph.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
@@ -78,7 +81,7 @@ def test_distributions_shows_two_hops_each_way_and_the_clip_points():
             assert xs == sorted({e.min, e.max}), (name, xs, e.min, e.max)
 
 
-def test_layer_view_shows_the_gemm_weights_with_each_channels_clip():
+def test_layer_view_shows_the_gemm_weights_with_each_channels_clip() -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
     at.switch_page("pages/3_Layer_sensitivity.py").run()
     assert not at.exception

@@ -4,6 +4,7 @@ it against a plain onnxruntime run of the sample on its calibration set."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,14 +20,14 @@ SAMPLE_MODEL = ROOT / "sample_models" / "digits_cnn.onnx"
 SAMPLE_DATA = ROOT / "sample_models" / "digits_calib.npz"
 
 
-def _overview(at: AppTest) -> dict:
+def _overview(at: AppTest) -> dict[str, Any]:
     figs = [figure(c) for c in at.get("plotly_chart")]
     found = [f for f in figs if f["layout"]["title"]["text"].startswith("Every tensor's range")]
     assert len(found) == 1, [f["layout"].get("title") for f in figs]
     return found[0]
 
 
-def test_home_draws_every_tensors_range_and_clipping_worst_first():
+def test_home_draws_every_tensors_range_and_clipping_worst_first() -> None:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     assert not at.exception and not at.error
     stats = stats_of(at)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,15 +22,16 @@ from tests.e2e.flows import after_rerun, keyed, metric, no_exception, open_home,
 pytestmark = pytest.mark.slow
 
 
-def _plot_data(page: Page, selector: str) -> list[dict]:
+def _plot_data(page: Page, selector: str) -> list[dict[str, Any]]:
     """The traces plotly drew in a chart (the graph div keeps them as .data)."""
-    return page.evaluate(
+    traces: list[dict[str, Any]] = page.evaluate(
         """(sel) => { const gd = document.querySelector(sel + ' .js-plotly-plot');
             return gd.data.map(t => ({y: t.y ? Array.from(t.y) : null, x: t.x ? Array.from(t.x) : null,
                                        z: t.z ? Array.from(t.z, r => Array.from(r)) : null,
                                        customdata: t.customdata ? Array.from(t.customdata, r => Array.isArray(r) ? Array.from(r) : r) : null})); }""",
         selector,
     )
+    return traces
 
 
 def test_big_model_overview_and_graph_context(page: Page, app_url: str, tmp_path: Path) -> None:
