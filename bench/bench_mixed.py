@@ -1,6 +1,6 @@
 """Time of the mixed-precision search beside one full analysis (issue 13, item 7).
 
-    .venv/bin/python bench/bench_mixed.py [--models digits_resnet ppocr-v4-det] [--det-size 160] [--det-samples 8]
+    .venv/bin/python bench/bench_mixed.py [--models digits_resnet ppocr-v4-det] [--det-model PATH] [--det-size 160] [--det-samples 8]
 
 Per model: the float model run once over the samples in a plain onnxruntime session (the reference),
 one full analysis (quantviz.sensitivity.analyze: the QDQ model and every layer's isolated copy), then
@@ -11,7 +11,8 @@ twice is not run again (reused steps cost nothing and are counted apart).
 
 digits_resnet: KL table, target one point of top-1 on the labelled evaluation set (540 samples).
 PP-OCRv4 det (a real model, 331 calibratable tensors; fetched with ``pip download --no-deps
-rapidocr-onnxruntime -d /work/bench_models/rapidocr-onnxruntime`` and unzipped into ``unz``): synthetic
+rapidocr-onnxruntime -d /work/bench_models/rapidocr-onnxruntime`` and unzipped into ``unz``; another
+location through ``--det-model``): synthetic
 images made as bench/sweep_models.py makes them, KL table, target end-to-end cosine 0.995.
 """
 
@@ -21,16 +22,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-DET = Path("/work/bench_models/rapidocr-onnxruntime/unz/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
+DET_DEFAULT = Path("/work/bench_models/rapidocr-onnxruntime/unz/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx")
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+def _npz(arrays: dict[str, Any]) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -109,6 +111,7 @@ def bench(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=["digits_resnet", "ppocr-v4-det"])
+    ap.add_argument("--det-model", type=Path, default=DET_DEFAULT, help="PP-OCRv4 det ONNX file (default: %(default)s)")
     ap.add_argument("--det-size", type=int, default=160)
     ap.add_argument("--det-samples", type=int, default=8)
     args = ap.parse_args()
@@ -122,15 +125,16 @@ def main() -> None:
             )
         )  # fmt: skip
     if "ppocr-v4-det" in args.models:
-        if not DET.exists():
-            print(f"{DET} is missing: see this script's docstring to fetch it.", file=sys.stderr)
+        det = args.det_model
+        if not det.is_file():
+            print(f"{det} is missing: see this script's docstring to fetch it.", file=sys.stderr)
         else:
             from sweep_models import IMAGENET, _nchw, _pil_images
 
             s = args.det_size
             calib = _npz({"x": _nchw(_pil_images(16, s, s, 0), **IMAGENET)})
             evaluation = _npz({"x": _nchw(_pil_images(args.det_samples, s, s, 1), **IMAGENET)})
-            rows.append(bench(f"PP-OCRv4 det {s}x{s}", DET, calib, evaluation, "cosine=0.995", None))
+            rows.append(bench(f"PP-OCRv4 det {s}x{s}", det, calib, evaluation, "cosine=0.995", None))
     cols = list(rows[0]) if rows else []
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

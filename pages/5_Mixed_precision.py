@@ -11,8 +11,8 @@ import streamlit as st
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.export.qv_json import dumps
 from quantviz.fallback import PRECISIONS
-from quantviz.mixed import mixed_table, parse_target, review_with_configuration, run_search
-from quantviz.plots import tradeoff_figure
+from quantviz.mixed import applied_in_review, mixed_table, parse_target, review_with_configuration, run_search
+from quantviz.plots import picked_step, tradeoff_figure
 from ui import state
 
 st.set_page_config(page_title="quantviz: mixed precision", page_icon=":material/tune:", layout="wide")
@@ -88,6 +88,7 @@ if st.button("Search", type="primary", key="mixed_run"):
             on_step=on_step,
         )  # fmt: skip
         state.store(key, mixed_table(table, result))
+        st.session_state.pop("mixed_step", None)  # the step box starts on the new search's last step
     except (QuantvizError, CancelledError) as exc:
         st.error(str(exc))
     finally:
@@ -112,12 +113,15 @@ m[2].metric("layers out of int8", len(doc["fallbacks"]))
 m[3].metric("share of MACs", f"{100 * float(doc.get('final_macs_share', 0.0)):.1f}%")
 
 x_axis = st.radio("x axis", ("layers", "MACs"), horizontal=True, key="mixed_x")
+# one chart per search: a selection outlives reruns, and a new search must not inherit the last one's click
+chart_key = f"mixed_chart::{hash(key) & 0xFFFFFFFF:08x}"
 event = st.plotly_chart(
     tradeoff_figure(doc, "layers" if x_axis == "layers" else "macs"),
     on_select="rerun",
     selection_mode="points",
-    key="mixed_chart",
+    key=chart_key,
 )
+st.caption("Click a point to apply that step's configuration to the review; click it again to release the selection.")
 
 
 def _apply(step: int | None, what: str) -> None:
@@ -126,19 +130,20 @@ def _apply(step: int | None, what: str) -> None:
     st.success(f"{what} applied to the review: {len(marked)} tensors kept in float. Every page and export uses it.")
 
 
-points = event.get("selection", {}).get("points", []) if event else []
-if points:
-    picked = points[0].get("customdata")
-    picked = picked[0] if isinstance(picked, list) else picked
-    if picked is not None and st.session_state.get("mixed_clicked") != (key, picked):
-        st.session_state["mixed_clicked"] = (key, picked)
-        _apply(int(picked), f"Step {picked}")
 steps = [s["step"] for s in doc["trace"]]
+w = state.current_work()
+picked = picked_step(event, len(steps))
+if picked is None:
+    w.mixed_clicked = None
+elif w.mixed_clicked != (chart_key, picked):  # a new click (the selection outlives reruns)
+    w.mixed_clicked = (chart_key, picked)
+    st.session_state["mixed_step"] = picked  # the step box below follows the click
+    _apply(picked, f"Step {picked}")
 a1, a2 = st.columns([3, 1])
 chosen = a1.selectbox(
     "Click a point, or choose a step, to apply its configuration to the review (its layers kept in float)",
     steps,
-    index=len(steps) - 1,
+    index=0 if "mixed_step" in st.session_state else len(steps) - 1,  # a value set above wins over a default
     format_func=lambda i: (
         f"step {i}: {doc['trace'][i]['action']}, {doc['trace'][i]['layers_out']} layers out, "
         f"{kind} {_fmt(doc['trace'][i]['value'])}"
@@ -148,6 +153,7 @@ chosen = a1.selectbox(
 a2.write("")
 if a2.button("Apply this step", key="mixed_apply_step"):
     _apply(int(chosen), f"Step {chosen}")
+now_box = st.empty()  # what the review holds of this search, written once every button below has acted
 
 st.subheader("The layers left out of int8, and why")
 if doc["fallbacks"]:
@@ -169,4 +175,14 @@ with st.expander("The whole trace"):
 
 st.download_button(
     "Table with the fallbacks and the trace (JSON)", dumps(found), "quantviz_mixed.json", "application/json", key="mixed_json"
+)
+
+where, in_review = applied_in_review(state.review(), doc)
+now_box.markdown(
+    "**In the review now:** "
+    + (
+        f"{'the ' if where == 'final configuration' else ''}{where}, the outputs of {', '.join(in_review)} kept in float."
+        if where is not None
+        else "no layer of this search kept in float."
+    )
 )

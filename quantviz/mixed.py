@@ -694,6 +694,7 @@ def configuration_at(table: CalibrationTable, step: int) -> dict[str, str]:
 
 
 REVIEW_NOTE = "mixed precision"  # the start of the note a configuration applied to a review leaves on each tensor
+_REVIEW_NOTE_RE = re.compile(rf"^{REVIEW_NOTE} \((?P<target>.*), (?P<where>step \d+|final configuration)\): out of int8")
 
 
 def review_with_configuration(review: Any, mixed: Mapping[str, Any], step: int | None = None) -> tuple[Any, list[str]]:
@@ -729,3 +730,21 @@ def review_with_configuration(review: Any, mixed: Mapping[str, Any], step: int |
         out = out.with_choice(t, float_kept=True, note=note)
         marked.append(t)
     return out, marked
+
+
+def applied_in_review(review: Any, mixed: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    """What a review (quantviz.review.Review) holds of this search, read back from the notes
+    review_with_configuration leaves: where the configuration came from ("step 3", "final
+    configuration"; None when none of this search's is applied) and the layers of the search whose
+    output tensors the review keeps in float for it, in the search's layer order."""
+    tensors: Mapping[str, str] = mixed.get("layer_tensors") or {}
+    target = str(mixed.get("target", ""))
+    where: str | None = None
+    kept: set[str] = set()
+    for name, choice in review.choices.items():
+        m = _REVIEW_NOTE_RE.match(choice.note)
+        if m is None or not choice.float_kept or m["target"] != target:
+            continue
+        where = m["where"]
+        kept.add(name)
+    return where, [layer for layer, t in tensors.items() if t in kept]

@@ -218,6 +218,25 @@ MIXED_ACTION_STYLE = {  # quantviz.mixed step actions: legend label, colour, mar
 }
 
 
+def picked_step(event: Mapping[str, Any] | None, steps: int) -> int | None:
+    """The step of the search a click on tradeoff_figure picked: the customdata of the first selected
+    point (st.plotly_chart's selection event) naming one of the `steps` the trace has; None when no
+    selected point does (nothing selected, or only the greedy path's line, which carries no step)."""
+    selection = (event or {}).get("selection") or {}
+    for point in selection.get("points") or []:
+        c = point.get("customdata")
+        c = c[0] if isinstance(c, list | tuple) and c else c
+        if isinstance(c, bool) or not isinstance(c, int | float | str):
+            continue
+        try:
+            v = float(c)
+        except ValueError:
+            continue
+        if v.is_integer() and 0 <= v < steps:
+            return int(v)
+    return None
+
+
 def tradeoff_figure(mixed: Mapping[str, Any], x: str = "layers") -> go.Figure:
     """The mixed-precision search's trade-off: each measured step (quantviz.mixed, the table's
     settings["mixed"]) at (layers out of int8, or % of MACs) against the target's figure, the target
@@ -263,11 +282,38 @@ def tradeoff_figure(mixed: Mapping[str, Any], x: str = "layers") -> go.Figure:
         threshold = float(m.group(1)) if m else None
     if threshold is not None:
         fig.add_hline(y=float(threshold), line_dash="dash", line_color="#d62728", annotation_text=f"target {target}")
+        _focus_on_target(fig, float(threshold), [s for s in trace if s["action"] == "int8"][:1], [ys(s) for s in trace], kind)
     fig.update_layout(
         xaxis_title="layers out of int8" if x == "layers" else "% of MACs out of int8",
         yaxis_title=kind if kind != "metric" else "metric",
-        legend={"orientation": "h"},
-        margin={"t": 30},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.18, "x": 0},  # under the x axis title, not over it
+        margin={"t": 40, "b": 90},
         clickmode="event+select",
     )
     return fig
+
+
+def _focus_on_target(fig: go.Figure, threshold: float, int8: list[Mapping[str, Any]], values: list[float], kind: str) -> None:
+    """Keep the steps that matter readable: when some steps lie far beyond the target (SNR of a model
+    almost all in float: 140 dB against a 50 dB target), the y axis spans the target +- twice the gap
+    the search had to close (all int8 to target); the steps left out are counted in a note, and the
+    chart's autoscale button shows them."""
+    if not int8 or isinstance(int8[0]["value"], str):
+        return
+    gap = abs(threshold - float(int8[0]["value"]))
+    finite = [v for v in values if np.isfinite(v)]
+    if not gap > 0 or not np.isfinite(gap):
+        return
+    lo, hi = threshold - 2 * gap, threshold + 2 * gap
+    inside = [v for v in finite if lo <= v <= hi]
+    outside = [v for v in finite if not lo <= v <= hi]
+    if not outside:
+        return
+    a, b = min([*inside, threshold]), max([*inside, threshold])
+    pad = 0.1 * (b - a if b > a else gap)
+    fig.update_yaxes(range=[a - pad, b + pad])
+    shown = ", ".join(f"{v:.4g}" for v in sorted(outside)[:3]) + (", ..." if len(outside) > 3 else "")
+    fig.add_annotation(
+        text=f"{len(outside)} step{'s' if len(outside) > 1 else ''} off the chart ({kind} {shown}): autoscale to see them",
+        xref="paper", yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False, font={"size": 11, "color": "#555"},
+    )  # fmt: skip

@@ -312,6 +312,86 @@ def test_table_carries_fallbacks_and_trace(planted: Planted, tmp_path: Path) -> 
     assert loads_ncnn(ncnn, model).tensors["x"].float_kept
 
 
+def test_a_click_on_a_tradeoff_point_picks_that_step(planted: Planted) -> None:
+    """Each point of the trade-off chart, clicked (the selection event st.plotly_chart returns), picks
+    the step measured at that point's place; a click on the greedy path's line, or nothing, picks none."""
+    from quantviz.mixed import Unit, search
+    from quantviz.plots import picked_step, tradeoff_figure
+
+    model, table, source, _ = planted
+    ev = Evaluator(model, table, source, parse_target("cosine=0.995"))
+    units = [
+        Unit("r", ("r",), ("y",), 1.0, 1.0, 160),
+        Unit("q", ("q", "q_relu"), ("q_out", "q_relu"), 1.0, 1.0, 256),
+        Unit("p", ("p", "p_relu"), ("p_out", "p_relu"), 1.0, 1.0, 128),
+    ]
+    result = search(ev, units, gallop=False)  # 7 steps: int8, 3 adds, keep, 2 removes
+    doc = mixed_table(table, result).settings["mixed"]
+    n = len(result.steps)
+    for x_axis in ("layers", "macs"):
+        fig = tradeoff_figure(doc, x_axis)
+        picked: list[int] = []
+        for curve, trace in enumerate(fig.data):
+            for j, (x, y) in enumerate(zip(trace.x, trace.y, strict=True)):
+                point = {"curve_number": curve, "point_number": j, "point_index": j, "x": x, "y": y}
+                if trace.customdata is None:  # the greedy path: no step
+                    assert picked_step({"selection": {"points": [point]}}, n) is None
+                    continue
+                steps = {
+                    picked_step({"selection": {"points": [{**point, "customdata": custom}]}}, n)
+                    for custom in (trace.customdata[j], [trace.customdata[j]])  # a number, or a list of one
+                }
+                assert len(steps) == 1
+                step = steps.pop()
+                assert step is not None
+                s = result.steps[step]
+                place = s.layers_out if x_axis == "layers" else 100 * s.macs_share
+                assert (x, y) == pytest.approx((place, s.value))
+                picked.append(step)
+        assert sorted(picked) == list(range(n))  # every step is a point, and every point a step
+    assert picked_step(None, n) is None
+    assert picked_step({"selection": {"points": []}}, n) is None
+    assert picked_step({"selection": {"points": [{"customdata": n}]}}, n) is None  # no such step
+    assert picked_step({"selection": {"points": [{"customdata": True}]}}, n) is None
+    assert picked_step({"selection": {"points": [{"x": 1.0}, {"customdata": 2}]}}, n) == 2
+    # a step applied to a review is read back from the review: where it came from, and its layers
+    from quantviz.mixed import applied_in_review, review_with_configuration
+    from quantviz.review import Review
+
+    assert applied_in_review(Review(), doc) == (None, [])
+    for step in range(n):
+        review, marked = review_with_configuration(Review(), doc, step)
+        want = [lay for lay in doc["layer_tensors"] if lay in result.steps[step].fallbacks]
+        assert applied_in_review(review, doc) == ((f"step {step}", want) if want else (None, []))
+        assert {doc["layer_tensors"][lay] for lay in want} == {t for t, c in review.choices.items() if c.float_kept}
+    final, _ = review_with_configuration(Review(), doc)
+    assert applied_in_review(final, doc) == ("final configuration", ["p", "p_relu"])
+    other = {**doc, "target": "cosine>=0.5"}  # another search's configuration is not this one's
+    assert applied_in_review(final, other) == (None, [])
+
+
+def test_tradeoff_chart_keeps_far_steps_off_its_axis() -> None:
+    """A step far beyond the target (a model almost all in float: 140 dB against 50) would squash the
+    others into a line: the y axis spans the target and the steps near it, and a note counts the rest."""
+    from quantviz.plots import tradeoff_figure
+
+    def step(i: int, action: str, out: int, value: float) -> dict[str, object]:
+        return {"step": i, "action": action, "layers_out": out, "macs_share": out / 20, "value": value, "fallbacks": []}
+
+    values = [44.6, 46.0, 47.5, 140.0, 51.3, 49.0]
+    actions = ["int8", "add", "add", "add", "bisect", "keep"]
+    doc = {"target": "snr>=50", "target_value": 50.0, "trace": [step(i, a, i, v) for i, (a, v) in enumerate(zip(actions, values, strict=True))]}
+    fig = tradeoff_figure(doc)
+    lo, hi = fig.layout.yaxis.range
+    assert lo < min(44.6, 50.0) and max(51.3, 50.0) < hi < 140.0
+    notes = [a.text for a in fig.layout.annotations if "off the chart" in a.text]
+    assert len(notes) == 1 and notes[0].startswith("1 step off the chart") and "140" in notes[0]
+    # every step near the target: the axis is left to plotly
+    near = {**doc, "trace": [step(i, a, i, min(v, 52.0)) for i, (a, v) in enumerate(zip(actions, values, strict=True))]}
+    fig = tradeoff_figure(near)
+    assert fig.layout.yaxis.range is None and not [a for a in fig.layout.annotations if "off the chart" in a.text]
+
+
 # ---------------------------------------------------------------------------------------------
 # digits_resnet: one point of top-1, reached, and the exported QDQ model scores what the search said
 

@@ -156,6 +156,7 @@ class ModelWork:
     clicked_layer: str | None = None
     overview_clicked: str | None = None  # the tensor last opened from Home's overview picture
     graph_clicked: tuple[str, str] | None = None  # (graph chart, tensor) last opened from a graph context
+    mixed_clicked: tuple[str, int] | None = None  # (trade-off chart, step) last applied by a click (Mixed precision)
     last_analysis: DerivedKey | None = None
     auto_tried: DerivedKey | None = None  # the analysis last started by itself (never twice in a row)
     last_eq: DerivedKey | None = None

@@ -47,8 +47,11 @@ def test_search_draws_the_tradeoff_and_applies_a_step() -> None:
     review = review_of(at)
     kept = {n for n, c in review.choices.items() if c.float_kept}
     assert kept == set(table["output tensor"])
+    now = next(m.value for m in at.markdown if "In the review now" in m.value)
+    assert "the final configuration" in now and all(layer in now for layer in table["layer"])
     # another step (all int8) releases them
     at.selectbox(key="mixed_step").set_value(0).run()
     at.button(key="mixed_apply_step").click().run()
     assert not {n for n, c in review_of(at).choices.items() if c.float_kept}
+    assert any("no layer of this search kept in float" in m.value for m in at.markdown)
     assert np.isfinite(float(metrics["all int8"]))
