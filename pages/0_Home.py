@@ -18,7 +18,7 @@ from quantviz.errors import QuantvizError
 from quantviz.limits import UPLOAD_LIMIT_MB
 from quantviz.model import LoadedModel
 from quantviz.preflight import BLOCKING, INFO, WARNING, blocking, preflight
-from quantviz.review import for_statistics, load_review
+from quantviz.review import for_statistics, open_review
 from quantviz.samples import SAMPLES, Sample
 from quantviz.stats import CalibrationStats
 from ui import state
@@ -154,17 +154,19 @@ def _count(n: int, word: str) -> str:
 
 def _open_review_file(name: str, raw: bytes) -> None:
     """A review (or statistics) file: its own model's, or, for another model, an offer to apply it."""
-    stats_from_file, review_from_file = load_review(raw)
+    opened = open_review(raw)
+    stats_from_file, review_from_file = opened.stats, opened.review
     current = state.current_stats()
     if current is not None and current.model_sha256 != stats_from_file.model_sha256:
-        session.pending = state.PendingReview(name, stats_from_file, review_from_file)
+        session.pending = state.PendingReview(name, stats_from_file, review_from_file, opened.runs)
         return
-    state.put_stats(stats_from_file, review_from_file)
+    state.put_stats(stats_from_file, review_from_file, opened.runs)
     session.pending = None
     session.auto_collect = False
     st.success(
         f"Opened {stats_from_file.model_name}: {len(stats_from_file.tensors)} tensors, "
-        f"{_count(len(review_from_file.notes), 'note')}, {_count(len(review_from_file.choices), 'choice')}."
+        f"{_count(len(review_from_file.notes), 'note')}, {_count(len(review_from_file.choices), 'choice')}"
+        + (f", {_count(len(opened.runs), 'analysis run')} (Layer sensitivity, Runs)." if opened.runs else ".")
     )
 
 
@@ -191,7 +193,7 @@ def _pending_offer() -> None:
         state.flash("success", f"{_count(len(matching.choices), 'choice')} of '{pending.file_name}' applied to {current.model_name}.")
         st.rerun()
     if c2.button(f"Open it on its own model ({pending.stats.model_name})", key="pending_own"):
-        state.put_stats(pending.stats, pending.review)
+        state.put_stats(pending.stats, pending.review, pending.runs)
         session.pending = None
         session.auto_collect = False
         st.rerun()

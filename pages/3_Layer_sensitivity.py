@@ -22,10 +22,11 @@ from quantviz.easyquant import EQ_MODES, EQConfig, calibrate_eq
 from quantviz.error_chart import COSINE, ONE_MINUS_COS, SNR, error_text, layer_error_figure, one_minus_cosine, parts_figure
 from quantviz.errors import CancelledError, QuantvizError
 from quantviz.export.names import LAYERS_CSV, REPORT_HTML, artefact_name
-from quantviz.plots import eq_trace_figure
+from quantviz.plots import eq_trace_figure, run_delta_figure
 from quantviz.progress import CancelToken, Eta, Step, phased, text
 from quantviz.report import snr_figure, to_csv, to_html
 from quantviz.review import adopt_table_scales, apply_method_picks, fused_tensors
+from quantviz.runs import ACCUMULATED, ISOLATED, compare, gain
 from quantviz.sensitivity import BEST_CANDIDATES, analyze, best_method_picks, layer_error
 from quantviz.sensitivity_fix import fix_candidates
 from ui import state
@@ -143,7 +144,9 @@ def _cancel_button(col: Any, where: str) -> None:
 b_run, b_cancel = st.columns([1, 6])
 run = b_run.button("Analyse", type="primary", key="sens_run", help="Runs the QDQ model and every layer's isolated copy (and its parts)")
 _cancel_button(b_cancel, "analyse")
-if run or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and w.auto_tried != key):
+# after best-method or EQ changed the table, its analysis starts by itself (w.reanalyse names what changed)
+after_change, w.reanalyse = w.reanalyse, None
+if run or (after_change is not None and report is None) or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and w.auto_tried != key):
     w.auto_tried = key
     lab = None if labels is None else labels[:samples]
     done = _long_work(
@@ -156,6 +159,7 @@ if run or (report is None and len(stats.tensors) <= AUTO_RUN_TENSORS and w.auto_
     if done is not None:
         report = state.store(key, done)
         w.last_analysis = key
+        state.add_run(done, label=after_change)  # every completed analysis is kept as a run (Runs, below)
 shown = key
 if report is None:
     older = state.stored(w.last_analysis) if w.last_analysis is not None and w.last_analysis.stats == key.stats else None
@@ -202,6 +206,86 @@ st.caption(
     f"{'per-channel' if report.per_channel else 'per-tensor'} weights; BatchNorm folded: {len(report.folded)}"
     + (f"; kept in float: {', '.join(report.kept_float)}" if report.kept_float else "")
 )
+
+# --- runs: two analyses side by side -------------------------------------------------------------------
+runs = state.runs()
+if len(runs) >= 2 and w.run_pair is not None:
+    a_id, b_id = w.run_pair
+    if a_id != b_id and runs[-1].id == b_id and any(r.id == a_id for r in runs):
+        ra = next(r for r in runs if r.id == a_id)
+        rb = runs[-1]
+        latest = state.cached(state.derived_key("run comparison", (a_id, b_id, ISOLATED), with_review=False), partial(compare, ra, rb, ISOLATED))
+        for o in latest.outputs:
+            st.caption(
+                f"**{rb.name}** against **{ra.name}**: {o.output} cosine {o.a_cosine:.6f} -> {o.b_cosine:.6f} "
+                f"({o.cosine_gain:+.6f}), SNR {o.snr_gain_db:+.2f} dB. Compare them under Runs."
+            )
+
+
+def _pick_runs() -> None:
+    w.run_pair = (st.session_state["runs_a"], st.session_state["runs_b"])
+
+
+def _rename_run() -> None:
+    if w.run_pair is not None:
+        state.rename_run(w.run_pair[1], st.session_state["runs_name"])
+
+
+with st.expander(f"Runs ({len(runs)} kept: each analysis of this model, the last {state.RUNS_KEPT})", expanded=False):
+    if len(runs) < 2:
+        st.caption("Each analysis is kept as a run. Analyse again with another table (a method, best method, EQ) to compare two.")
+    else:
+        ids = [r.id for r in runs]
+        names = {r.id: r.name for r in runs}
+        pa, pb = w.run_pair if w.run_pair is not None and set(w.run_pair) <= set(ids) else (ids[-2], ids[-1])
+        w.run_pair = (pa, pb)
+        ca, cb = st.columns(2)
+        ca.selectbox("Run A (before)", ids, format_func=names.__getitem__, key=state.controlled("runs_a", pa), on_change=callback(_pick_runs))
+        cb.selectbox("Run B (after)", ids, format_func=names.__getitem__, key=state.controlled("runs_b", pb), on_change=callback(_pick_runs))
+        ra, rb = next(r for r in runs if r.id == pa), next(r for r in runs if r.id == pb)
+        ca.caption(f"{ra.when} UTC; {ra.settings}")
+        cb.caption(f"{rb.when} UTC; {rb.settings}")
+        cb.text_input("Name of run B", key=state.controlled("runs_name", rb.name), on_change=callback(_rename_run))
+        by = st.radio("Sort layers by gain", (ISOLATED, ACCUMULATED), horizontal=True, **state.bound("runs_by", (ISOLATED, ACCUMULATED)))
+        cmp = state.cached(state.derived_key("run comparison", (pa, pb, by), with_review=False), partial(compare, ra, rb, by))
+        for o in cmp.outputs:
+            e = st.columns(3)
+            e[0].metric(f"{o.output}: cosine, B", f"{o.b_cosine:.6f}", f"{o.cosine_gain:+.6f} vs A")
+            e[1].metric(f"{o.output}: SNR, B", f"{o.b_snr_db:.2f} dB", f"{o.snr_gain_db:+.2f} dB vs A")
+            if o.a_accuracy is not None and o.b_accuracy is not None:
+                e[2].metric(f"{o.output}: accuracy, B", f"{o.b_accuracy:.2%}", f"{o.b_accuracy - o.a_accuracy:+.2%} vs A")
+        won = sum(1 for d in cmp.layers if gain(d, by) > 0)
+        lost = sum(1 for d in cmp.layers if gain(d, by) < 0)
+        st.caption(
+            f"{cmp.thresholds_changed} tensors have another threshold in B; {won} layers gain, {lost} lose ({by} SNR)"
+            + (f"; measured in A only: {', '.join(cmp.only_a)}" if cmp.only_a else "")
+            + (f"; measured in B only: {', '.join(cmp.only_b)}" if cmp.only_b else "")
+        )
+
+        def _delta_frame() -> pd.DataFrame:
+            return pd.DataFrame(
+                {
+                    "layer": d.layer,
+                    "op": d.op_type,
+                    "SNR gain isolated dB": d.isolated_snr_gain_db,
+                    "1 - cos isolated A": d.a_isolated,
+                    "1 - cos isolated B": d.b_isolated,
+                    "SNR gain accumulated dB": d.accumulated_snr_gain_db,
+                    "1 - cos accumulated A": d.a_accumulated,
+                    "1 - cos accumulated B": d.b_accumulated,
+                }
+                for d in cmp.layers
+            )
+
+        rkey = state.derived_key("run delta", (pa, pb, by), with_review=False)
+        st.plotly_chart(state.cached(replace(rkey, kind="run delta figure"), partial(run_delta_figure, cmp)), key="runs_chart")
+        st.dataframe(
+            state.cached(rkey, _delta_frame), hide_index=True, key="runs_table",
+            column_config={
+                **{c: st.column_config.NumberColumn(format="%.3e") for c in ("1 - cos isolated A", "1 - cos isolated B", "1 - cos accumulated A", "1 - cos accumulated B")},
+                **{c: st.column_config.NumberColumn(format="%+.2f") for c in ("SNR gain isolated dB", "SNR gain accumulated dB")},
+            },
+        )  # fmt: skip
 
 # --- domain warnings ----------------------------------------------------------------------------------
 @callback
@@ -529,7 +613,8 @@ if best_clicked:
         applied = apply_method_picks(start, {p.output_tensor: p.method for p in found.values()}, stats, fused=fused_tensors(table))
         state.set_review(applied.review)
         w.best_picks[key.stats] = found
-        done = f"{len(applied.changed)} tensors changed method. Press Analyse to see the whole model with them."
+        w.reanalyse = "best method"
+        done = f"{len(applied.changed)} tensors changed method: the model is analysed with them."
         state.flash("success", f"{note[:1].upper()}{note[1:]}. {done}" if note else done)
         st.rerun()
 if picks:
@@ -613,10 +698,11 @@ with st.expander("EasyQuant (EQ): search scales that maximise each layer's cosin
         if st.button("Use EQ's scales (activation thresholds and per-channel weight scales)", key="eq_adopt"):
             applied = adopt_table_scales(state.review(), eq_table, stats, method_name="eq")
             state.set_review(applied.review)
+            w.reanalyse = "EQ"
             state.flash(
                 "success",
                 f"{len(applied.changed)} tensors take EQ's thresholds and {len(applied.weights)} weights its scales: every page, the "
-                "analysis and the exports use them.",
+                "analysis and the exports use them; the model is analysed with them.",
             )
             st.rerun()
     if state.review().weight_scales and st.button("Back to abs-max weight scales", key="eq_weights_reset"):

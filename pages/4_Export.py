@@ -154,8 +154,11 @@ else:
         st.rerun()
 
 st.subheader("Review")
-st.caption("One file with the statistics, every choice and every note: open it on Home (sidebar) to carry on the review.")
-review_file = state.cached(state.derived_key("review file"), lambda: review_bytes(stats, review))  # the statistics are compressed into it: once per review, not on every rerun
+st.caption("One file with the statistics, every choice and every note, and the Layer sensitivity runs: open it on Home (sidebar) to carry on the review.")
+runs = state.runs()  # the model's analysis runs travel in the review file (quantviz.runs)
+review_file = state.cached(
+    state.derived_key("review file", tuple((r.id, r.name) for r in runs)), lambda: review_bytes(stats, review, runs)
+)  # the statistics are compressed into it: once per review, not on every rerun
 review_name = artefact_name(stats.model_name, REVIEW)
 st.download_button(
     f"Download {review_name}", review_file, file_name=review_name, mime="application/octet-stream", key="export_review"

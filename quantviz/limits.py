@@ -56,6 +56,8 @@ EQ_ROUNDS_MAX = 100
 BATCH_RECORD_MAX = 4096
 # Tensors one model, statistics file, review or table may hold.
 TENSORS_MAX = 200_000
+# Analysis runs a review file may hold (quantviz.runs; the app keeps the last few per model).
+RUNS_MAX = 100
 
 # JSON documents (tables, reviews, statistics headers, onnxruntime calibration.json).
 JSON_BYTES = 256 * MB

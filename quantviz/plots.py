@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +12,7 @@ import plotly.graph_objects as go
 
 from quantviz.calib import METHOD_LABELS, Threshold
 from quantviz.calib.log2 import Log2Comparison
+from quantviz.runs import Comparison, gain
 from quantviz.stats import TensorStats
 
 METHOD_COLORS = {
@@ -317,3 +319,30 @@ def _focus_on_target(fig: go.Figure, threshold: float, int8: list[Mapping[str, A
         text=f"{len(outside)} step{'s' if len(outside) > 1 else ''} off the chart ({kind} {shown}): autoscale to see them",
         xref="paper", yref="paper", x=0, y=1.02, xanchor="left", yanchor="bottom", showarrow=False, font={"size": 11, "color": "#555"},
     )  # fmt: skip
+
+
+GAIN_COLOR, LOSS_COLOR = "#2ca02c", "#d62728"
+
+
+def run_delta_figure(comparison: Comparison, limit: int = 40) -> go.Figure:
+    """Per-layer SNR gain of run B over run A (quantviz.runs.compare), largest gain on top, gains green
+    and losses red. Beyond `limit` layers, the limit/2 largest gains and limit/2 largest losses."""
+    deltas = [d for d in comparison.layers if math.isfinite(gain(d, comparison.by))]
+    if len(deltas) > limit:
+        deltas = deltas[: limit // 2] + deltas[-(limit - limit // 2) :]
+    gains = [gain(d, comparison.by) for d in deltas]
+    labels = [f"{d.layer} ({d.op_type})" for d in deltas]
+    fig = go.Figure(
+        go.Bar(
+            x=gains, y=labels, orientation="h", marker_color=[GAIN_COLOR if g >= 0 else LOSS_COLOR for g in gains],
+            customdata=[d.layer for d in deltas],
+            hovertemplate="%{customdata}<br>SNR gain %{x:+.2f} dB<extra></extra>",
+        )  # fmt: skip
+    )
+    fig.update_layout(
+        title=f"SNR gain per layer, {comparison.by} (B - A, dB): green B is better, red A is",
+        height=max(260, 24 * len(deltas) + 120), margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        yaxis={"autorange": "reversed", "automargin": True}, xaxis={"title": "dB", "side": "top", "zeroline": True},
+        showlegend=False,
+    )  # fmt: skip
+    return fig

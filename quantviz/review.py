@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Collection, Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +22,7 @@ from quantviz.calib.result import make_threshold
 from quantviz.errors import QuantvizError
 from quantviz.limits import TENSORS_MAX, LimitError
 from quantviz.profiles import DEFAULT_PROFILE, PROFILES
+from quantviz.runs import Run, runs_from_dict, runs_json
 from quantviz.safeio import write_bytes
 from quantviz.schema import (
     SCALE_MAX,
@@ -312,11 +313,16 @@ def check_review(review: Review) -> None:
     review_from_dict(json.loads(json.dumps(review_to_dict(review))))
 
 
-def save_review(stats: CalibrationStats, review: Review, target: str | Path | BinaryIO) -> None:
-    """One .npz holding the statistics and the review (JSON) together; both checked before writing."""
+def save_review(stats: CalibrationStats, review: Review, target: str | Path | BinaryIO, runs: Sequence[Run] = ()) -> None:
+    """One .npz holding the statistics, the review and the analysis runs (JSON) together; all checked
+    before writing."""
     check_review(review)
     arrays = stats_arrays(stats)
     arrays["review"] = np.array(json.dumps(review_to_dict(review), allow_nan=False))
+    if runs:
+        text = runs_json(runs)
+        runs_from_dict(json.loads(text))  # what is written must load
+        arrays["runs"] = np.array(text)
     data = npz_bytes(arrays)
     if isinstance(target, str | Path):
         write_bytes(target, data, "review file")
@@ -324,17 +330,33 @@ def save_review(stats: CalibrationStats, review: Review, target: str | Path | Bi
         target.write(data)
 
 
-def review_bytes(stats: CalibrationStats, review: Review) -> bytes:
+def review_bytes(stats: CalibrationStats, review: Review, runs: Sequence[Run] = ()) -> bytes:
     buf = io.BytesIO()
-    save_review(stats, review, buf)
+    save_review(stats, review, buf, runs)
     return buf.getvalue()
 
 
-def load_review(source: str | Path | bytes) -> tuple[CalibrationStats, Review]:
-    """Reopen a review file; a plain statistics file opens with an empty review. Read once, within
-    quantviz.limits, and checked whole before anything is returned."""
-    arrays = read_stats_arrays(source, extra=frozenset({"review"}))
+@dataclass(frozen=True)
+class ReviewFile:
+    """What a review file holds: statistics, the review, and the analysis runs (none in older files)."""
+
+    stats: CalibrationStats
+    review: Review
+    runs: tuple[Run, ...] = ()
+
+
+def open_review(source: str | Path | bytes) -> ReviewFile:
+    """Reopen a review file; a plain statistics file opens with an empty review, a file written before
+    runs were saved with none. Read once, within quantviz.limits, and checked whole before anything is
+    returned."""
+    arrays = read_stats_arrays(source, extra=frozenset({"review", "runs"}))
     stats = stats_from_arrays(arrays)
-    if "review" not in arrays:
-        return stats, Review()
-    return stats, review_from_dict(json_member(arrays, "review", "This review file"))
+    review = review_from_dict(json_member(arrays, "review", "This review file")) if "review" in arrays else Review()
+    runs = tuple(runs_from_dict(json_member(arrays, "runs", "This review file"))) if "runs" in arrays else ()
+    return ReviewFile(stats, review, runs)
+
+
+def load_review(source: str | Path | bytes) -> tuple[CalibrationStats, Review]:
+    """The statistics and the review of a review file (open_review for its runs too)."""
+    f = open_review(source)
+    return f.stats, f.review

@@ -19,6 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +34,9 @@ from quantviz.easyquant import EQConfig
 from quantviz.errors import QuantvizError
 from quantviz.model import LoadedModel, load_model
 from quantviz.review import Review, build_table
+from quantviz.runs import Run, keep_last, renamed, run_from_report
 from quantviz.samples import DEFAULT_SAMPLE
+from quantviz.sensitivity import LayerReport
 from quantviz.stats import CalibrationStats
 from quantviz.store import ByteLRU
 from quantviz.summary import overview
@@ -130,6 +133,7 @@ class Controls:
     sens_mode: str = "isolated"
     sens_limit: int | str = 40
     sens_graph: bool = True  # graph context of the open layer
+    runs_by: str = "isolated"  # the gain two runs' layers are sorted by (isolated / accumulated SNR)
     sens_measure: str = "1 - cosine (log)"  # how the per-layer error is drawn (pages/3_Layer_sensitivity.py)
     eq_alpha: float = EQConfig().alpha
     eq_beta: float = EQConfig().beta
@@ -161,6 +165,12 @@ class ModelWork:
     auto_tried: DerivedKey | None = None  # the analysis last started by itself (never twice in a row)
     last_eq: DerivedKey | None = None
     best_picks: dict[StatsKey, dict[str, Any]] = field(default_factory=dict)
+    # each completed analysis of this model, named (quantviz.runs), the last RUNS_KEPT; saved in the review file
+    runs: list[Run] = field(default_factory=list)
+    # what the next analysis measures, set when best-method or EQ changed the table: that analysis starts
+    # by itself and its run is named after it ("best method 14:05:07")
+    reanalyse: str | None = None
+    run_pair: tuple[str, str] | None = None  # (run A, run B) compared on Layer sensitivity; a new run becomes B
     # tensor -> (the threshold shown when the person typed, the typed value): dropped once the shown
     # threshold changes (another method, best method...), so a control never writes a stale value
     drafts: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -173,6 +183,7 @@ class PendingReview:
     file_name: str
     stats: CalibrationStats
     review: Review
+    runs: tuple[Run, ...] = ()
 
 
 @dataclass
@@ -377,8 +388,9 @@ def collected(
     return key
 
 
-def put_stats(stats: CalibrationStats, review: Review | None = None) -> StatsKey:
-    """Statistics opened from a file become the current ones (their model, by the hash they name)."""
+def put_stats(stats: CalibrationStats, review: Review | None = None, runs: Sequence[Run] = ()) -> StatsKey:
+    """Statistics opened from a file become the current ones (their model, by the hash they name); a
+    review file's runs join the model's (the last RUNS_KEPT, ids already held not twice)."""
     key = StatsKey(stats.model_sha256, stats.data_id, ("file", stats.samples, stats.config.bins))
     _remember(key, stats)
     w = session().work_for(ModelId(stats.model_sha256, stats.model_name))
@@ -386,6 +398,8 @@ def put_stats(stats: CalibrationStats, review: Review | None = None) -> StatsKey
     w = make_current(ModelId(stats.model_sha256, stats.model_name), key, keep_source)
     if review is not None:
         w.review = review
+    held = {r.id for r in w.runs}
+    w.runs = [*w.runs, *(r for r in runs if r.id not in held)][-RUNS_KEPT:]
     return key
 
 
@@ -441,6 +455,29 @@ def set_review(new: Review) -> None:
 
 def per_channel() -> bool:
     return session().controls.per_channel
+
+
+RUNS_KEPT = 10  # analyses kept as runs per model (the oldest goes first)
+
+
+def runs() -> list[Run]:
+    w = work()
+    return [] if w is None else w.runs
+
+
+def add_run(report: LayerReport, label: str | None = None) -> Run:
+    """Keep an analysis of the current review's table as the model's newest run."""
+    w = current_work()
+    run = run_from_report(report, w.review, id=uuid.uuid4().hex[:12], when=datetime.now(UTC), label=label)
+    before = w.runs[-1].id if w.runs else run.id
+    w.runs = keep_last(w.runs, run, RUNS_KEPT)
+    w.run_pair = (before, run.id)
+    return run
+
+
+def rename_run(run_id: str, name: str) -> None:
+    w = current_work()
+    w.runs = renamed(w.runs, run_id, name)
 
 
 # --- derived results, keyed by what they come from --------------------------------------------------
