@@ -340,9 +340,9 @@ def run_delta_figure(comparison: Comparison, limit: int = 40) -> go.Figure:
         )  # fmt: skip
     )
     fig.update_layout(
-        title=f"SNR gain per layer, {comparison.by} (B - A, dB): green B is better, red A is",
-        height=max(260, 24 * len(deltas) + 120), margin={"l": 10, "r": 10, "t": 50, "b": 40},
-        yaxis={"autorange": "reversed", "automargin": True}, xaxis={"title": "dB", "side": "top", "zeroline": True},
+        title={"text": f"SNR gain per layer, {comparison.by}, B - A in dB<br><sup>green: B is better; red: A is better</sup>", "x": 0.01, "xanchor": "left"},
+        height=max(260, 24 * len(deltas) + 140), margin={"l": 10, "r": 10, "t": 90, "b": 40},
+        yaxis={"autorange": "reversed", "automargin": True}, xaxis={"side": "top", "zeroline": True},
         showlegend=False,
     )  # fmt: skip
     return fig
