@@ -255,26 +255,33 @@ def test_calibrate_over_threads_equals_one_method_call_per_tensor(monkeypatch: p
     assert table_mod.calibrate(stats, "kl").tensors == threaded.tensors
 
 
-@pytest.mark.parametrize(("n", "target", "first"), [(2048, 128, 128), (1500, 128, 300), (3000, 128, 128), (700, 100, 150)])
-def test_compiled_group_sums_equal_the_numpy_gather(n: int, target: int, first: int) -> None:
-    """kl_curve sums each candidate's group terms with quantviz.kernels.group_sums (stepping a_g =
-    ceil(g i / target) incrementally); the numpy fallback gathers them through the plan's index table.
-    Both against a direct sum written here from the definition."""
+@pytest.mark.parametrize(("n", "target", "start"), [(2048, 128, 128), (1500, 128, 300), (3000, 128, 128), (700, 100, 150), (4096, 128, 128)])
+def test_compiled_curve_equals_the_numpy_path(monkeypatch: pytest.MonkeyPatch, n: int, target: int, start: int) -> None:
+    """kl_curve runs quantviz.kernels.kl_curve (compiled loops, groups stepped a_g = ceil(g i / target)
+    incrementally); the numpy fallback gathers the groups through the plan's index table. Both give the
+    same curve (to rounding: numpy's vectorised and libm's scalar logarithms differ in the last bit) and
+    the same threshold, on integer counts, fractional re-binned counts, sparse and empty-tailed ones."""
     from quantviz import kernels
-    from quantviz.calib.kl import _group_sums_numpy, _plan
 
     assert kernels.available()
-    rng = np.random.default_rng(n)
-    flat, width = _plan(max(n, 2048), target)
-    term = rng.random(n * width)
-    got = kernels.group_sums(term, width, first, n, target)
-    ref = _group_sums_numpy(term, flat[first - 1 : n], target)
-    direct = []
-    for i in range(first, n + 1):
-        a = [-(-g * i // target) for g in range(target + 1)]
-        direct.append(sum(term[a[g] * width + a[g + 1] - a[g] - 1] for g in range(target)))
-    np.testing.assert_allclose(got, direct, rtol=1e-12)
-    np.testing.assert_allclose(ref, direct, rtol=1e-12)
+    rng = np.random.default_rng(n + start)
+    dense = rng.poisson(np.linspace(400.0, 0.1, n) ** 2).astype(np.float64)
+    sparse = np.where(rng.random(n) < 0.2, rng.integers(1, 9, n), 0).astype(np.float64)
+    sparse[-1] = 3.0  # a far outlier after a run of empty bins
+    fractional = rng.random(n) * np.exp(-np.arange(n) / (n / 8))
+    gap = dense.copy()
+    gap[n // 2 :] = 0.0
+    gap[-1] = 1.0  # the last bin alone after an empty half: candidates there are infinite
+    for h in (dense, sparse, fractional, gap):
+        cand, compiled = kl_curve(h, start, target)
+        with monkeypatch.context() as m:
+            m.setattr(kernels, "available", lambda: False)
+            cand_np, numpy_path = kl_curve(h, start, target)
+        np.testing.assert_array_equal(cand, cand_np)
+        np.testing.assert_array_equal(np.isinf(compiled), np.isinf(numpy_path))
+        fin = np.isfinite(numpy_path)
+        np.testing.assert_allclose(compiled[fin], numpy_path[fin], rtol=1e-9, atol=1e-12)
+        assert int(np.argmin(compiled[::-1])) == int(np.argmin(numpy_path[::-1]))
 
 
 def test_curve_without_the_compiled_loop_equals_the_slow_loop(monkeypatch: pytest.MonkeyPatch) -> None:

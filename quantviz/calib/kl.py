@@ -23,6 +23,11 @@ group [lo, lo + w) is the same for every candidate that uses it, and with 2048 b
 bins w <= 16, so 2048 * 16 terms (logarithms) serve all 1921 * 128 (candidate, group) pairs; each
 candidate then sums its 128 from that table. About 0.4 ms for 2048 bins (1.8 ms computing every
 pair's logarithm).
+
+Two paths compute this: quantviz.kernels.kl_curve, one compiled loop that releases the GIL (so
+calibrate's threads use every core) and computes a group's term only when a candidate first reads
+it, and the numpy code below, which is its reference and the fallback without numba; tests compare
+both with a literal loop of the algorithm.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ def kl_curve(counts: npt.ArrayLike, start: int, target: int) -> tuple[npt.NDArra
     if n < first:
         return np.array([n], dtype=np.int64), np.array([0.0])
     cand = np.arange(first, n + 1, dtype=np.int64)
+    if kernels.available():
+        return cand, kernels.kl_curve(np.ascontiguousarray(h), first, target)
     total = h.sum()
     cum = np.concatenate(([0.0], np.cumsum(h)))
     cum_nz = np.concatenate(([0.0], np.cumsum(h > 0, dtype=np.float64)))
@@ -99,10 +106,7 @@ def kl_curve(counts: npt.ArrayLike, start: int, target: int) -> tuple[npt.NDArra
     mass += _TINY
     term = (mass * np.log(mass / (nonzero + _TINY))).ravel()
     rows = flat[first - 1 : n]
-    if kernels.available():
-        plogq = kernels.group_sums(term, width, first, n, target)
-    else:
-        plogq = _group_sums_numpy(term, rows, target)
+    plogq = _group_sums_numpy(term, rows, target)
     q_last = q_mean.ravel()[rows[:, -1]]
     last = h[cand - 1]
     outliers = total - cum[cand]
@@ -118,8 +122,8 @@ def kl_curve(counts: npt.ArrayLike, start: int, target: int) -> tuple[npt.NDArra
 
 def _group_sums_numpy(term: npt.NDArray[np.float64], rows: npt.NDArray[np.intp], target: int) -> npt.NDArray[np.float64]:
     """Each candidate's sum of term over its groups (rows of _plan's flat indices), gathered in blocks
-    of candidates into one reused buffer that stays in the caches. quantviz.kernels.group_sums computes
-    the same without the 2 MB index table (about 4x faster); this is its reference and fallback."""
+    of candidates into one reused buffer that stays in the caches (the numpy fallback; the compiled
+    quantviz.kernels.kl_curve steps through the groups without the 2 MB index table)."""
     plogq = np.empty(rows.shape[0])
     buf = _scratch(min(_BLOCK, rows.shape[0]), target)
     for b in range(0, rows.shape[0], _BLOCK):
