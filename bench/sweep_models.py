@@ -24,6 +24,11 @@ end-to-end cosine over graph outputs with KL and best-per-layer (analyze's figur
 best-per-layer QDQ model in a default onnxruntime session (fused int8 kernels: what a user running the
 file gets on this CPU), whether the QDQ model loads and, run as the ONNX spec defines Q/DQ (no graph
 rewriting), agrees with analyze's cosine within 1e-3, and the task figure float -> QDQ (spec run).
+
+With --target cosine=0.99 (any `calibrate --target`), a model whose best-per-layer QDQ model loses the
+task also gets the mixed-precision search (quantviz.mixed, measured on the calibration set) to that
+target: the layers it leaves in float, their share of MACs, its time, and its QDQ model's task on the
+evaluation set.
 """
 
 from __future__ import annotations
@@ -70,7 +75,11 @@ def _pil_images(n: int, h: int, w: int, seed: int, text: bool = True) -> np.ndar
             (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=colour)
         if text:
             for _ in range(int(rng.integers(1, 4))):
-                d.text((int(rng.integers(0, max(1, w // 3))), int(rng.integers(0, max(1, h - 12)))), str(rng.choice(words)), fill=(0, 0, 0))
+                d.text(
+                    (int(rng.integers(0, max(1, w // 3))), int(rng.integers(0, max(1, h - 12)))),
+                    str(rng.choice(words)),
+                    fill=(0, 0, 0),
+                )
         out[i] = np.asarray(img)
     return out
 
@@ -89,7 +98,9 @@ def _text_lines(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return out
 
 
-def _nchw(imgs: np.ndarray, mean: float | tuple[float, ...] = 0.0, std: float | tuple[float, ...] = 1.0, scale: float = 1 / 255) -> np.ndarray:
+def _nchw(
+    imgs: np.ndarray, mean: float | tuple[float, ...] = 0.0, std: float | tuple[float, ...] = 1.0, scale: float = 1 / 255
+) -> np.ndarray:
     x = imgs.astype(np.float32) * scale
     normed = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(normed.transpose(0, 3, 1, 2))
@@ -212,7 +223,9 @@ def _yolov8(thr: float) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, 
     return decode
 
 
-def _yolox(thr: float, size: int, strides: tuple[int, ...] = (8, 16, 32)) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _yolox(
+    thr: float, size: int, strides: tuple[int, ...] = (8, 16, 32)
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """YOLOX's raw head [anchors, 4 + obj + classes]: centres (xy + grid) * stride, sizes exp(wh) * stride."""
     grids, steps = [], []
     for s in strides:
@@ -234,7 +247,9 @@ def _yolox(thr: float, size: int, strides: tuple[int, ...] = (8, 16, 32)) -> Cal
     return decode
 
 
-def _anchor_recall(threshold: float, outputs: int, confident: float) -> Callable[[list[np.ndarray], list[np.ndarray]], tuple[str, float, float]]:
+def _anchor_recall(
+    threshold: float, outputs: int, confident: float
+) -> Callable[[list[np.ndarray], list[np.ndarray]], tuple[str, float, float]]:
     """For a detector whose scores come per anchor and class (PicoDet's sigmoid outputs): recall of the
     float model's (anchor, class) detections scoring at least `confident` by the QDQ model's at the threshold."""
 
@@ -242,7 +257,11 @@ def _anchor_recall(threshold: float, outputs: int, confident: float) -> Callable
         a = np.concatenate([x.reshape(-1) for x in f[:outputs]]) >= confident
         b = np.concatenate([x.reshape(-1) for x in q[:outputs]]) >= threshold
         total = int(a.sum())
-        return f"recall ({total} float dets >= {confident:g})", 100.0, (float((a & b).sum() / total * 100) if total else float("nan"))
+        return (
+            f"recall ({total} float dets >= {confident:g})",
+            100.0,
+            (float((a & b).sum() / total * 100) if total else float("nan")),
+        )
 
     return check
 
@@ -321,13 +340,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -> Row:
+def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int, target: str | None = None) -> Row:
     import onnx
     import onnxruntime as ort
 
     from quantviz.calib import METHODS
     from quantviz.cli import load_checked
-    from quantviz.collect import collect, effective_batch_size
+    from quantviz.collect import collect
     from quantviz.config import CollectConfig
     from quantviz.data import open_source
     from quantviz.easyquant import EQConfig, calibrate_eq
@@ -373,7 +392,9 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
         row["cos_best"] = float(np.mean([o.figures.cosine for o in best.outputs]))
         row["kept_float"] = len(best.kept_float)
         worst = sorted(best.layers, key=lambda e: e.isolated.cosine)[:3]
-        row["worst"] = [f"{e.layer} ({e.op_type}) isolated {e.isolated.cosine:.3f} accumulated {e.accumulated.cosine:.3f}" for e in worst]
+        row["worst"] = [
+            f"{e.layer} ({e.op_type}) isolated {e.isolated.cosine:.3f} accumulated {e.accumulated.cosine:.3f}" for e in worst
+        ]
         row["picks"] = sorted({str(e.method) for e in tables["best"].tensors.values()})
         step = "export"
         for fmt in FORMATS:
@@ -395,43 +416,92 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int) -
             row["qdq_loads"] = False
             row["error"] = f"QDQ model does not load: {str(exc).splitlines()[0][:160]}"
             return row
-        f_sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        outs = [o.name for o in f_sess.get_outputs()]
-        cos: dict[str, list[float]] = {o: [] for o in outs}
-        user_cos: dict[str, list[float]] = {o: [] for o in outs}
-        task_f: list[list[np.ndarray]] = [[] for _ in outs]
-        task_q: list[list[np.ndarray]] = [[] for _ in outs]
-        for batch in evalset.batches(effective_batch_size(model, 4, evalset)):
-            fr, qr, ur = f_sess.run(outs, batch), q_sess.run(outs, batch), user_sess.run(outs, batch)
-            for k, o in enumerate(outs):
-                task_f[k].append(fr[k])
-                task_q[k].append(qr[k])
-                if np.issubdtype(fr[k].dtype, np.floating):
-                    cos[o].extend(_cos(fr[k], qr[k]).tolist())
-                    user_cos[o].extend(_cos(fr[k], ur[k]).tolist())
-        figures = {o.output: o.figures.cosine for o in best.outputs}
-        diffs = [abs(float(np.mean(cos[o])) - figures[o]) for o in outs if o in figures and cos[o]]
-        row["qdq_agrees"] = bool(diffs) and max(diffs) < 1e-3
-        row["qdq_diff"] = max(diffs) if diffs else float("nan")
-        row["cos_ort"] = float(np.mean([np.mean(v) for v in user_cos.values() if v]))
         step = "task"
-        if m.task is None:  # integer outputs (argmax inside the model): sequence agreement
-            a = np.concatenate([x.reshape(-1) for x in task_f[0]])
-            b = np.concatenate([x.reshape(-1) for x in task_q[0]])
-            same = a.shape == b.shape
-            row["task"] = ("output ids agree", 100.0, float(np.mean(a == b) * 100) if same else 0.0)
-        else:
-            keep = [outs.index(o) for o in m.outputs] if m.outputs else list(range(len(outs)))
-            f_list = [np.concatenate(task_f[k]) for k in keep]
-            q_list = [np.concatenate(task_q[k]) for k in keep]
-            row["task"] = m.task(f_list, q_list) if len(keep) > 1 else m.task(f_list[:1], q_list[:1])
-        row["task_ok"] = bool(row["task"][2] >= m.pass_at) if row["task"][2] == row["task"][2] else None
+        figures = {o.output: o.figures.cosine for o in best.outputs}
+        row.update(_qdq_task(m, model, evalset, user_sess, q_sess, figures))
+        if target and row.get("task_ok") is False:
+            step = "mixed"
+            row.update(_mixed(m, model, tables["best"], calib, evalset, target))
     except QuantvizError as exc:
         row["error"] = f"{step}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a raw message is what the sweep hunts
-        row["error"] = f"RAW at {step}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        row["error"] = (
+            f"RAW at {step}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        )
         row["traceback"] = traceback.format_exc()[-1500:]
     return row
+
+
+def _qdq_task(m: SweepModel, model: Any, evalset: Any, user_sess: Any, q_sess: Any, figures: dict[str, float]) -> Row:
+    """Float model vs the QDQ model (spec run; user_sess: a default session, for cos_ort) on the
+    evaluation set: the QDQ model's agreement with analyze (figures: its cosine per output) and the task."""
+    import onnxruntime as ort
+
+    from quantviz.collect import effective_batch_size
+
+    row: Row = {}
+    f_sess = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in f_sess.get_outputs()]
+    cos: dict[str, list[float]] = {o: [] for o in outs}
+    user_cos: dict[str, list[float]] = {o: [] for o in outs}
+    task_f: list[list[np.ndarray]] = [[] for _ in outs]
+    task_q: list[list[np.ndarray]] = [[] for _ in outs]
+    for batch in evalset.batches(effective_batch_size(model, 4, evalset)):
+        fr, qr = f_sess.run(outs, batch), q_sess.run(outs, batch)
+        ur = user_sess.run(outs, batch) if user_sess is not None else qr
+        for k, o in enumerate(outs):
+            task_f[k].append(fr[k])
+            task_q[k].append(qr[k])
+            if np.issubdtype(fr[k].dtype, np.floating):
+                cos[o].extend(_cos(fr[k], qr[k]).tolist())
+                user_cos[o].extend(_cos(fr[k], ur[k]).tolist())
+    diffs = [abs(float(np.mean(cos[o])) - figures[o]) for o in outs if o in figures and cos[o]]
+    row["qdq_agrees"] = bool(diffs) and max(diffs) < 1e-3
+    row["qdq_diff"] = max(diffs) if diffs else float("nan")
+    row["cos_ort"] = float(np.mean([np.mean(v) for v in user_cos.values() if v]))
+    if m.task is None:  # integer outputs (argmax inside the model): sequence agreement
+        a = np.concatenate([x.reshape(-1) for x in task_f[0]])
+        b = np.concatenate([x.reshape(-1) for x in task_q[0]])
+        same = a.shape == b.shape
+        row["task"] = ("output ids agree", 100.0, float(np.mean(a == b) * 100) if same else 0.0)
+    else:
+        keep = [outs.index(o) for o in m.outputs] if m.outputs else list(range(len(outs)))
+        f_list = [np.concatenate(task_f[k]) for k in keep]
+        q_list = [np.concatenate(task_q[k]) for k in keep]
+        row["task"] = m.task(f_list, q_list) if len(keep) > 1 else m.task(f_list[:1], q_list[:1])
+    row["task_ok"] = bool(row["task"][2] >= m.pass_at) if row["task"][2] == row["task"][2] else None
+    return row
+
+
+def _mixed(m: SweepModel, model: Any, table: Any, calib: Any, evalset: Any, target: str) -> Row:
+    """Where best-per-layer loses the task: the mixed-precision search (quantviz.mixed, measured on the
+    calibration set) to `target`, its QDQ model's task on the evaluation set."""
+    import onnx
+    import onnxruntime as ort
+
+    from quantviz.export.registry import ExportOptions, export_bytes
+    from quantviz.mixed import mixed_table, parse_target, run_search
+
+    t0 = time.perf_counter()
+    result, _ = run_search(model, table, calib, parse_target(target), batch_size=4)
+    mixed = mixed_table(table, result)
+    qdq = onnx.load_from_string(export_bytes(mixed, "qdq", ExportOptions(model=model)))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    q_sess = ort.InferenceSession(qdq.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    got = _qdq_task(m, model, evalset, None, q_sess, {})
+    return {
+        "mixed": {
+            "target": target,
+            "reached": result.reached,
+            "value": f"{result.int8_value:.4f} -> {result.final_value:.4f}",
+            "layers": [f.layer for f in result.fallbacks],
+            "macs_share": result.final_macs_share,
+            "seconds": time.perf_counter() - t0,
+            "task": got["task"],
+            "task_ok": got["task_ok"],
+        }
+    }
 
 
 # ---------------------------------------------------------------- the table
@@ -455,6 +525,15 @@ def _fmt(row: Row) -> str:
         line += f"\n    {row['error']}"
     if row.get("task_ok") is False and row.get("worst"):
         line += "\n    worst layers (best-per-layer): " + "; ".join(row["worst"])
+    mixed = row.get("mixed")
+    if isinstance(mixed, dict):
+        t = mixed["task"]
+        line += (
+            f"\n    mixed precision to {mixed['target']} ({'reached' if mixed['reached'] else 'NOT reached'}, {mixed['value']}, "
+            f"{mixed['seconds']:.0f} s): {len(mixed['layers'])} layers in float ({100 * mixed['macs_share']:.1f} % of MACs): "
+            f"{', '.join(mixed['layers'][:6])}{' ...' if len(mixed['layers']) > 6 else ''}; task {t[0]} {t[2]:.1f}% "
+            f"{'yes' if mixed['task_ok'] else 'NO'}"
+        )
     return line
 
 
@@ -475,11 +554,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=str(ROOT))
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument(
+        "--target",
+        help="where best-per-layer loses the task, also run the mixed-precision search to this target "
+        "(e.g. cosine=0.99, as `calibrate --target`) and check its QDQ model's task",
+    )
     args = p.parse_args(argv)
     ROOT = Path(args.root)
     by_name = {m.name: m for m in MODELS}
     if args.one:
-        print("ROW " + json.dumps(run_one(by_name[args.one], args.samples, args.eval, args.best_samples)), flush=True)
+        print(
+            "ROW " + json.dumps(run_one(by_name[args.one], args.samples, args.eval, args.best_samples, args.target)), flush=True
+        )
         return 0
     names = args.models or list(by_name)
     rows = []
@@ -491,11 +577,18 @@ def main(argv: list[str] | None = None) -> int:
             print(_fmt(rows[-1]), flush=True)
             continue
         cmd = [sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--eval", str(args.eval),
-               "--best-samples", str(args.best_samples), "--root", str(ROOT)]  # fmt: skip
+               "--best-samples", str(args.best_samples), "--root", str(ROOT), *(["--target", args.target] if args.target else [])]  # fmt: skip
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
             line = next((x for x in done.stdout.splitlines() if x.startswith("ROW ")), None)
-            row = json.loads(line[4:]) if line else {"model": name, "error": f"RAW: process ended with {done.returncode}: {done.stderr.strip().splitlines()[-1:] }"}
+            row = (
+                json.loads(line[4:])
+                if line
+                else {
+                    "model": name,
+                    "error": f"RAW: process ended with {done.returncode}: {done.stderr.strip().splitlines()[-1:]}",
+                }
+            )
         except subprocess.TimeoutExpired:
             row = {"model": name, "error": f"timeout (> {args.timeout} s)"}
         rows.append(row)
