@@ -44,3 +44,45 @@ def test_batch_shrinks_to_the_budget_and_figures_do_not_change(monkeypatch: pyte
     for a, b in zip(wide.layers, small.layers, strict=True):
         assert a.isolated.cosine == pytest.approx(b.isolated.cosine, abs=1e-9)
         assert a.accumulated.cosine == pytest.approx(b.accumulated.cosine, abs=1e-9)
+
+
+def test_layers_fetched_in_runs_when_a_sample_exceeds_the_run_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sample whose layer outputs exceed ANALYZE_RUN_BYTES is analysed in runs of consecutive layers,
+    each fetching only its layers' outputs: every run after the first sample's holds at most the budget
+    (or one layer's outputs, when a layer alone is larger), and the report is the same, float for float."""
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    source = open_source(SAMPLES / "digits_calib.npz", model.inputs)
+    table = calibrate_model(model, collect(model, source, CollectConfig(samples=40)), "kl")
+    whole = sens.analyze(model, table, source, samples=20, batch_size=4)
+
+    runs: list[tuple[int, int, int]] = []  # (first sample, outputs fetched, bytes held) of each run
+    plain_run = sens._run
+
+    def recorded(sess: object, names: list[str], batch: dict[str, np.ndarray], done: int) -> dict[str, np.ndarray]:
+        got = plain_run(sess, names, batch, done)  # type: ignore[arg-type]
+        runs.append((done, len(names), sum(int(v.nbytes) for v in got.values())))
+        return got
+
+    p = plan(model, table, parts=True)
+    one = next(iter(source.batches(1, 1)))
+    # an independent count of one sample's bytes per layer: its float, isolated and part outputs, its
+    # accumulated output (every output of the two models, float32)
+    iso = dict(zip([o.name for o in sens._session(p.isolated).get_outputs()], sens._session(p.isolated).run(None, one), strict=True))
+    acc = dict(zip([o.name for o in sens._session(p.accumulated).get_outputs()], sens._session(p.accumulated).run(None, one), strict=True))
+    per_layer = [
+        sum(iso[t].nbytes for t in dict.fromkeys((s.output_tensor, s.isolated_tensor, *s.part_tensors)) if t) + acc[s.accumulated_tensor].nbytes
+        for s in p.layers
+    ]
+    budget = 2 * max(per_layer) * 4  # about two layers of a batch of 4
+    monkeypatch.setattr(sens, "ANALYZE_RUN_BYTES", budget)
+    monkeypatch.setattr(sens, "_run", recorded)
+    parts = sens.analyze(model, table, source, samples=20, batch_size=4)
+
+    assert parts.batch_size == whole.batch_size == 4
+    assert parts.layers == whole.layers and parts.outputs == whole.outputs  # same figures, bit for bit
+    later = [r for r in runs if r[0] > 0]
+    batches = len({r[0] for r in later})
+    assert len(later) > 2 * 2 * batches  # several runs (of the two models) a batch
+    model_outputs_bytes = sum(iso[o].nbytes + acc[o].nbytes for o in p.model_outputs) * 4
+    assert max(r[2] for r in later) <= budget + model_outputs_bytes  # the last run also holds the model's outputs
+    assert sum(r[1] for r in later if r[0] == later[0][0]) >= len(p.layers) * 2  # every layer fetched in each batch
