@@ -33,9 +33,7 @@ quantize_static call) about 1-3 s; 540 samples in about 40 s. One QDQ model per 
 quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in under 1 s.
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
 copies of each layer output, kept under ANALYZE_BATCH_BYTES); metrics are reduced to sums
-(quantviz.metrics) before the next batch. When one sample's layer outputs exceed ANALYZE_RUN_BYTES,
-each batch is run several times, each run fetching the outputs of a run of consecutive layers only
-(_LayerFetch), so the outputs held at once stay under that figure whatever the model's size.
+(quantviz.metrics) before the next batch.
 The models are planned in quantviz.sensitivity_plan; this module runs them. With a Ray cluster
 (analyze(cluster=...)), the isolated copies run in Ray tasks, a run of layers each
 (quantviz.distributed.IsolatedFanOut, isolated_errors), on the same batches as this process's run.
