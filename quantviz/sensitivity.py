@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -268,15 +268,6 @@ def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float
 # (one sample a batch at the least). Peak memory is then about this figure plus onnxruntime's working
 # buffers of one batch and the models themselves.
 ANALYZE_BATCH_BYTES = 256 * 2**20
-# When one sample's layer outputs alone exceed ANALYZE_RUN_BYTES (a detector at full resolution: 5 GB
-# a sample on an 800 x 608 layout model of 620 tensors), the layers are fetched in runs of
-# consecutive layers, each run fetching only its layers' outputs (onnxruntime computes just the nodes
-# those need and frees the rest as it goes), so what one run holds stays under this figure (or one
-# layer's outputs, if a single layer is larger). Each run recomputes the float path up to its layers:
-# fewer, larger runs are faster, hence a budget larger than the batch's. Every layer's accumulators see
-# the same batches in the same order whatever the runs: the report is the same.
-ANALYZE_RUN_BYTES = 1024 * 2**20
-FIRST_RUN_LAYERS = 8  # layers of the first sample's first run, before any size is known
 
 
 def budget_batch_size(per_sample_bytes: int, requested: int, budget: int | None = None) -> int:
@@ -284,85 +275,6 @@ def budget_batch_size(per_sample_bytes: int, requested: int, budget: int | None 
     a sample, fit `budget` bytes (ANALYZE_BATCH_BYTES by default)."""
     limit = ANALYZE_BATCH_BYTES if budget is None else budget
     return max(1, min(requested, limit // max(per_sample_bytes, 1)))
-
-
-
-class _LayerFetch:
-    """Which outputs each onnxruntime run of an analysed batch fetches: every layer's at once while they
-    fit ANALYZE_RUN_BYTES, else runs of consecutive layers (see ANALYZE_RUN_BYTES). The first batch is
-    fetched FIRST_RUN_LAYERS layers first, then in runs sized from the bytes measured so far; its bytes
-    per layer then plan the runs of the rest (plan_runs). The model's outputs come with the last run."""
-
-    def __init__(self, layers: Sequence[LayerSpec], model_outputs: Sequence[str], iso_names: Sequence[str], acc_names: Sequence[str]) -> None:
-        iso_set, acc_set = set(iso_names), set(acc_names)
-        self.layers = list(layers)
-        self.iso_of = {
-            s.name: [t for t in dict.fromkeys((s.output_tensor, s.isolated_tensor, *s.part_tensors)) if t and t in iso_set] for s in layers
-        }
-        self.acc_of = {s.name: [s.accumulated_tensor] for s in layers}
-        self.iso_outputs = [o for o in model_outputs if o in iso_set]
-        self.acc_outputs = [o for o in model_outputs if o in acc_set]
-        self.iso_bytes: dict[str, int] = {}  # per sample, by output name, of each model
-        self.acc_bytes: dict[str, int] = {}
-        self.planned: list[list[LayerSpec]] | None = None
-
-    def _names(self, layers: Sequence[LayerSpec], last: bool) -> tuple[list[str], list[str]]:
-        iso = list(dict.fromkeys(t for s in layers for t in self.iso_of[s.name]))
-        acc = list(dict.fromkeys(t for s in layers for t in self.acc_of[s.name]))
-        if last:
-            iso += [o for o in self.iso_outputs if o not in iso]
-            acc += [o for o in self.acc_outputs if o not in acc]
-        return iso, acc
-
-    def runs(self, n: int) -> Iterator[tuple[list[LayerSpec], list[str], list[str], bool]]:
-        """(layers, isolated-model outputs, QDQ-model outputs, last) of each run of a batch of n samples."""
-        if self.planned is not None:
-            for k, layers in enumerate(self.planned):
-                last = k == len(self.planned) - 1
-                yield (layers, *self._names(layers, last), last)
-            return
-        i, take = 0, FIRST_RUN_LAYERS
-        while True:
-            layers = self.layers[i : i + take]
-            last = i + take >= len(self.layers)
-            yield (layers, *self._names(layers, last), last)
-            i += len(layers)
-            if last:
-                return
-            seen = [self._layer_bytes(s) for s in self.layers[:i]]
-            mean = max(1.0, sum(seen) / max(len(seen), 1)) * n
-            take = max(1, int(ANALYZE_RUN_BYTES // mean))
-
-    def measured(self, f: Mapping[str, Any], q: Mapping[str, Any], n: int) -> None:
-        """Note one run's bytes per sample (the first batch's runs; later runs are planned from them)."""
-        if self.planned is None:
-            for values, into in ((f, self.iso_bytes), (q, self.acc_bytes)):
-                for name, v in values.items():
-                    into[name] = int(np.asarray(v).nbytes) // max(n, 1)
-
-    def _layer_bytes(self, s: LayerSpec) -> int:
-        return sum(self.iso_bytes.get(t, 0) for t in self.iso_of[s.name]) + sum(self.acc_bytes.get(t, 0) for t in self.acc_of[s.name])
-
-    def per_sample_bytes(self, stand_ins: Sequence[tuple[str, str]] | None = None) -> int:
-        """One sample's bytes of every output fetched; stand_ins ((isolated name, float name) pairs): on a
-        cluster, the isolated outputs other processes compute, counted at their float tensors' size."""
-        own = sum(self.iso_bytes.values()) + sum(self.acc_bytes.values())
-        if stand_ins is None:
-            return own
-        return own + sum(self.iso_bytes.get(t, 0) for n, t in stand_ins if n not in self.iso_bytes)
-
-    def plan_runs(self, batch: int) -> None:
-        """Runs of consecutive layers whose outputs for a batch stay under ANALYZE_RUN_BYTES."""
-        runs: list[list[LayerSpec]] = [[]]
-        held = 0
-        for s in self.layers:
-            b = self._layer_bytes(s) * batch
-            if runs[-1] and held + b > ANALYZE_RUN_BYTES:
-                runs.append([])
-                held = 0
-            runs[-1].append(s)
-            held += b
-        self.planned = runs
 
 
 def _isolated_update(
@@ -493,30 +405,23 @@ def analyze(
     ran = 0
     if not free:
         start()
-    fetch = _LayerFetch(p.layers, p.model_outputs, iso_names, acc_names)
     try:
         loop = batch_loop(source, bs, total, "Analysis", step, cancel, then=rest_size if free else None)
         for done, batch, n in loop:
-            for run_layers, iso_run, acc_run, last in fetch.runs(n):
-                f = _run(iso_sess, iso_run, batch, done)
-                q = _run(acc_sess, acc_run, batch, done)
-                fetch.measured(f, q, n)
-                if fan is None:
-                    _isolated_update(run_layers, f, iso_acc, part_acc)
-                for s in run_layers:
-                    acc_acc[s.name].update(f[s.output_tensor], q[s.accumulated_tensor])
-                if last:
-                    lab = label_arr[done : done + n] if label_arr is not None else None
-                    for o, a in out_acc.items():
-                        a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
-                del f, q
-            if done == 0:
-                # the first batch measured every output: the rest's batch size and runs follow from it
-                per_sample = fetch.per_sample_bytes(iso_outputs if fan is not None else None)
-                if free:
-                    size = budget_batch_size(per_sample, bs)
-                    start()
-                fetch.plan_runs(size if free else bs)
+            f = _run(iso_sess, iso_names, batch, done)
+            q = _run(acc_sess, acc_names, batch, done)
+            if free and done == 0:
+                iso_bytes = sum(np.asarray(v).nbytes for v in f.values()) if fan is None else sum(f[t].nbytes for _, t in iso_outputs)
+                size = budget_batch_size((iso_bytes + sum(np.asarray(v).nbytes for v in q.values())) // max(n, 1), bs)
+                start()
+            if fan is None:
+                _isolated_update(p.layers, f, iso_acc, part_acc)
+            for s in p.layers:
+                acc_acc[s.name].update(f[s.output_tensor], q[s.accumulated_tensor])
+            lab = label_arr[done : done + n] if label_arr is not None else None
+            for o, a in out_acc.items():
+                a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
+            del f, q
             ran = done + n
         if ran == 0:
             raise QuantvizError("The data holds no samples to analyse.")
