@@ -244,6 +244,12 @@ def test_big_model_why_sensitive_warning_runs_and_exports(page: Page, app_url: s
     settle(page)
     no_exception(page)
     assert _end_to_end(page, re.compile(r": cosine, B$")) == cos_b
+    # the two runs of one method tell their tables apart: B's name and settings say asymmetric, A's do not
+    expect(keyed(page, "runs_b").get_by_role("combobox")).to_have_value(re.compile(r"^KL \(asymmetric\) \d\d:\d\d:\d\d$"))
+    assert "asymmetric" not in keyed(page, "runs_a").get_by_role("combobox").input_value()
+    b_settings = page.get_by_text(re.compile(r"UTC; KL .*, asymmetric, per-channel, 8 samples"))
+    expect(b_settings).to_have_count(1)  # B's caption only
+    expect(b_settings).to_be_visible()
     delta = page.get_by_test_id("stMetric").filter(has_text=re.compile(r": cosine, B")).get_by_test_id("stMetricDelta").inner_text().strip()
     assert delta.endswith(" vs A") and abs(float(delta.split()[0]) - (cos_b - cos_a)) <= 1.01e-6, (delta, cos_a, cos_b)
     expect(page.get_by_test_id("stMetric").filter(has_text=re.compile(r": SNR, B")).get_by_test_id("stMetricDelta")).to_contain_text(" dB vs A")
