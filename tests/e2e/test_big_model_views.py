@@ -269,6 +269,7 @@ def test_big_model_why_sensitive_warning_runs_and_exports(page: Page, app_url: s
     no_exception(page)
     runs_chart.scroll_into_view_if_needed()
     screenshot(page, "big_06_runs_compared")
+    page.set_viewport_size({"width": 1400, "height": 1000})  # the next page's shot as tall as that page, not this one
 
     # d. Export: two formats whose default names are alike come down under distinct names, the model's
     go_to(page, "Export", "Export")
