@@ -174,6 +174,7 @@ def test_big_model_why_sensitive_warning_runs_and_exports(page: Page, app_url: s
     cos_a = _end_to_end(page, re.compile(r": cosine$"))
     expect(page.get_by_text(re.compile(r"Runs \(1 kept"))).to_be_visible()
 
+    expect(keyed(page, "sens_chart").locator(".main-svg").first).to_be_visible(timeout=60_000)
     worst_bar = _plot_data(page, ".st-key-sens_chart")[0]["customdata"][0]  # the chart's top bar: the worst layer
     worst_layer = worst_bar[0] if isinstance(worst_bar, list) else worst_bar
     expect(keyed(page, "sens_layer").get_by_role("combobox")).to_have_value(re.compile("^" + re.escape(worst_layer) + " "))
