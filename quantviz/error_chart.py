@@ -10,6 +10,7 @@ the cosine itself on a linear axis. Values are written with enough digits (error
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import plotly.graph_objects as go
 
@@ -30,6 +31,19 @@ MIN_FIGURE_HEIGHT_PX = 320
 TOP_MARGIN_PX = 130  # title, legend under it, then the value axis repeated on top of the bars
 # log-axis labels 1e-05, 2e-05, 5e-05, 1e-04 (plotly's default reads 10.00004μ on a matched top axis)
 LOG_TICKS = {"tickformat": ".0e", "dtick": "D2"}
+DENSE_DECADES = 2.0  # beyond this span, 1-2-5 labels in a narrow chart run into each other
+LABELS_PER_AXIS = 6  # at most about this many decade labels on a narrow log axis
+
+
+def log_ticks(values: Iterable[float | None]) -> dict[str, object]:
+    """Tick labels for a narrow log axis over these values: 1e-05, 2e-05, 5e-05... (LOG_TICKS) when they
+    span at most DENSE_DECADES decades, else one label per decade (or per 2, 3... decades beyond
+    LABELS_PER_AXIS decades), so that '2e-65e-61e-5' never reads as one word."""
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    span = math.log10(max(finite) / min(finite)) if finite else 0.0
+    if span <= DENSE_DECADES:
+        return dict(LOG_TICKS)
+    return {"tickformat": ".0e", "dtick": max(1, math.ceil(span / LABELS_PER_AXIS))}
 
 
 def one_minus_cosine(c: float) -> float:
@@ -135,13 +149,14 @@ def parts_figure(le: LayerError) -> go.Figure:
     if le.parts is not None:
         rows = [(f"{part} only", f) for part, f in le.parts.items()]
     rows.append(("all three (isolated)", le.isolated))
+    plotted = [_plotted(one_minus_cosine(f.cosine)) for _, f in rows]
     worst = le.parts.worst if le.parts is not None else None
     colors = ["#d62728" if worst is not None and label.startswith(worst + " ") else "#7f7f7f" for label, _ in rows]
     colors[-1] = ISOLATED_COLOR
     fig = go.Figure(
         go.Bar(
             y=[label for label, _ in rows],
-            x=[_plotted(one_minus_cosine(f.cosine)) for _, f in rows],
+            x=plotted,
             orientation="h",
             marker_color=colors,
             customdata=[error_text(f) for _, f in rows],
@@ -153,7 +168,7 @@ def parts_figure(le: LayerError) -> go.Figure:
     )
     fig.update_layout(
         title={"text": f"What makes {le.layer} sensitive", "x": 0.01, "xanchor": "left"},
-        xaxis={"title": "1 - cosine vs float with only that part quantized (log scale; smaller is better)", "type": "log", **LOG_TICKS},
+        xaxis={"title": "1 - cosine vs float with only that part quantized (log scale; smaller is better)", "type": "log", **log_ticks(plotted)},
         yaxis={"autorange": "reversed", "automargin": True},
         height=90 + 42 * len(rows),
         margin={"l": 10, "r": 80, "t": 50, "b": 50},

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from quantviz.calib import METHOD_LABELS
 from quantviz.errors import QuantvizError
 from quantviz.limits import RUNS_MAX, TENSORS_MAX, LimitError
+from quantviz.profiles import DEFAULT_PROFILE, PROFILES
 from quantviz.schema import check_version, is_int, is_number, need_bool, need_dict, need_int, need_str
 
 if TYPE_CHECKING:  # quantviz.review saves runs: a runtime import would be circular
@@ -73,13 +74,17 @@ class Run:
     thresholds: dict[str, tuple[float, float, int]]  # tensor -> (threshold, scale, zero point) placed
     outputs: tuple[EndToEnd, ...]
     layers: tuple[LayerFigures, ...]
+    # what the whole table had besides its methods, when not the default ("asymmetric", "TensorRT
+    # profile"): two runs of one method told apart (table_traits; "" in files written before)
+    table: str = ""
 
     @property
     def settings(self) -> str:
-        """The settings in one line: 'KL + 3 choices, per-channel, 256 samples of digits_eval.npz'."""
+        """The settings in one line: 'KL + 3 choices, asymmetric, per-channel, 256 samples of digits_eval.npz'."""
         label = METHOD_LABELS.get(self.method, self.method)
         more = f" + {self.choices} choice{'s' if self.choices != 1 else ''}" if self.choices else ""
-        return f"{label}{more}, {'per-channel' if self.per_channel else 'per-tensor'}, {self.samples} samples of {self.data}"
+        table = f", {self.table}" if self.table else ""
+        return f"{label}{more}{table}, {'per-channel' if self.per_channel else 'per-tensor'}, {self.samples} samples of {self.data}"
 
 
 SHORT_LABELS = {"kl": "KL", "kl_ncnn": "KL ncnn", "ema": "EMA"}  # run names stay short: "KL 14:05:07"
@@ -93,14 +98,25 @@ def one_minus(cosine: float) -> float:
     return 1.0 - cosine
 
 
+def table_traits(review: Review) -> str:
+    """The review's table-wide settings that are not the defaults, in a few words: 'asymmetric,
+    TensorRT profile' ('' for a symmetric table on the default profile)."""
+    traits = [] if review.config.symmetric else ["asymmetric"]
+    if review.profile != DEFAULT_PROFILE:
+        traits.append(f"{PROFILES[review.profile].title if review.profile in PROFILES else review.profile} profile")
+    return ", ".join(traits)
+
+
 def run_from_report(report: LayerReport, review: Review, *, id: str, when: datetime, label: str | None = None) -> Run:
     """The run of an analysis made with this review's table. label: what made the table ("best method",
-    "EQ"), else the default method's name (with the count of per-tensor choices); the time follows."""
+    "EQ"), else the default method's name (with the count of per-tensor choices); the table-wide
+    settings that are not the defaults in brackets (asymmetric...); the time follows."""
     method_label = short_label(review.default_method)
     head = label or (f"{method_label} + {len(review.choices)}" if review.choices else method_label)
+    table = table_traits(review)
     return Run(
         id=id,
-        name=f"{head} {when:%H:%M:%S}",
+        name=f"{head} ({table}) {when:%H:%M:%S}" if table else f"{head} {when:%H:%M:%S}",
         when=when.isoformat(timespec="seconds"),
         method=review.default_method,
         choices=len(review.choices),
@@ -115,6 +131,7 @@ def run_from_report(report: LayerReport, review: Review, *, id: str, when: datet
             LayerFigures(le.layer, le.op_type, le.isolated.cosine, le.isolated.snr_db, le.accumulated.cosine, le.accumulated.snr_db)
             for le in report.layers
         ),
+        table=table,
     )
 
 
@@ -259,6 +276,7 @@ def runs_to_dict(runs: Sequence[Run]) -> dict[str, Any]:
                     [x.layer, x.op_type, _num(x.isolated_cosine), _num(x.isolated_snr_db), _num(x.accumulated_cosine), _num(x.accumulated_snr_db)]
                     for x in r.layers
                 ],
+                **({"table": r.table} if r.table else {}),
             }  # fmt: skip
             for r in runs
         ],
@@ -270,6 +288,7 @@ def runs_json(runs: Sequence[Run]) -> str:
 
 
 _RUN_FIELDS = frozenset({"id", "name", "when", "method", "choices", "per_channel", "samples", "data", "thresholds", "outputs", "layers"})
+_RUN_OPTIONAL = frozenset({"table"})  # absent from runs written before it
 
 
 def _row(value: Any, n: int, where: str) -> list[Any]:
@@ -280,7 +299,7 @@ def _row(value: Any, n: int, where: str) -> list[Any]:
 
 def _run_from_dict(doc: Any, where: str) -> Run:
     d = need_dict(doc, where)
-    unknown = sorted(set(d) - _RUN_FIELDS)
+    unknown = sorted(set(d) - _RUN_FIELDS - _RUN_OPTIONAL)
     if unknown:
         raise QuantvizError(f"{where} has the unknown field {unknown[0]!r}.")
     missing = sorted(_RUN_FIELDS - set(d))
@@ -324,6 +343,7 @@ def _run_from_dict(doc: Any, where: str) -> Run:
         thresholds=thresholds,
         outputs=tuple(outputs),
         layers=tuple(layers),
+        table=need_str(d.get("table", ""), f"{where}.table"),
     )
 
 

@@ -14,8 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 from quantviz.collect import collect
 from quantviz.config import CollectConfig
 from quantviz.data import open_source
+from quantviz.error_chart import LOG_TICKS, log_ticks, parts_figure
+from quantviz.metrics import ErrorFigures
 from quantviz.model import load_model
-from quantviz.sensitivity import LayerError, analyze
+from quantviz.sensitivity import ErrorParts, LayerError, analyze
 from quantviz.sensitivity_plan import PARTS
 from quantviz.table import CalibrationTable, calibrate_model
 
@@ -206,3 +208,18 @@ def test_the_method_that_fixes_the_input_part(tmp_path: Path) -> None:
     token.cancel()
     with pytest.raises(CancelledError):
         fix_candidates(model, stats, Review(), "conv", "input", source, ["minmax"], cancel=token)
+
+
+def test_the_parts_chart_labels_one_decade_each_when_the_parts_differ_by_many() -> None:
+    """On the 278-layer model a layer's input alone gives 1 - cos 0.46 and its weights 3e-06: five
+    decades in a chart a third of the page wide, where 1-2-5 labels ran together ('2e-65e-61e-5')."""
+    def fig(c: float) -> ErrorFigures:
+        return ErrorFigures(cosine=c, snr_db=0.0, mse=0.0, samples=8)
+
+    spread = LayerError("l", "Conv", "o", fig(1 - 4.6e-1), fig(1 - 4.6e-1), ErrorParts(fig(1 - 4.6e-1), fig(1 - 2.9e-6), fig(1 - 1.7e-5)))
+    axis = parts_figure(spread).layout.xaxis
+    assert axis.type == "log" and axis.dtick == 1 and axis.tickformat == ".0e"  # 1e-06, 1e-05, ... 1e-01: six labels
+    close = LayerError("l", "Conv", "o", fig(1 - 4e-4), fig(1 - 4e-4), ErrorParts(fig(1 - 1e-4), fig(1 - 2e-4), fig(1 - 3e-4)))
+    assert parts_figure(close).layout.xaxis.dtick == LOG_TICKS["dtick"]  # within two decades: 1, 2, 5 in each
+    assert log_ticks([1e-12, 1.0, None, float("nan")])["dtick"] == 2  # twelve decades: a label every other one
+    assert log_ticks([]) == LOG_TICKS

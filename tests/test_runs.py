@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +58,29 @@ def test_run_keeps_the_reports_figures(analyses: tuple[CalibrationStats, dict[st
     (o,) = reports["kl"].outputs
     (e,) = a.outputs
     assert (e.cosine, e.snr_db, e.accuracy_quantized) == (o.figures.cosine, o.figures.snr_db, o.accuracy_quantized)
+
+
+def test_a_run_says_its_table_wide_settings_and_keeps_them_in_the_review_file(
+    analyses: tuple[CalibrationStats, dict[str, LayerReport]],
+) -> None:
+    """Two runs of one method, one on a symmetric table and one asymmetric (the non-negative warning's
+    fix), must not read alike in the Runs pickers; runs written before the field open as before."""
+    stats, reports = analyses
+    plain = run_from_report(reports["kl"], Review(), id="a", when=WHEN)
+    asym = Review(config=replace(Review().config, symmetric=False))
+    b = run_from_report(reports["kl"], asym, id="b", when=WHEN)
+    assert plain.table == "" and plain.name == "KL 14:05:07" and "asymmetric" not in plain.settings
+    assert b.table == "asymmetric" and b.name == "KL (asymmetric) 14:05:07" and b.name != plain.name
+    assert b.settings.startswith("KL (TensorRT entropy), asymmetric, per-channel, ")
+    trt = run_from_report(reports["kl"], replace(asym, profile="trt"), id="c", when=WHEN, label="best method")
+    assert trt.table == "asymmetric, TensorRT profile" and trt.name == "best method (asymmetric, TensorRT profile) 14:05:07"
+    back = open_review(review_bytes(stats, Review(), [plain, b])).runs
+    assert [r.table for r in back] == ["", "asymmetric"] and [r.name for r in back] == [plain.name, b.name]
+    doc = runs_to_dict([plain])
+    assert "table" not in doc["runs"][0]  # a run of the default table is written as before the field
+    doc["runs"][0]["table"] = 3
+    with pytest.raises(QuantvizError, match="table must be text"):
+        open_review(_with_runs(stats, doc))
 
 
 @pytest.mark.parametrize("by", [ISOLATED, ACCUMULATED])

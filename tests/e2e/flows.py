@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Download, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.conftest import settle
@@ -67,13 +67,27 @@ def upload(page: Page, key: str, path: Path) -> None:
     after_rerun(page)
 
 
-def download(page: Page, key: str, dest: Path) -> bytes:
-    """Click the download button with this key and return the bytes the browser saved."""
+def _clicked_download(page: Page, key: str) -> Download:
     with page.expect_download(timeout=60_000) as dl:
         keyed(page, key).locator("button").click()
-    dl.value.save_as(dest)
+    return dl.value
+
+
+def download(page: Page, key: str, dest: Path) -> bytes:
+    """Click the download button with this key and return the bytes the browser saved."""
+    _clicked_download(page, key).save_as(dest)
     after_rerun(page)
     return dest.read_bytes()
+
+
+def download_named(page: Page, key: str, folder: Path) -> Path:
+    """Click the download button with this key; the file saved in folder under the name the app gave
+    the browser."""
+    dl = _clicked_download(page, key)
+    dest = folder / dl.suggested_filename
+    dl.save_as(dest)
+    after_rerun(page)
+    return dest
 
 
 def metric(page: Page, label: str) -> str:
