@@ -43,6 +43,9 @@ class ShareGroup:
     activation_op: str
     pre_activation: str
     post_activation: str
+    # the activation's output range: (0, inf) for Relu, Clip's (min, max); the fused op's output is
+    # the producer's clipped to it (what an engine computes, quantviz.sensitivity compares)
+    bounds: tuple[float, float] = (0.0, math.inf)
 
     @property
     def tensors(self) -> tuple[str, str]:
@@ -150,7 +153,8 @@ def analyse_folded(folded: onnx.ModelProto, report: FoldReport) -> FusionInfo:
             users = consumers.get(y, [])
             if uses[y] == 1 and y not in graph_outputs and users[0].op_type in RELU_LIKE and is_relu_like(users[0], consts):
                 act = users[0]
-                groups.append(ShareGroup(node_key(n), n.op_type, node_key(act), act.op_type, y, act.output[0]))
+                bounds = _clip_bounds(act, consts) if act.op_type == "Clip" else (0.0, math.inf)
+                groups.append(ShareGroup(node_key(n), n.op_type, node_key(act), act.op_type, y, act.output[0], bounds))
         elif n.op_type in JOIN_OPS and n.output:
             inputs = tuple(i for i in n.input if i and i not in consts)
             joins.append(JoinNode(node_key(n), n.op_type, inputs, n.output[0]))

@@ -285,11 +285,11 @@ def _isolated_update(
 ) -> None:
     """One batch of the isolated model: each layer's isolated output and parts against its float output."""
     for s in layers:
-        ref = f[s.output_tensor]
-        iso_acc[s.name].update(ref, f[s.isolated_tensor])
+        ref = s.as_engine(f[s.output_tensor])
+        iso_acc[s.name].update(ref, s.as_engine(f[s.isolated_tensor]))
         for t in s.part_tensors:
             if t:
-                part_acc[s.name, t].update(ref, f[t])
+                part_acc[s.name, t].update(ref, s.as_engine(f[t]))
 
 
 def _parts_result(part_acc: Mapping[tuple[str, str], ErrorAccumulator], name: str, tensors: tuple[str, str, str]) -> ErrorParts:
@@ -417,7 +417,7 @@ def analyze(
             if fan is None:
                 _isolated_update(p.layers, f, iso_acc, part_acc)
             for s in p.layers:
-                acc_acc[s.name].update(f[s.output_tensor], q[s.accumulated_tensor])
+                acc_acc[s.name].update(s.as_engine(f[s.output_tensor]), s.as_engine(q[s.accumulated_tensor]))
             lab = label_arr[done : done + n] if label_arr is not None else None
             for o, a in out_acc.items():
                 a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
@@ -488,7 +488,7 @@ def layer_error(
     acc = ErrorAccumulator()
     for done, batch, _ in batch_loop(source, effective_batch_size(model, batch_size, source), total, "Analysis", cancel=cancel):
         f = _run(sess, names, batch, done)
-        acc.update(f[spec.output_tensor], f[spec.isolated_tensor])
+        acc.update(spec.as_engine(f[spec.output_tensor]), spec.as_engine(f[spec.isolated_tensor]))
     return acc.result()
 
 

@@ -78,7 +78,7 @@ def _part_error(
 
     for done, batch, _ in batch_loop(source, effective_batch_size(model, DEFAULT_BATCH_SIZE, source), total, "The search", cb, cancel):
         f = _run(sess, [spec.output_tensor, tensor], batch, done)
-        acc.update(f[spec.output_tensor], f[tensor])
+        acc.update(spec.as_engine(f[spec.output_tensor]), spec.as_engine(f[tensor]))
     return spec, acc.result()
 
 

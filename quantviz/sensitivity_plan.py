@@ -8,13 +8,18 @@ which builds the QDQ model once and both models from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import helper
 
 from quantviz.errors import QuantvizError
+from quantviz.fusion import analyse_folded
 from quantviz.graph import consumers, producers
 from quantviz.model import LoadedModel
 from quantviz.qdq import PreparedModel, QdqBuild, build
@@ -45,6 +50,18 @@ class LayerSpec:
     # the error decomposition (plan(parts=True)): the layer's copies with only its input activations,
     # only its weights and bias, only its output quantized; "" where that part quantizes nothing
     part_tensors: tuple[str, str, str] = ("", "", "")
+    # a Conv/Gemm fused with the ReLU-like activation that reads it (quantviz.fusion): the engine runs
+    # them as one op whose output is clipped to the activation's range and shares its scale, so the
+    # layer's float and quantized outputs are compared after that clip (a negative pre-activation value
+    # the ReLU drops is no error, nor is a value the shared [0, max] range cannot hold)
+    activation: tuple[float, float] | None = None
+
+    def as_engine(self, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The layer's output as the engine's fused op gives it (clipped to a fused activation's range)."""
+        if self.activation is None:
+            return values
+        lo, hi = self.activation
+        return np.asarray(np.clip(values, lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None))
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,7 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
     float_tensors = {o for n in float_graph.node for o in n.output if o} | {i.name for i in float_graph.input}
     float_ops = {n.name: n.op_type for n in float_graph.node}
     inits = {i.name for i in graph.initializer}
+    fused = {g.pre_activation: g.bounds for g in analyse_folded(qdq.prepared.proto, qdq.prepared.fold).groups}
     layers: list[LayerSpec] = []
     for node in graph.node:
         if node.op_type in QDQ_OPS or node.name not in float_ops or not node.output or not node.output[0]:
@@ -107,7 +125,9 @@ def find_layers(qdq: QdqBuild) -> list[LayerSpec]:
                 )
         out = _float_name(node.output[0], float_tensors)
         acc = node.output[0] if float_out or dq is None else dq.output[0]
-        layers.append(LayerSpec(node.name, node.op_type, out, acc, out + ISOLATED_SUFFIX, tuple(quantized_inputs)))
+        layers.append(
+            LayerSpec(node.name, node.op_type, out, acc, out + ISOLATED_SUFFIX, tuple(quantized_inputs), activation=fused.get(out))
+        )
     return layers
 
 

@@ -22,7 +22,7 @@ from quantviz.sensitivity_plan import PARTS
 from quantviz.table import CalibrationTable, calibrate_model
 
 from .graphs import IR_VERSION, OPSET
-from .test_sensitivity import OUT, Tiny, conv2d, cos_snr_mse, fq, fq_bias, fq_weight, make_tiny
+from .test_sensitivity import OUT, Tiny, as_engine, conv2d, cos_snr_mse, fq, fq_bias, fq_weight, make_tiny
 
 F32 = np.float32
 
@@ -66,7 +66,7 @@ def test_parts_equal_numpy_on_the_tiny_graph(tiny: Tiny) -> None:
             if value is None:
                 assert fig is None, (layer, part)  # a Relu has no weights to quantize
                 continue
-            cos, snr, _ = cos_snr_mse(ref[OUT[layer]], value)
+            cos, snr, _ = cos_snr_mse(as_engine(layer, ref[OUT[layer]]), as_engine(layer, value))
             assert fig.cosine == pytest.approx(cos, abs=1e-8), (layer, part)
             assert fig.snr_db == pytest.approx(snr, abs=1e-4), (layer, part)
 

@@ -195,12 +195,18 @@ def oracle(table: CalibrationTable, arrays: Arrays, x: np.ndarray, ref: Arrays) 
 OUT = {"conv": "c", "relu": "r", "flatten": "f", "gemm": "y"}
 
 
+def as_engine(layer: str, values: np.ndarray) -> np.ndarray:
+    """A layer's output as an engine computes it: the tiny graph's Conv feeds only its Relu, so the two
+    run as one fused op whose output is the Relu's: the Conv is compared after max(., 0), on both sides."""
+    return np.maximum(values, 0) if layer == "conv" else values
+
+
 def check_against_oracle(report: LayerReport, table: CalibrationTable, arrays: Arrays, x: np.ndarray, ref: Arrays) -> Arrays:
     isolated, accumulated = oracle(table, arrays, x, ref)
     for le in report.layers:
         assert le.output_tensor == OUT[le.layer]
         for got, want in ((le.isolated, isolated[le.layer]), (le.accumulated, accumulated[le.layer])):
-            cos, snr, mse = cos_snr_mse(ref[OUT[le.layer]], want)
+            cos, snr, mse = cos_snr_mse(as_engine(le.layer, ref[OUT[le.layer]]), as_engine(le.layer, want))
             assert got.samples == 10
             # tolerances far below the effect of e.g. leaving the int32 bias unquantized (1e-6 / 1e-3 / 2e-4)
             assert got.cosine == pytest.approx(cos, abs=1e-8), le.layer
@@ -233,6 +239,22 @@ def test_asymmetric_uint8_equals_numpy(tiny: Tiny) -> None:
     report = analyze(model, table, source, batch_size=5)
     assert [le.layer for le in report.layers] == ["conv", "relu", "flatten", "gemm"]  # the Relu is kept
     check_against_oracle(report, table, arrays, x, ref)
+
+
+def test_fused_conv_relu_is_compared_after_the_relu(tiny: Tiny) -> None:
+    """The Conv feeds only its Relu: an engine runs them as one op whose uint8 output has the Relu
+    output's [0, max] range (the shared scale). Compared before the Relu, every negative value the
+    quantizer clips to 0 would count as error although the Relu drops it anyway; analyze compares both
+    sides after the Relu (the numpy oracle does the same), so the Conv's error is its real one."""
+    model, source, _, arrays, x, _, ref, table = tiny
+    shared = table.with_entry("c", table.tensors["r"])  # the fused pair's one scale, from the Relu's output
+    assert shared.tensors["c"].zero_point == 0  # [0, max]: negatives are clipped at the zero point
+    report = analyze(model, shared, source)
+    check_against_oracle(report, shared, arrays, x, ref)
+    conv = next(le for le in report.layers if le.layer == "conv")
+    isolated, _ = oracle(shared, arrays, x, ref)
+    before_relu, _, _ = cos_snr_mse(ref["c"], isolated["conv"])  # what a pre-activation comparison reports
+    assert before_relu < 0.9 < 0.999 < conv.isolated.cosine
 
 
 def test_layer_error_matches_analysis(tiny: Tiny) -> None:
