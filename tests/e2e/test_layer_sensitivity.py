@@ -76,6 +76,12 @@ def test_click_a_bar_override_threshold_and_see_cosine_change(page: Page, app_ur
     before = _metric(page, "1 - cos isolated")
     _use_threshold(page, 1 / 8)
     after = _metric(page, "1 - cos isolated")
+    for _ in range(40):  # on a loaded machine the figure can be drawn a rerun after the caption
+        if after != before:
+            break
+        page.wait_for_timeout(500)
+        settle(page)
+        after = _metric(page, "1 - cos isolated")
     assert after > before + 1e-4, (before, after)  # 1 - cosine grows
     expect(page.get_by_test_id("stException")).to_have_count(0)
     screenshot(page, "12_sensitivity_override")
