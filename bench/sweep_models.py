@@ -340,7 +340,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int, target: str | None = None) -> Row:
+def run_one(
+    m: SweepModel, samples: int, eval_samples: int, best_samples: int, target: str | None = None, fallback: str = "float"
+) -> Row:
     import onnx
     import onnxruntime as ort
 
@@ -421,7 +423,7 @@ def run_one(m: SweepModel, samples: int, eval_samples: int, best_samples: int, t
         row.update(_qdq_task(m, model, evalset, user_sess, q_sess, figures))
         if target and row.get("task_ok") is False:
             step = "mixed"
-            row.update(_mixed(m, model, tables["best"], calib, evalset, target))
+            row.update(_mixed(m, model, tables["best"], calib, evalset, target, fallback))
     except QuantvizError as exc:
         row["error"] = f"{step}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a raw message is what the sweep hunts
@@ -473,7 +475,7 @@ def _qdq_task(m: SweepModel, model: Any, evalset: Any, user_sess: Any, q_sess: A
     return row
 
 
-def _mixed(m: SweepModel, model: Any, table: Any, calib: Any, evalset: Any, target: str) -> Row:
+def _mixed(m: SweepModel, model: Any, table: Any, calib: Any, evalset: Any, target: str, fallback: str = "float") -> Row:
     """Where best-per-layer loses the task: the mixed-precision search (quantviz.mixed, measured on the
     calibration set) to `target`, its QDQ model's task on the evaluation set."""
     import onnx
@@ -483,7 +485,7 @@ def _mixed(m: SweepModel, model: Any, table: Any, calib: Any, evalset: Any, targ
     from quantviz.mixed import mixed_table, parse_target, run_search
 
     t0 = time.perf_counter()
-    result, _ = run_search(model, table, calib, parse_target(target), batch_size=4)
+    result, _ = run_search(model, table, calib, parse_target(target), precision=fallback, batch_size=4)
     mixed = mixed_table(table, result)
     qdq = onnx.load_from_string(export_bytes(mixed, "qdq", ExportOptions(model=model)))
     so = ort.SessionOptions()
@@ -493,6 +495,7 @@ def _mixed(m: SweepModel, model: Any, table: Any, calib: Any, evalset: Any, targ
     return {
         "mixed": {
             "target": target,
+            "fallback": fallback,
             "reached": result.reached,
             "value": f"{result.int8_value:.4f} -> {result.final_value:.4f}",
             "layers": [f.layer for f in result.fallbacks],
@@ -530,7 +533,7 @@ def _fmt(row: Row) -> str:
         t = mixed["task"]
         line += (
             f"\n    mixed precision to {mixed['target']} ({'reached' if mixed['reached'] else 'NOT reached'}, {mixed['value']}, "
-            f"{mixed['seconds']:.0f} s): {len(mixed['layers'])} layers in float ({100 * mixed['macs_share']:.1f} % of MACs): "
+            f"{mixed['seconds']:.0f} s): {len(mixed['layers'])} layers in {mixed.get('fallback', 'float')} ({100 * mixed['macs_share']:.1f} % of MACs): "
             f"{', '.join(mixed['layers'][:6])}{' ...' if len(mixed['layers']) > 6 else ''}; task {t[0]} {t[2]:.1f}% "
             f"{'yes' if mixed['task_ok'] else 'NO'}"
         )
@@ -559,12 +562,17 @@ def main(argv: list[str] | None = None) -> int:
         help="where best-per-layer loses the task, also run the mixed-precision search to this target "
         "(e.g. cosine=0.99, as `calibrate --target`) and check its QDQ model's task",
     )
+    p.add_argument(
+        "--fallback", choices=("float", "int16"), default="float", help="with --target: precision of the layers taken out of int8"
+    )
     args = p.parse_args(argv)
     ROOT = Path(args.root)
     by_name = {m.name: m for m in MODELS}
     if args.one:
         print(
-            "ROW " + json.dumps(run_one(by_name[args.one], args.samples, args.eval, args.best_samples, args.target)), flush=True
+            "ROW "
+            + json.dumps(run_one(by_name[args.one], args.samples, args.eval, args.best_samples, args.target, args.fallback)),
+            flush=True,
         )
         return 0
     names = args.models or list(by_name)
@@ -577,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_fmt(rows[-1]), flush=True)
             continue
         cmd = [sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--eval", str(args.eval),
-               "--best-samples", str(args.best_samples), "--root", str(ROOT), *(["--target", args.target] if args.target else [])]  # fmt: skip
+               "--best-samples", str(args.best_samples), "--root", str(ROOT), *(["--target", args.target, "--fallback", args.fallback] if args.target else [])]  # fmt: skip
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
             line = next((x for x in done.stdout.splitlines() if x.startswith("ROW ")), None)
