@@ -174,3 +174,14 @@ def folded_weight_absmax(model_path: Path = MODEL) -> dict[str, tuple[str, np.nd
             w = w * (gamma / np.sqrt(var + eps)).reshape((-1,) + (1,) * (w.ndim - 1))
         out[n.input[1]] = (n.name, np.abs(w.reshape(w.shape[0], -1)).max(axis=1))
     return out
+
+
+def analyse_samples(page: Page, samples: int) -> None:
+    """On Layer sensitivity: set the number of samples, press Analyse, wait for the end-to-end figures."""
+    box = page.get_by_label("Samples", exact=True)
+    box.fill(str(samples))
+    box.press("Enter")
+    after_rerun(page)
+    page.get_by_role("button", name="Analyse").click()
+    expect(page.get_by_text("End to end")).to_be_visible(timeout=300_000)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=300_000)

@@ -17,7 +17,18 @@ from playwright.sync_api import Page, expect
 
 from tests.big_model import write
 from tests.e2e.conftest import screenshot, settle
-from tests.e2e.flows import after_rerun, download_named, go_to, keyed, metric, no_exception, open_home, run_all, upload
+from tests.e2e.flows import (
+    after_rerun,
+    analyse_samples,
+    download_named,
+    go_to,
+    keyed,
+    metric,
+    no_exception,
+    open_home,
+    run_all,
+    upload,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -158,12 +169,7 @@ def test_big_model_why_sensitive_warning_runs_and_exports(page: Page, app_url: s
     expect(page.get_by_role("button", name="Analyse")).to_be_visible(timeout=60_000)
     settle(page)
     expect(page.get_by_text("Press Analyse to measure every layer's error")).to_be_visible()  # too big to start by itself
-    samples = page.get_by_label("Samples", exact=True)
-    samples.fill("8")
-    samples.press("Enter")
-    after_rerun(page)
-    page.get_by_role("button", name="Analyse").click()
-    expect(page.get_by_text("End to end")).to_be_visible(timeout=300_000)
+    analyse_samples(page, 8)
     settle(page, 300_000)
     no_exception(page)
     caption = page.get_by_text(re.compile(r"^8 samples of .*; \d+ layers;"))

@@ -9,7 +9,7 @@ import re
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import screenshot, settle
-from tests.e2e.flows import after_rerun, go_to, keyed, no_exception, open_home
+from tests.e2e.flows import after_rerun, analyse_samples, go_to, keyed, no_exception, open_home
 
 
 def _pick(page: Page, label: str, option: str) -> None:
@@ -71,12 +71,7 @@ def test_big_model_progress_cancel_and_axis_on_top(page: Page, app_url: str) -> 
     settle(page)
     expect(page.get_by_text("End to end")).to_have_count(0)  # nothing was there before, nothing is now
     # a short analysis, then every layer in one chart: its value axis on top too
-    samples = page.get_by_label("Samples")
-    samples.fill("8")
-    samples.press("Enter")
-    after_rerun(page)
-    page.get_by_role("button", name="Analyse").click()
-    expect(page.get_by_text("End to end")).to_be_visible(timeout=300_000)
+    analyse_samples(page, 8)
     settle(page, 300_000)
     keyed(page, "sens_limit").get_by_role("slider").focus()
     page.keyboard.press("End")
