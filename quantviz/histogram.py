@@ -248,7 +248,7 @@ def add_pair_counts(
     ):  # fmt: skip
         shift = group.bit_length() - 1
         scale = np.float32(math.ldexp(1.0, -exponent))
-        return kernels.add_counts(np.ascontiguousarray(values), scale, bins, shift, abs_out, signed_out, _fine_scratch(bins))
+        return kernels.add_counts(np.ascontiguousarray(values), scale, bins, shift, abs_out, signed_out, _fine_scratch(bins))[1]
     zeros = 0
     for i in range(0, max(values.size, 1), CHUNK):
         a, sc, z = _counts_chunk(values[i : i + CHUNK], exponent, bins, nonnegative, signed_bins)
@@ -343,6 +343,18 @@ def update_pair(
         return 0
     abs_acc._cover(absmax)  # noqa: SLF001 - same module
     signed_acc._cover(absmax)  # noqa: SLF001
+    if _pair_shift(abs_acc, signed_acc) is not None:
+        return add_pair_counts(
+            finite_values, abs_acc._exponent, abs_acc.bins, nonnegative, signed_acc.bins,  # noqa: SLF001
+            abs_acc._counts, signed_acc._counts,  # noqa: SLF001
+        )  # fmt: skip
+    abs_acc.update(finite_values, absmax)
+    signed_acc.update(finite_values, absmax)
+    return None
+
+
+def _pair_shift(abs_acc: HistogramAccumulator, signed_acc: HistogramAccumulator) -> int | None:
+    """The s of update_pair's one-pass layout (signed width = 2**s |x| widths) when the pair is in it."""
     ratio = 2 * abs_acc.bins // signed_acc.bins
     if (
         not abs_acc.signed
@@ -351,13 +363,39 @@ def update_pair(
         and ratio & (ratio - 1) == 0
         and signed_acc._exponent == abs_acc._exponent + ratio.bit_length() - 1  # noqa: SLF001
     ):
-        return add_pair_counts(
-            finite_values, abs_acc._exponent, abs_acc.bins, nonnegative, signed_acc.bins,  # noqa: SLF001
-            abs_acc._counts, signed_acc._counts,  # noqa: SLF001
-        )  # fmt: skip
-    abs_acc.update(finite_values, absmax)
-    signed_acc.update(finite_values, absmax)
+        return ratio.bit_length() - 1
     return None
+
+
+def update_pair_within(
+    abs_acc: HistogramAccumulator, signed_acc: HistogramAccumulator, values: npt.NDArray[np.floating]
+) -> tuple[int, int, float, float] | None:
+    """update_pair without knowing the values' min and max first: the leading values that lie on the
+    pair's CURRENT grid (every |x| below its top, all finite) are counted in one compiled pass that
+    also finds their min and max (quantviz.kernels.add_counts with a limit), saving the two numpy
+    reductions update_pair's caller runs before it (about a quarter of the pass). Once a running
+    range has been seen, later batches rarely exceed it. Returns (values counted, exact zeros among
+    them, their min, their max), or None where the pass does not apply (float64 values, small
+    tensors, a grid wider than 1, the pair out of its one-pass layout, nothing counted): then the
+    caller counts the rest, e.g. with update_pair, which widens the grid first if it must. Counting
+    the two parts on two grids gives the counts of one pass on the wider one, exactly (see the module
+    docstring: widening only sums whole bins)."""
+    values = values.reshape(-1)
+    shift = _pair_shift(abs_acc, signed_acc)
+    e = abs_acc._exponent  # noqa: SLF001
+    if shift is None or e > 0 or values.dtype != np.float32 or values.size < kernels.DIRECT_BELOW or not kernels.available():
+        return None
+    values = np.ascontiguousarray(values)
+    top = np.array([math.ldexp(float(abs_acc.bins), e)], np.float32)
+    limit = int(top.view(np.uint32)[0])
+    scale = np.float32(math.ldexp(1.0, -e))
+    counted, zeros, ranges = kernels.add_counts(
+        values, scale, abs_acc.bins, shift, abs_acc._counts, signed_acc._counts, _fine_scratch(abs_acc.bins), limit  # noqa: SLF001
+    )
+    if ranges is None:
+        return None
+    lo, hi = kernels.float_range(ranges)
+    return counted, zeros, lo, hi
 
 
 class HistogramAccumulator:

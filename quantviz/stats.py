@@ -27,6 +27,7 @@ from quantviz.histogram import (
     fine_bins_for,
     merge,
     update_pair,
+    update_pair_within,
 )
 from quantviz.limits import BATCH_RECORD_MAX, STATS_ARRAY_BYTES, STATS_TOTAL_BYTES
 from quantviz.model import TensorInfo
@@ -141,20 +142,29 @@ class TensorAccumulator:
             x = x.astype(np.float32)
         if x.size == 0:
             return
-        lo = float(x.min())  # NaN propagates through min/max and an Inf shows in them: when both are
-        hi = float(x.max())  # finite, every value is, and the isfinite pass is skipped (the usual case)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            finite = np.isfinite(x)
-            bad = x[~finite]
-            self.nan += int(np.isnan(bad).sum())
-            self.posinf += int((bad == np.inf).sum())
-            self.neginf += int((bad == -np.inf).sum())
-            x = x[finite]
-            if x.size == 0:
-                return
-            lo = float(x.min())
-            hi = float(x.max())
-        self.count += int(x.size)
+        # Once a range has been seen, the leading values on the current grid are counted in one
+        # compiled pass that finds their min and max as it goes (update_pair_within); the rest (all of
+        # it on the first batch, or from the first block beyond the grid) takes the numpy reductions
+        # and update_pair, which widens the grid first. Same statistics either way, bit for bit.
+        fast = update_pair_within(self.abs_hist, self.signed_hist, x) if self.count else None
+        counted, zeros, lo, hi = fast if fast is not None else (0, 0, math.inf, -math.inf)
+        rest = x[counted:]
+        rlo, rhi = math.inf, -math.inf
+        if rest.size:
+            rlo = float(rest.min())  # NaN propagates through min/max and an Inf shows in them: when both
+            rhi = float(rest.max())  # are finite, every value is, and the isfinite pass is skipped
+            if not (math.isfinite(rlo) and math.isfinite(rhi)):
+                finite = np.isfinite(rest)
+                bad = rest[~finite]
+                self.nan += int(np.isnan(bad).sum())
+                self.posinf += int((bad == np.inf).sum())
+                self.neginf += int((bad == -np.inf).sum())
+                rest = rest[finite]
+                rlo, rhi = (float(rest.min()), float(rest.max())) if rest.size else (math.inf, -math.inf)
+            lo, hi = min(lo, rlo), max(hi, rhi)
+        if counted + rest.size == 0:
+            return
+        self.count += counted + int(rest.size)
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
         if self._open:  # the rest of the current batch
@@ -173,10 +183,12 @@ class TensorAccumulator:
         else:
             self.ema_min = (1 - self.c) * self._ema_min_before + self.c * bmin
             self.ema_max = (1 - self.c) * self._ema_max_before + self.c * bmax
-        absmax = max(abs(lo), abs(hi))
-        zeros = update_pair(self.abs_hist, self.signed_hist, x, absmax, nonnegative=lo >= 0)
-        if zeros is None:  # not found by the histogram pass; -0.0 counts, as in x == 0
-            zeros = int(np.count_nonzero(x == 0)) if lo <= 0 <= hi else 0
+        if rest.size:
+            absmax = max(abs(lo), abs(hi))
+            rest_zeros = update_pair(self.abs_hist, self.signed_hist, rest, absmax, nonnegative=rlo >= 0)
+            if rest_zeros is None:  # not found by the histogram pass; -0.0 counts, as in x == 0
+                rest_zeros = int(np.count_nonzero(rest == 0)) if rlo <= 0 <= rhi else 0
+            zeros += rest_zeros
         self.zeros += zeros
 
     def _note_batch(self, bmin: float, bmax: float) -> None:

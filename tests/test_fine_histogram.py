@@ -31,6 +31,7 @@ from quantviz.histogram import (
     fine_bins_for,
     histogram_of,
     resample,
+    update_pair_within,
 )
 from quantviz.stats import CalibrationStats, TensorAccumulator, load_stats, merge_stats, save_stats
 
@@ -241,3 +242,82 @@ def _compare_compiled(size: int, sbins: int, nonnegative: bool) -> None:
     shift = (2 * fine // sbins).bit_length() - 1
     np.testing.assert_array_equal(got_a, np.bincount(bin_indices(x, e, fine, False), minlength=fine))
     np.testing.assert_array_equal(got_s, np.bincount(bin_indices(x, e + shift, sbins, True), minlength=sbins))
+
+
+def _big_batches(rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches above kernels.DIRECT_BELOW that the one pass takes with min and max unknown: within the
+    range seen, beyond it from a late block (the range grows mid-tensor), NaN and Inf in a middle
+    block, all negative, -0.0 and exact zeros, negative values on signed edges."""
+    n = kernels.DIRECT_BELOW + 5000
+    first = (rng.standard_normal(n) * 2).astype(np.float32)
+    within = (rng.standard_normal(n) * 1.5).astype(np.float32)
+    grows = (rng.standard_normal(n) * 2).astype(np.float32)
+    grows[-700] = 90.0
+    bad = (rng.standard_normal(n) * 2).astype(np.float32)
+    bad[kernels.BLOCK * 3 + 5], bad[kernels.BLOCK * 5], bad[-1] = np.nan, np.inf, -np.inf
+    negative = -np.abs(rng.standard_normal(n)).astype(np.float32) - np.float32(0.5)
+    zeros = _edge_heavy(rng, n, 2.0**-7)
+    zeros[: kernels.BLOCK] = -0.0
+    small = (rng.standard_normal(n) * 1e-3).astype(np.float32)  # far inside the range: a grid at a large width
+    return [first, within, grows, bad, negative, zeros, small]
+
+
+@pytest.mark.parametrize("same_batch", [False, True])
+def test_one_pass_with_min_and_max_unknown_equals_the_two_step_update(monkeypatch: pytest.MonkeyPatch, same_batch: bool) -> None:
+    """TensorAccumulator.update counts the values on the grid already seen in one compiled pass that
+    finds min and max as it goes (histogram.update_pair_within), the rest after numpy's reductions:
+    every statistic equals the update that reduces first (the one-pass path switched off), and the
+    histograms those of all finite values at once."""
+    import quantviz.stats as stats_module
+
+    rng = np.random.default_rng(11)
+    batches = _big_batches(rng)
+    one = TensorAccumulator("t", bins=2048, fine_bins=16384)
+    calls: list[int] = []
+    real = update_pair_within
+
+    def counting(*args: object) -> object:
+        got = real(*args)  # type: ignore[arg-type]
+        calls.append(0 if got is None else got[0])
+        return got
+
+    monkeypatch.setattr(stats_module, "update_pair_within", counting)
+    for k, b in enumerate(batches):
+        one.update(b, same_batch=same_batch and k > 0)
+    monkeypatch.setattr(stats_module, "update_pair_within", lambda *a: None)
+    two = TensorAccumulator("t", bins=2048, fine_bins=16384)
+    for k, b in enumerate(batches):
+        two.update(b, same_batch=same_batch and k > 0)
+    # the one pass ran on every batch after the first, whole or up to the block it stopped at
+    n = batches[0].size
+    assert calls[0] == n and calls[3] == n  # within the range; the grid grew in batch 2 and holds 90
+    assert calls[2] == kernels.BLOCK * 3  # `bad`: stopped at the block holding the NaN
+    assert 0 < calls[1] < n and calls[1] % kernels.BLOCK == 0  # `grows`: stopped at its late block
+    a, r2 = one.result(), two.result()
+    for field in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "min", "max", "ema_min", "ema_max", "batches"):
+        assert getattr(a, field) == getattr(r2, field), field
+    np.testing.assert_array_equal(a.batch_ranges, r2.batch_ranges)
+    for h in ("abs_hist", "signed_hist", "fine_hist"):
+        _same(getattr(a, h), getattr(r2, h))
+    finite = np.concatenate(batches)
+    finite = finite[np.isfinite(finite)]
+    _same(a.abs_hist, histogram_of(finite, 2048, signed=False))
+    _same(a.signed_hist, histogram_of(finite, 2048, signed=True))
+    assert a.zero_count == int((finite == 0).sum()) and a.min == finite.min() and a.max == finite.max()
+
+
+def test_min_and_max_read_off_the_bits_of_finite_values() -> None:
+    """kernels.float_range: the min and max of every sign pattern from the three bit reductions."""
+    rng = np.random.default_rng(3)
+    cases = [
+        rng.standard_normal(kernels.DIRECT_BELOW + 9).astype(np.float32),
+        np.abs(rng.standard_normal(kernels.DIRECT_BELOW)).astype(np.float32) + 1,  # all positive
+        -np.abs(rng.standard_normal(kernels.DIRECT_BELOW)).astype(np.float32) - 1,  # all negative
+        np.zeros(kernels.DIRECT_BELOW, np.float32) - np.float32(0.0),  # -0.0 only
+        np.r_[np.full(kernels.DIRECT_BELOW, 3.0, np.float32), np.float32(1e-40)],  # a subnormal smallest
+    ]
+    for x in cases:
+        top = np.array([64.0], np.float32).view(np.uint32)[0]
+        counted, _, ranges = kernels.add_counts(x, np.float32(256.0), 16384, 3, np.zeros(16384, np.int64), np.zeros(4096, np.int64), np.zeros(32768, np.int32), int(top))
+        assert counted == x.size and ranges is not None
+        assert kernels.float_range(ranges) == (float(x.min()), float(x.max()))
