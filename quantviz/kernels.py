@@ -24,6 +24,14 @@ bins - 1 - a (s < 0): a sign-and-magnitude layout of 2 * bins bins from which
   over the same (cached) values and moved when there are any, which is rare.
 Small tensors skip the fine layout (zeroing and folding 2 * bins bins would cost more than their
 values) and add to both histograms directly.
+
+The same pass also finds the values' min and max (three integer reductions of their bits, see
+float_range), so that once a tensor's range is known (every batch after its first) the caller need
+not run numpy's two reductions before it: values are counted on the current grid until a block holds
+one beyond it (quantviz.histogram.update_pair_within). Measured on one thread over the 403
+activations of 4 samples of a real OCR recogniser (200 M values, every tensor's range seen before):
+a whole TensorAccumulator.update 2.79 ns a value before this pass (numpy min and max, then the count
+with int64-widened, wrapped indexing), 1.58 after.
 """
 
 from __future__ import annotations
