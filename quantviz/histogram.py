@@ -259,10 +259,10 @@ def add_pair_counts(
 
 
 def _fine_scratch(bins: int) -> npt.NDArray[np.int32]:
-    """This thread's 2 * bins int32 of scratch for the compiled loop (zeroed by it on each use)."""
+    """This thread's 2 * bins int32 of scratch for the compiled loop (all zero: each use leaves it so)."""
     have = getattr(_SCRATCH, "fine", None)
     if have is None or have.size != 2 * bins:
-        have = np.empty(2 * bins, np.int32)
+        have = np.zeros(2 * bins, np.int32)
         _SCRATCH.fine = have
     return have
 
@@ -389,13 +389,10 @@ def update_pair_within(
     top = np.array([math.ldexp(float(abs_acc.bins), e)], np.float32)
     limit = int(top.view(np.uint32)[0])
     scale = np.float32(math.ldexp(1.0, -e))
-    counted, zeros, ranges = kernels.add_counts(
+    counted, zeros, lo, hi = kernels.add_counts(
         values, scale, abs_acc.bins, shift, abs_acc._counts, signed_acc._counts, _fine_scratch(abs_acc.bins), limit  # noqa: SLF001
     )
-    if ranges is None:
-        return None
-    lo, hi = kernels.float_range(ranges)
-    return counted, zeros, lo, hi
+    return (counted, zeros, lo, hi) if counted else None
 
 
 class HistogramAccumulator:
