@@ -23,6 +23,7 @@ Collect with more bins where resolution matters. Exact zeros are counted like an
 from __future__ import annotations
 
 import math
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -367,6 +368,10 @@ def _pair_shift(abs_acc: HistogramAccumulator, signed_acc: HistogramAccumulator)
     return None
 
 
+_FLOAT_BITS_IN = struct.Struct("<f")
+_FLOAT_BITS = struct.Struct("<I")
+
+
 def update_pair_within(
     abs_acc: HistogramAccumulator, signed_acc: HistogramAccumulator, values: npt.NDArray[np.floating]
 ) -> tuple[int, int, float, float] | None:
@@ -375,19 +380,18 @@ def update_pair_within(
     also finds their min and max (quantviz.kernels.add_counts with a limit), saving the two numpy
     reductions update_pair's caller runs before it (about a quarter of the pass). Once a running
     range has been seen, later batches rarely exceed it. Returns (values counted, exact zeros among
-    them, their min, their max), or None where the pass does not apply (float64 values, small
-    tensors, a grid wider than 1, the pair out of its one-pass layout, nothing counted): then the
+    them, their min, their max), or None where the pass does not apply (float64 values, a grid wider
+    than 1, the pair out of its one-pass layout, nothing counted): then the
     caller counts the rest, e.g. with update_pair, which widens the grid first if it must. Counting
     the two parts on two grids gives the counts of one pass on the wider one, exactly (see the module
     docstring: widening only sums whole bins)."""
     values = values.reshape(-1)
     shift = _pair_shift(abs_acc, signed_acc)
     e = abs_acc._exponent  # noqa: SLF001
-    if shift is None or e > 0 or values.dtype != np.float32 or values.size < kernels.DIRECT_BELOW or not kernels.available():
+    if shift is None or e > 0 or values.dtype != np.float32 or not kernels.available():
         return None
     values = np.ascontiguousarray(values)
-    top = np.array([math.ldexp(float(abs_acc.bins), e)], np.float32)
-    limit = int(top.view(np.uint32)[0])
+    limit = _FLOAT_BITS.unpack(_FLOAT_BITS_IN.pack(math.ldexp(float(abs_acc.bins), e)))[0]  # exact: a power of two times bins
     scale = np.float32(math.ldexp(1.0, -e))
     counted, zeros, lo, hi = kernels.add_counts(
         values, scale, abs_acc.bins, shift, abs_acc._counts, signed_acc._counts, _fine_scratch(abs_acc.bins), limit  # noqa: SLF001

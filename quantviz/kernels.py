@@ -169,6 +169,26 @@ if njit is not None:
                 break
         return counted, zeros
 
+    @njit(nogil=True, cache=True, boundscheck=False)
+    def _direct_within(values, bits, scale, limit, bins, shift, abs_out, signed_out, ranges):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+        """A small tensor with a limit: its bit reductions first (a pass over a few KB), then, when
+        every |x| lies below the limit, _direct. Returns the values counted (all or none) and zeros."""
+        top_s = np.int32(-0x80000000)
+        top_u = np.uint32(0)
+        low_u = np.uint32(0xFFFFFFFF)
+        for i in range(bits.size):
+            u = bits[i]
+            top_s = max(top_s, np.int32(u))
+            top_u = max(top_u, u)
+            low_u = min(low_u, u)
+        big = max(np.uint32(top_s) if top_s >= 0 else np.uint32(0), (top_u & np.uint32(0x7FFFFFFF)) if top_u >= np.uint32(0x80000000) else np.uint32(0))
+        if big >= limit:
+            return 0, 0
+        ranges[0] = np.uint32(top_s)
+        ranges[1] = top_u
+        ranges[2] = low_u
+        return values.size, _direct(values, scale, bins, shift, abs_out, signed_out)
+
     @njit(nogil=True, cache=True)
     def _float_range(ranges):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
         """(min, max) of the values counted from _fine_pass' bit reductions: positive floats order like
@@ -324,14 +344,15 @@ def add_counts(
     bits: positive floats order like their bits as int32, negative ones like theirs as uint32 (the
     largest is the most negative); -0.0 reads as 0.0. fine: 2 * bins int32 of scratch, all zero
     (each fold leaves it so; int32: 15 % faster than int64, the counts stay in the caches). Tensors of fewer than DIRECT_BELOW values are
-    counted directly, and only without a limit (their min and max cost little)."""
-    if values.size < DIRECT_BELOW:
-        if limit != NO_LIMIT:
-            return 0, 0, math.nan, math.nan
+    counted directly, with a limit all of them or none (a first look at their bits decides)."""
+    if values.size < DIRECT_BELOW and limit == NO_LIMIT:
         return values.size, int(_direct(values, scale, bins, shift, abs_out, signed_out)), math.nan, math.nan
     ranges = _ranges()
-    ranges[0], ranges[1], ranges[2] = 0x80000000, 0, 0xFFFFFFFF
-    counted, zeros = _count(values, values.view(np.uint32), scale, np.uint32(limit), bins, shift, fine, _blocks(), abs_out, signed_out, ranges, FINE_MAX_VALUES)
+    if values.size < DIRECT_BELOW:
+        counted, zeros = _direct_within(values, values.view(np.uint32), scale, np.uint32(limit), bins, shift, abs_out, signed_out, ranges)
+    else:
+        ranges[0], ranges[1], ranges[2] = 0x80000000, 0, 0xFFFFFFFF
+        counted, zeros = _count(values, values.view(np.uint32), scale, np.uint32(limit), bins, shift, fine, _blocks(), abs_out, signed_out, ranges, FINE_MAX_VALUES)
     if limit == NO_LIMIT or not counted:
         return int(counted), int(zeros), math.nan, math.nan
     lo, hi = _float_range(ranges)

@@ -280,6 +280,8 @@ class TensorAccumulator:
 def seen_shape(before: tuple[int, ...] | None, now: tuple[int, ...]) -> tuple[int, ...]:
     """The shape recorded after one more run: each dimension the largest seen; a run of another rank
     (a model whose output rank varies) replaces it."""
+    if before == now:  # every run of the same shape: nothing to build
+        return before
     now = tuple(int(d) for d in now)
     if before is None or len(before) != len(now):
         return now

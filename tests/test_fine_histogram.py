@@ -321,3 +321,43 @@ def test_min_and_max_read_off_the_bits_of_finite_values() -> None:
         counted, _, lo, hi = kernels.add_counts(x, np.float32(256.0), 16384, 3, np.zeros(16384, np.int64), np.zeros(4096, np.int64), np.zeros(32768, np.int32), int(top))
         assert counted == x.size
         assert (lo, hi) == (float(x.min()), float(x.max()))
+
+
+def test_small_tensors_take_the_one_pass_whole_or_not_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below kernels.DIRECT_BELOW values a first look at the bits decides: all counted (with min and
+    max) when every |x| lies on the grid, none otherwise (then numpy's reductions and update_pair)."""
+    import quantviz.stats as stats_module
+
+    rng = np.random.default_rng(4)
+    first = (rng.standard_normal(1000) * 2).astype(np.float32)
+    within = (rng.standard_normal(1000) * 1.5).astype(np.float32)
+    beyond = within * 50
+    bad = within.copy()
+    bad[500] = np.nan
+    negative = -np.abs(within) - np.float32(0.25)
+    batches = [first, within, beyond, bad, negative, np.zeros(1000, np.float32) - np.float32(0.0)]
+    calls: list[int] = []
+
+    def counting(*args: object) -> object:
+        got = update_pair_within(*args)  # type: ignore[arg-type]
+        calls.append(0 if got is None else got[0])
+        return got
+
+    monkeypatch.setattr(stats_module, "update_pair_within", counting)
+    one = TensorAccumulator("t", bins=2048, fine_bins=16384)
+    for b in batches:
+        one.update(b)
+    assert calls == [1000, 0, 0, 1000, 1000]
+    monkeypatch.setattr(stats_module, "update_pair_within", lambda *a: None)
+    two = TensorAccumulator("t", bins=2048, fine_bins=16384)
+    for b in batches:
+        two.update(b)
+    a, r2 = one.result(), two.result()
+    for field in ("count", "nan_count", "zero_count", "min", "max", "ema_min", "ema_max", "batches"):
+        assert getattr(a, field) == getattr(r2, field), field
+    for h in ("abs_hist", "signed_hist", "fine_hist"):
+        _same(getattr(a, h), getattr(r2, h))
+    finite = np.concatenate(batches)
+    finite = finite[np.isfinite(finite)]
+    _same(a.signed_hist, histogram_of(finite, 2048, signed=True))
+    _same(a.abs_hist, histogram_of(finite, 2048, signed=False))
