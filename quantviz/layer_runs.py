@@ -81,8 +81,7 @@ def tensor_bytes(proto: onnx.ModelProto, feed: Mapping[str, npt.NDArray[Any]]) -
 
 def exposed_bytes(p: AnalysisPlan, feed: Mapping[str, npt.NDArray[Any]]) -> tuple[list[int], int, int]:
     """Per layer of p.layers, the bytes the isolated and accumulated models expose for it on this
-    batch; then those of the model outputs (the isolated model's not already a layer's, and the QDQ
-    model's); then how many exposed tensors have no known size (counted 0)."""
+    batch; then those of the model outputs (each model's not already among the layers'); then how many exposed tensors have no known size (counted 0)."""
     sizes = tensor_bytes(p.qdq.prepared.proto, feed)
     unknown = 0
 
@@ -100,7 +99,8 @@ def exposed_bytes(p: AnalysisPlan, feed: Mapping[str, npt.NDArray[Any]]) -> tupl
         names = [n for n in (s.output_tensor, s.isolated_tensor, *(t for t in s.part_tensors if t)) if n not in seen]
         seen.update(names)
         per_layer.append(sum(of(iso[n]) for n in names) + of(s.output_tensor))
-    outputs = sum(of(o) for o in p.model_outputs if o not in seen) + sum(of(o) for o in p.model_outputs)
+    accumulated = {s.accumulated_tensor for s in p.layers}  # a quantized model output is its layer's DQ output
+    outputs = sum(of(o) for o in p.model_outputs if o not in seen) + sum(of(o) for o in p.model_outputs if o not in accumulated)
     return per_layer, outputs, unknown
 
 
