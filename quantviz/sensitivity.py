@@ -33,7 +33,18 @@ quantize_static call) about 1-3 s; 540 samples in about 40 s. One QDQ model per 
 quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in under 1 s.
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
 copies of each layer output, kept under ANALYZE_BATCH_BYTES); metrics are reduced to sums
-(quantviz.metrics) before the next batch.
+(quantviz.metrics) before the next batch. When ONE sample's exposed layer outputs exceed
+ANALYZE_BATCH_BYTES (estimated before anything runs, from the float model's shapes:
+quantviz.layer_runs), the layers are split into consecutive runs of layers whose outputs fit it, each
+run analysed over every batch with pruned isolated and accumulated models (only the nodes its
+outputs need), whose sessions are freed before the next run; the end-to-end figures come from the
+last run. Peak memory is then about the float and QDQ models' working set for one sample (onnxruntime's
+buffers of a run, the weights) + ANALYZE_BATCH_BYTES, whatever the number of layers (a single layer
+whose own outputs exceed the budget makes a run alone, so its outputs are the bound there). The
+batches are the same as in one run: a sample whose outputs exceed the budget makes batches of one
+sample there too (budget_batch_size), so the report is the same, float for float. The time it costs:
+each run recomputes the float and QDQ prefixes its layers need, so k runs cost up to k passes of both
+models (about k/2 on a chain) plus k session creations, instead of one (bench/README.md has figures).
 The models are planned in quantviz.sensitivity_plan; this module runs them. With a Ray cluster
 (analyze(cluster=...)), the isolated copies run in Ray tasks, a run of layers each
 (quantviz.distributed.IsolatedFanOut, isolated_errors), on the same batches as this process's run.
@@ -267,8 +278,9 @@ def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float
 
 # The layer outputs one analysed batch holds (float, isolated and accumulated copies of every layer's
 # output) stay under this many bytes, whatever the number of layers: the batch shrinks on wide models
-# (one sample a batch at the least). Peak memory is then about this figure plus onnxruntime's working
-# buffers of one batch and the models themselves.
+# (one sample a batch at the least), and when one sample's outputs exceed it the layers are analysed in
+# runs whose outputs fit it (quantviz.layer_runs). Peak memory is then about this figure plus
+# onnxruntime's working buffers of one batch and the models themselves.
 ANALYZE_BATCH_BYTES = 256 * 2**20
 
 
