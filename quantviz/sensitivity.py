@@ -55,6 +55,7 @@ nodes that layer needs), for the app when a threshold is overridden.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -388,21 +389,8 @@ def analyze(
     # a free batch size: the first sample runs alone, its outputs' bytes set the size of the rest
     # (budget_batch_size), so one batch's layer outputs stay under ANALYZE_BATCH_BYTES
     free = bs > 1 and effective_batch_size(model, 1, source) == 1
-    if cluster is None:
-        first = next(iter(source.batches(1 if free else bs, total)), None)
-        runs = layer_runs(p, first, ANALYZE_BATCH_BYTES)
-        del first
-        if len(runs) > 1:
-            # one sample's outputs exceed the budget: a free batch size would be 1 (budget_batch_size),
-            # so every batch is one sample here too, and a fixed one stays: the batches are the same
-            size = 1 if free else bs
-            ran = _analyze_in_runs(p, runs, source, total, size, accs, label_arr, progress, cancel)
-            return _report(model, table, source, p, per_channel, ran, size, accs, label_arr is not None)
     if cluster is not None:
         fan = IsolatedFanOut(model, model_source, table, source, [s.name for s in p.layers], cluster)
-    iso_sess, acc_sess = _session(p.isolated), _session(p.accumulated)
-    iso_names = [o.name for o in iso_sess.get_outputs()]
-    acc_names = [o.name for o in acc_sess.get_outputs()]
     size = bs
     # on a cluster this process runs the float model only: the bytes the isolated model's outputs would
     # take come from the float values they stand for, so the batches stay those of one process
@@ -428,7 +416,21 @@ def analyze(
         start()
     try:
         loop = batch_loop(source, bs, total, "Analysis", step, cancel, then=rest_size if free else None)
-        for done, batch, n in loop:
+        head = next(loop, None)
+        # the first batch's shapes tell what one batch's outputs take (quantviz.layer_runs): over the
+        # budget, the layers are analysed in runs (on a cluster this process runs no isolated copies)
+        runs = layer_runs(p, head[1] if head is not None and fan is None else None, ANALYZE_BATCH_BYTES)
+        if len(runs) > 1:
+            del loop, head
+            # one sample's outputs exceed the budget: a free batch size would be 1 (budget_batch_size),
+            # so every batch is one sample here too, and a fixed one stays: the batches are the same
+            size = 1 if free else bs
+            ran = _analyze_in_runs(p, runs, source, total, size, accs, label_arr, progress, cancel)
+            return _report(model, table, source, p, per_channel, ran, size, accs, label_arr is not None)
+        iso_sess, acc_sess = _session(p.isolated), _session(p.accumulated)
+        iso_names = [o.name for o in iso_sess.get_outputs()]
+        acc_names = [o.name for o in acc_sess.get_outputs()]
+        for done, batch, n in itertools.chain([head] if head is not None else [], loop):
             f = _run(iso_sess, iso_names, batch, done)
             q = _run(acc_sess, acc_names, batch, done)
             if free and done == 0:
