@@ -3,7 +3,10 @@
 quantviz.sensitivity runs them (its module doc says how and what each figure means). Here: which nodes
 are layers (find_layers), the isolated model (the float model plus a quantized copy of every layer fed
 from float tensors), the accumulated model (the QDQ model with every layer output exposed), and plan(),
-which builds the QDQ model once and both models from it.
+which builds the QDQ model once and both models from it. Both builders also make pruned models for some
+layers only (prune=True: only the nodes their outputs need): a Ray task's run of layers
+(quantviz.distributed) and analyze's runs of layers when one sample's outputs exceed its memory budget
+(quantviz.layer_runs).
 """
 
 from __future__ import annotations
