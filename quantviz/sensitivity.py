@@ -33,7 +33,18 @@ quantize_static call) about 1-3 s; 540 samples in about 40 s. One QDQ model per 
 quantize_static calls and 308 passes over the data. digits_cnn: 540 samples in under 1 s.
 Memory: one batch of inputs and the activations of that batch (float, isolated and accumulated
 copies of each layer output, kept under ANALYZE_BATCH_BYTES); metrics are reduced to sums
-(quantviz.metrics) before the next batch.
+(quantviz.metrics) before the next batch. When ONE sample's exposed layer outputs exceed
+ANALYZE_BATCH_BYTES (estimated before anything runs, from the float model's shapes:
+quantviz.layer_runs), the layers are split into consecutive runs of layers whose outputs fit it, each
+run analysed over every batch with pruned isolated and accumulated models (only the nodes its
+outputs need), whose sessions are freed before the next run; the end-to-end figures come from the
+last run. Peak memory is then about the float and QDQ models' working set for one sample (onnxruntime's
+buffers of a run, the weights) + ANALYZE_BATCH_BYTES, whatever the number of layers (a single layer
+whose own outputs exceed the budget makes a run alone, so its outputs are the bound there). The
+batches are the same as in one run: a sample whose outputs exceed the budget makes batches of one
+sample there too (budget_batch_size), so the report is the same, float for float. The time it costs:
+each run recomputes the float and QDQ prefixes its layers need, so k runs cost up to k passes of both
+models (about k/2 on a chain) plus k session creations, instead of one (bench/README.md has figures).
 The models are planned in quantviz.sensitivity_plan; this module runs them. With a Ray cluster
 (analyze(cluster=...)), the isolated copies run in Ray tasks, a run of layers each
 (quantviz.distributed.IsolatedFanOut, isolated_errors), on the same batches as this process's run.
@@ -43,6 +54,8 @@ nodes that layer needs), for the app when a threshold is overridden.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,13 +72,14 @@ from quantviz.collect import effective_batch_size
 from quantviz.config import DEFAULT_BATCH_SIZE
 from quantviz.data import CalibrationSource, Cancel, Progress, batch_loop
 from quantviz.errors import QuantvizError
+from quantviz.layer_runs import LayerRun, layer_runs
 from quantviz.metrics import ErrorAccumulator, ErrorFigures
 from quantviz.model import LoadedModel
 from quantviz.outputs import OutputFigures, OutputJudge, output_kind
 from quantviz.progress import Report, Step
 from quantviz.qdq import QdqBuild
 from quantviz.runtime import first_line, new_session, session_options
-from quantviz.sensitivity_plan import PARTS, LayerSpec, isolated_outputs, plan
+from quantviz.sensitivity_plan import PARTS, AnalysisPlan, LayerSpec, accumulated_model, isolated_model, isolated_outputs, plan
 from quantviz.stats import CalibrationStats
 from quantviz.table import CalibrationTable
 
@@ -265,8 +279,9 @@ def _thresholds(qdq: QdqBuild, table: CalibrationTable) -> dict[str, tuple[float
 
 # The layer outputs one analysed batch holds (float, isolated and accumulated copies of every layer's
 # output) stay under this many bytes, whatever the number of layers: the batch shrinks on wide models
-# (one sample a batch at the least). Peak memory is then about this figure plus onnxruntime's working
-# buffers of one batch and the models themselves.
+# (one sample a batch at the least), and when one sample's outputs exceed it the layers are analysed in
+# runs whose outputs fit it (quantviz.layer_runs). Peak memory is then about this figure plus
+# onnxruntime's working buffers of one batch and the models themselves.
 ANALYZE_BATCH_BYTES = 256 * 2**20
 
 
@@ -369,19 +384,13 @@ def analyze(
     p = plan(model, table, per_channel=per_channel, float_nodes=float_nodes, parts=parts, copies=cluster is None)
     total = source.num_samples if samples is None else min(samples, source.num_samples)
     label_arr = _check_labels(labels, total)
-    if cluster is not None:
-        fan = IsolatedFanOut(model, model_source, table, source, [s.name for s in p.layers], cluster)
-    iso_sess, acc_sess = _session(p.isolated), _session(p.accumulated)
-    iso_names = [o.name for o in iso_sess.get_outputs()]
-    acc_names = [o.name for o in acc_sess.get_outputs()]
-    iso_acc = {s.name: ErrorAccumulator() for s in p.layers}
-    acc_acc = {s.name: ErrorAccumulator() for s in p.layers}
-    part_acc = {(s.name, t): ErrorAccumulator() for s in p.layers for t in s.part_tensors if t}
-    out_acc = {o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs}
+    accs = _Accumulators.of(p, table, parts)
     bs = effective_batch_size(model, batch_size, source)
     # a free batch size: the first sample runs alone, its outputs' bytes set the size of the rest
     # (budget_batch_size), so one batch's layer outputs stay under ANALYZE_BATCH_BYTES
     free = bs > 1 and effective_batch_size(model, 1, source) == 1
+    if cluster is not None:
+        fan = IsolatedFanOut(model, model_source, table, source, [s.name for s in p.layers], cluster)
     size = bs
     # on a cluster this process runs the float model only: the bytes the isolated model's outputs would
     # take come from the float values they stand for, so the batches stay those of one process
@@ -407,43 +416,144 @@ def analyze(
         start()
     try:
         loop = batch_loop(source, bs, total, "Analysis", step, cancel, then=rest_size if free else None)
-        for done, batch, n in loop:
+        head = next(loop, None)
+        # the first batch's shapes tell what one batch's outputs take (quantviz.layer_runs): over the
+        # budget, the layers are analysed in runs (on a cluster this process runs no isolated copies)
+        runs = layer_runs(p, head[1] if head is not None and fan is None else None, ANALYZE_BATCH_BYTES)
+        if len(runs) > 1:
+            del loop, head
+            # one sample's outputs exceed the budget: a free batch size would be 1 (budget_batch_size),
+            # so every batch is one sample here too, and a fixed one stays: the batches are the same
+            size = 1 if free else bs
+            ran = _analyze_in_runs(p, runs, source, total, size, accs, label_arr, progress, cancel)
+            return _report(model, table, source, p, per_channel, ran, size, accs, label_arr is not None)
+        iso_sess, acc_sess = _session(p.isolated), _session(p.accumulated)
+        iso_names = [o.name for o in iso_sess.get_outputs()]
+        acc_names = [o.name for o in acc_sess.get_outputs()]
+        for done, batch, n in itertools.chain([head] if head is not None else [], loop):
             f = _run(iso_sess, iso_names, batch, done)
             q = _run(acc_sess, acc_names, batch, done)
             if free and done == 0:
                 iso_bytes = sum(np.asarray(v).nbytes for v in f.values()) if fan is None else sum(f[t].nbytes for _, t in iso_outputs)
                 size = budget_batch_size((iso_bytes + sum(np.asarray(v).nbytes for v in q.values())) // max(n, 1), bs)
                 start()
-            if fan is None:
-                _isolated_update(p.layers, f, iso_acc, part_acc)
-            for s in p.layers:
-                acc_acc[s.name].update(s.as_engine(f[s.output_tensor]), s.as_engine(q[s.accumulated_tensor]))
-            lab = label_arr[done : done + n] if label_arr is not None else None
-            for o, a in out_acc.items():
-                a.update(np.asarray(f[o]), np.asarray(q[o]), lab)
+            accs.update(p.layers, f, q, p.model_outputs, label_arr[done : done + n] if label_arr is not None else None, fan is None)
             del f, q
             ran = done + n
         if ran == 0:
             raise QuantvizError("The data holds no samples to analyse.")
-        isolated: dict[str, tuple[ErrorFigures, ErrorParts | None]] | None = (
-            fan.wait(lambda: step(ran, total), cancel) if fan is not None else None
-        )
+        if fan is not None:
+            accs.isolated = fan.wait(lambda: step(ran, total), cancel)
     except BaseException:
         if fan is not None:
             fan.cancel()
         raise
+    return _report(model, table, source, p, per_channel, ran, size, accs, label_arr is not None)
 
-    def figures(name: str, tensors: tuple[str, str, str]) -> tuple[ErrorFigures, ErrorParts | None]:
-        if isolated is not None:
-            return isolated[name]
-        return iso_acc[name].result(), _parts_result(part_acc, name, tensors) if parts else None
 
-    def layer(s: LayerSpec) -> LayerError:
-        iso, prt = figures(s.name, s.part_tensors)
-        return LayerError(s.name, s.op_type, s.output_tensor, iso, acc_acc[s.name].result(), prt)
+@dataclass
+class _Accumulators:
+    """Everything an analysis sums over its batches, per layer (isolated, accumulated, parts) and per
+    model output (end to end); isolated: the isolated figures computed elsewhere (the Ray fan-out)."""
 
-    layers = tuple(layer(s) for s in p.layers)
-    outputs = tuple(a.result(o, label_arr is not None) for o, a in out_acc.items())
+    iso: dict[str, ErrorAccumulator]
+    acc: dict[str, ErrorAccumulator]
+    parts: dict[tuple[str, str], ErrorAccumulator]
+    out: dict[str, _OutputAccumulator]
+    with_parts: bool
+    isolated: dict[str, tuple[ErrorFigures, ErrorParts | None]] | None = None
+
+    @staticmethod
+    def of(p: AnalysisPlan, table: CalibrationTable, parts: bool) -> _Accumulators:
+        return _Accumulators(
+            iso={s.name: ErrorAccumulator() for s in p.layers},
+            acc={s.name: ErrorAccumulator() for s in p.layers},
+            parts={(s.name, t): ErrorAccumulator() for s in p.layers for t in s.part_tensors if t},
+            out={o: _OutputAccumulator(p.qdq.prepared.proto, o, _clip_range(p.qdq, table, o)) for o in p.model_outputs},
+            with_parts=parts,
+        )
+
+    def update(
+        self,
+        layers: Sequence[LayerSpec],
+        f: Mapping[str, npt.NDArray[Any]],
+        q: Mapping[str, npt.NDArray[Any]],
+        outputs: Sequence[str],
+        labels: npt.NDArray[Any] | None,
+        isolated: bool = True,
+    ) -> None:
+        """One batch: f the isolated model's outputs (float references, isolated copies and parts, unless
+        isolated is False), q the accumulated model's; outputs: the model outputs among them."""
+        if isolated:
+            _isolated_update(layers, f, self.iso, self.parts)
+        for s in layers:
+            self.acc[s.name].update(s.as_engine(f[s.output_tensor]), s.as_engine(q[s.accumulated_tensor]))
+        for o in outputs:
+            self.out[o].update(np.asarray(f[o]), np.asarray(q[o]), labels)
+
+    def layer(self, s: LayerSpec) -> LayerError:
+        if self.isolated is not None:
+            iso, prt = self.isolated[s.name]
+        else:
+            iso, prt = self.iso[s.name].result(), _parts_result(self.parts, s.name, s.part_tensors) if self.with_parts else None
+        return LayerError(s.name, s.op_type, s.output_tensor, iso, self.acc[s.name].result(), prt)
+
+
+def _analyze_in_runs(
+    p: AnalysisPlan,
+    runs: Sequence[LayerRun],
+    source: CalibrationSource,
+    total: int,
+    size: int,
+    accs: _Accumulators,
+    labels: npt.NDArray[np.int64] | None,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> int:
+    """Every run of layers over the same batches (batches of `size`), one after the other, each with
+    pruned isolated and accumulated models (only the nodes its outputs need) freed before the next;
+    progress counts samples over all runs. Returns the samples analysed."""
+    log.info("Analysis in %d runs of layers (exposed outputs a batch: at most %d bytes, ~%d each).",
+             len(runs), max(r.bytes for r in runs), sum(r.bytes for r in runs) // len(runs))  # fmt: skip
+    ran = 0
+    for k, run in enumerate(runs):
+
+        def step(done: int, _total: int, k: int = k) -> None:
+            if progress is not None:
+                progress(k * total + done, len(runs) * total)
+
+        iso_sess = _session(isolated_model(p.qdq, run.layers, prune=True, with_outputs=run.outputs))
+        acc_sess = _session(accumulated_model(p.qdq, run.layers, prune=True, with_outputs=run.outputs))
+        try:
+            iso_names = [o.name for o in iso_sess.get_outputs()]
+            acc_names = [o.name for o in acc_sess.get_outputs()]
+            outputs = p.model_outputs if run.outputs else ()
+            ran = 0
+            for done, batch, n in batch_loop(source, size, total, "Analysis", step, cancel):
+                f = _run(iso_sess, iso_names, batch, done)
+                q = _run(acc_sess, acc_names, batch, done)
+                accs.update(run.layers, f, q, outputs, labels[done : done + n] if labels is not None else None)
+                del f, q
+                ran = done + n
+        finally:
+            del iso_sess, acc_sess
+            gc.collect()  # the next run's sessions take this run's place, not add to it
+        if ran == 0:
+            raise QuantvizError("The data holds no samples to analyse.")
+    return ran
+
+
+def _report(
+    model: LoadedModel,
+    table: CalibrationTable,
+    source: CalibrationSource,
+    p: AnalysisPlan,
+    per_channel: bool,
+    ran: int,
+    size: int,
+    accs: _Accumulators,
+    labelled: bool,
+) -> LayerReport:
     return LayerReport(
         model_name=model.name,
         model_sha256=model.sha256,
@@ -455,8 +565,8 @@ def analyze(
         symmetric=p.qdq.symmetric,
         table_settings=dict(table.settings),
         thresholds=_thresholds(p.qdq, table),
-        layers=layers,
-        outputs=outputs,
+        layers=tuple(accs.layer(s) for s in p.layers),
+        outputs=tuple(a.result(o, labelled) for o, a in accs.out.items()),
         kept_float=dict(p.qdq.kept_float),
         folded=tuple(fp.batchnorm for fp in p.qdq.prepared.fold.folded),
     )

@@ -3,7 +3,10 @@
 quantviz.sensitivity runs them (its module doc says how and what each figure means). Here: which nodes
 are layers (find_layers), the isolated model (the float model plus a quantized copy of every layer fed
 from float tensors), the accumulated model (the QDQ model with every layer output exposed), and plan(),
-which builds the QDQ model once and both models from it.
+which builds the QDQ model once and both models from it. Both builders also make pruned models for some
+layers only (prune=True: only the nodes their outputs need): a Ray task's run of layers
+(quantviz.distributed) and analyze's runs of layers when one sample's outputs exceed its memory budget
+(quantviz.layer_runs).
 """
 
 from __future__ import annotations
@@ -277,10 +280,13 @@ def isolated_outputs(layers: Sequence[LayerSpec], model_outputs: Sequence[str]) 
     return [(n, _float_of(n)) for n in names]
 
 
-def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = False, copies: bool = True) -> onnx.ModelProto:
+def isolated_model(
+    qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = False, copies: bool = True, *, with_outputs: bool = True
+) -> onnx.ModelProto:
     """The float model plus each layer's isolated quantized copy; outputs: float and isolated layer
-    outputs, then the model's own outputs. copies False: the float model alone, exposing the layers'
-    float outputs and the model's outputs (the references, when other processes run the copies)."""
+    outputs, then the model's own outputs (with_outputs False: not those). copies False: the float
+    model alone, exposing the layers' float outputs and the model's outputs (the references, when
+    other processes run the copies). prune: only the nodes those outputs depend on."""
     prepared: PreparedModel = qdq.prepared
     out = onnx.ModelProto()
     out.CopyFrom(prepared.proto)
@@ -317,7 +323,7 @@ def isolated_model(qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = Fal
     model_outputs = [o.name for o in prepared.proto.graph.output]
     elem = prepared.float_types
     del g.output[:]
-    outputs = isolated_outputs(layers, model_outputs)
+    outputs = isolated_outputs(layers, model_outputs if with_outputs else ())
     if not copies:
         outputs = [(n, f) for n, f in outputs if n == f]
     names = [n for n, _ in outputs]
@@ -351,12 +357,15 @@ def with_parts(qdq: QdqBuild, layers: Sequence[LayerSpec]) -> list[LayerSpec]:
     return out
 
 
-def accumulated_model(qdq: QdqBuild, layers: Sequence[LayerSpec]) -> onnx.ModelProto:
-    """The QDQ model with each layer's dequantized output exposed, then the model outputs."""
+def accumulated_model(
+    qdq: QdqBuild, layers: Sequence[LayerSpec], prune: bool = False, *, with_outputs: bool = True
+) -> onnx.ModelProto:
+    """The QDQ model with each layer's dequantized output exposed, then the model outputs (with_outputs
+    False: not those). prune: only the nodes those outputs depend on (a run of layers, quantviz.layer_runs)."""
     out = onnx.ModelProto()
     out.CopyFrom(qdq.proto)
     g = out.graph
-    model_outputs = [o.name for o in g.output]
+    model_outputs = [o.name for o in g.output] if with_outputs else []
     elem = qdq.prepared.float_types
     del g.output[:]
     names: list[str] = []
@@ -366,6 +375,8 @@ def accumulated_model(qdq: QdqBuild, layers: Sequence[LayerSpec]) -> onnx.ModelP
     names += [o for o in model_outputs if o not in names]
     for n in names:
         g.output.append(_value_info(n, elem.get(n, onnx.TensorProto.FLOAT)))
+    if prune:
+        _prune(g, names)
     return out
 
 

@@ -1,6 +1,7 @@
 """Memory of the analysis (best method runs it once per method) bounded independently of the number
 of layers (issue 8 item 6): the first sample runs alone and the bytes of its exposed layer outputs
-set the batch size so one batch fits ANALYZE_BATCH_BYTES."""
+set the batch size so one batch fits ANALYZE_BATCH_BYTES. When one sample's outputs alone exceed it,
+the layers run in runs of layers: tests/test_layer_runs.py."""
 
 from __future__ import annotations
 
