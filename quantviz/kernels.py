@@ -282,6 +282,46 @@ if njit is not None:
             out[i - first] = kl if kl > 0.0 else 0.0  # rounding can leave -1e-16 where P == Q
 
 
+if njit is not None:
+
+    @njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc"})
+    def _pair_sums(x, y, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+        """Per row: sum a*a, b*b, a*b, (a-b)*(a-b), the products in float64 (a - b in float32, as numpy
+        computes it). Reassociation only (no assumption about NaN or Inf): the sums vectorise and a
+        NaN still propagates."""
+        for i in range(x.shape[0]):
+            xr = x[i]
+            yr = y[i]
+            xx = 0.0
+            yy = 0.0
+            xy = 0.0
+            dd = 0.0
+            for j in range(xr.size):
+                a = xr[j]
+                b = yr[j]
+                d = np.float64(a - b)
+                a64 = np.float64(a)
+                b64 = np.float64(b)
+                xx += a64 * a64
+                yy += b64 * b64
+                xy += a64 * b64
+                dd += d * d
+            out[i, 0] = xx
+            out[i, 1] = yy
+            out[i, 2] = xy
+            out[i, 3] = dd
+
+
+def pair_sums(x: npt.NDArray[np.float32], y: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """quantviz.metrics' four per-sample sums of two float32 [samples, elements] arrays in one pass over
+    both (the analysis's hot spot after onnxruntime: four einsum passes took 5.6 of 20 s of a 16-sample
+    analysis of a 404-tensor OCR recogniser; one compiled pass is 7-14x faster). Same sums as the
+    einsum path to rounding (another order of additions): the tests compare both."""
+    out = np.empty((x.shape[0], 4))
+    _pair_sums(np.ascontiguousarray(x), np.ascontiguousarray(y), out)
+    return out
+
+
 TINY = 1e-300  # see quantviz.calib.kl: an empty group's term is TINY * log(1) = 0
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from quantviz import kernels
+
 
 @dataclass(frozen=True)
 class ErrorFigures:
@@ -49,7 +51,16 @@ def _per_sample(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[npt.NDArray[np.floa
 
 def _sums(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float64], ...]:
     """Per-sample sums of a*a, b*b, a*b and (a-b)*(a-b), accumulated in float64. The last comes from
-    a - b, never from aa + bb - 2ab, which cancels catastrophically when b is close to a."""
+    a - b, never from aa + bb - 2ab, which cancels catastrophically when b is close to a. float32
+    pairs go through one compiled pass (quantviz.kernels.pair_sums); the einsum path below is its
+    reference and the fallback."""
+    if x.dtype == np.float32 and y.dtype == np.float32 and kernels.available():
+        s = kernels.pair_sums(x, y)
+        return s[:, 0], s[:, 1], s[:, 2], s[:, 3]
+    return _sums_numpy(x, y)
+
+
+def _sums_numpy(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.float64], ...]:
     d = x - y
 
     def dot(p: npt.NDArray[np.floating], q: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

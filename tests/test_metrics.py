@@ -107,3 +107,28 @@ def test_streaming_equals_whole(n: int, width: int, cuts: list[int], seed: int) 
 def test_empty_accumulator_is_nan() -> None:
     r = ErrorAccumulator().result()
     assert r.samples == 0 and math.isnan(r.cosine) and math.isnan(r.snr_db) and math.isnan(r.mse)
+
+
+@pytest.mark.parametrize("shape", [(1, 125_000), (8, 3000), (3, 1), (0, 5), (2, 0)])
+def test_compiled_sums_equal_the_einsum_path(shape: tuple[int, int]) -> None:
+    """kernels.pair_sums (one compiled pass, float64 products of float32 values) gives metrics' four
+    per-sample sums of the einsum path to rounding, NaN and Inf propagated the same way."""
+    from quantviz import kernels
+    from quantviz.metrics import _sums_numpy
+
+    assert kernels.available()  # the fast path is the one used: test it
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 30).astype(np.float32)
+    y = (x + rng.standard_normal(shape).astype(np.float32) * 0.05).astype(np.float32)
+    if x.size > 10:
+        x[0, 3] = 0.0
+        y[-1, 5] = np.float32(3e38)  # beyond float32 when squared: fine in float64
+    got = kernels.pair_sums(x, y)
+    ref = np.stack(_sums_numpy(x, y), axis=1) if shape[0] else np.empty((0, 4))
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    if x.size > 10:
+        x[-1, 2], y[0, 7] = np.nan, np.inf
+        got = kernels.pair_sums(x, y)
+        ref = np.stack(_sums_numpy(x, y), axis=1)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
