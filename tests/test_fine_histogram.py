@@ -33,7 +33,7 @@ from quantviz.histogram import (
     resample,
     update_pair_within,
 )
-from quantviz.stats import CalibrationStats, TensorAccumulator, load_stats, merge_stats, save_stats
+from quantviz.stats import CalibrationStats, TensorAccumulator, TensorStats, load_stats, merge_stats, save_stats
 
 
 def _batches(rng: np.random.Generator) -> list[np.ndarray]:
@@ -268,32 +268,42 @@ def test_one_pass_with_min_and_max_unknown_equals_the_two_step_update(monkeypatc
     finds min and max as it goes (histogram.update_pair_within), the rest after numpy's reductions:
     every statistic equals the update that reduces first (the one-pass path switched off), and the
     histograms those of all finite values at once."""
-    import quantviz.stats as stats_module
-
     rng = np.random.default_rng(11)
     batches = _big_batches(rng)
-    one = TensorAccumulator("t", bins=2048, fine_bins=16384)
-    calls: list[int] = []
-    real = update_pair_within
-
-    def counting(*args: object) -> object:
-        got = real(*args)  # type: ignore[arg-type]
-        calls.append(0 if got is None else got[0])
-        return got
-
-    monkeypatch.setattr(stats_module, "update_pair_within", counting)
-    for k, b in enumerate(batches):
-        one.update(b, same_batch=same_batch and k > 0)
-    monkeypatch.setattr(stats_module, "update_pair_within", lambda *a: None)
-    two = TensorAccumulator("t", bins=2048, fine_bins=16384)
-    for k, b in enumerate(batches):
-        two.update(b, same_batch=same_batch and k > 0)
+    calls, a = _one_pass_against_two_step(monkeypatch, batches, same_batch)
     # the one pass ran on every batch after the first, whole or up to the block it stopped at
     n = batches[0].size
     assert calls[0] == n and calls[3] == n  # within the range; the grid grew in batch 2 and holds 90
     assert calls[2] == kernels.BLOCK * 3  # `bad`: stopped at the block holding the NaN
     assert 0 < calls[1] < n and calls[1] % kernels.BLOCK == 0  # `grows`: stopped at its late block
-    a, r2 = one.result(), two.result()
+    finite = np.concatenate(batches)
+    finite = finite[np.isfinite(finite)]
+    assert a.zero_count == int((finite == 0).sum()) and a.min == finite.min() and a.max == finite.max()
+
+
+def _one_pass_against_two_step(
+    monkeypatch: pytest.MonkeyPatch, batches: list[np.ndarray], same_batch: bool = False
+) -> tuple[list[int], TensorStats]:
+    """The batches through TensorAccumulator.update twice: with the one pass (noting the values it
+    counted at each call) and with it switched off. Every statistic must be equal, and the histograms
+    those of all finite values at once. Returns the calls' counts and the one-pass statistics."""
+    import quantviz.stats as stats_module
+
+    calls: list[int] = []
+
+    def counting(*args: object) -> object:
+        got = update_pair_within(*args)  # type: ignore[arg-type]
+        calls.append(0 if got is None else got[0])
+        return got
+
+    results = []
+    for within in (counting, lambda *a: None):
+        monkeypatch.setattr(stats_module, "update_pair_within", within)
+        acc = TensorAccumulator("t", bins=2048, fine_bins=16384)
+        for k, b in enumerate(batches):
+            acc.update(b, same_batch=same_batch and k > 0)
+        results.append(acc.result())
+    a, r2 = results
     for field in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "min", "max", "ema_min", "ema_max", "batches"):
         assert getattr(a, field) == getattr(r2, field), field
     np.testing.assert_array_equal(a.batch_ranges, r2.batch_ranges)
@@ -303,7 +313,7 @@ def test_one_pass_with_min_and_max_unknown_equals_the_two_step_update(monkeypatc
     finite = finite[np.isfinite(finite)]
     _same(a.abs_hist, histogram_of(finite, 2048, signed=False))
     _same(a.signed_hist, histogram_of(finite, 2048, signed=True))
-    assert a.zero_count == int((finite == 0).sum()) and a.min == finite.min() and a.max == finite.max()
+    return calls, a
 
 
 def test_min_and_max_read_off_the_bits_of_finite_values() -> None:
@@ -326,8 +336,6 @@ def test_min_and_max_read_off_the_bits_of_finite_values() -> None:
 def test_small_tensors_take_the_one_pass_whole_or_not_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     """Below kernels.DIRECT_BELOW values a first look at the bits decides: all counted (with min and
     max) when every |x| lies on the grid, none otherwise (then numpy's reductions and update_pair)."""
-    import quantviz.stats as stats_module
-
     rng = np.random.default_rng(4)
     first = (rng.standard_normal(1000) * 2).astype(np.float32)
     within = (rng.standard_normal(1000) * 1.5).astype(np.float32)
@@ -336,28 +344,5 @@ def test_small_tensors_take_the_one_pass_whole_or_not_at_all(monkeypatch: pytest
     bad[500] = np.nan
     negative = -np.abs(within) - np.float32(0.25)
     batches = [first, within, beyond, bad, negative, np.zeros(1000, np.float32) - np.float32(0.0)]
-    calls: list[int] = []
-
-    def counting(*args: object) -> object:
-        got = update_pair_within(*args)  # type: ignore[arg-type]
-        calls.append(0 if got is None else got[0])
-        return got
-
-    monkeypatch.setattr(stats_module, "update_pair_within", counting)
-    one = TensorAccumulator("t", bins=2048, fine_bins=16384)
-    for b in batches:
-        one.update(b)
+    calls, _ = _one_pass_against_two_step(monkeypatch, batches)
     assert calls == [1000, 0, 0, 1000, 1000]
-    monkeypatch.setattr(stats_module, "update_pair_within", lambda *a: None)
-    two = TensorAccumulator("t", bins=2048, fine_bins=16384)
-    for b in batches:
-        two.update(b)
-    a, r2 = one.result(), two.result()
-    for field in ("count", "nan_count", "zero_count", "min", "max", "ema_min", "ema_max", "batches"):
-        assert getattr(a, field) == getattr(r2, field), field
-    for h in ("abs_hist", "signed_hist", "fine_hist"):
-        _same(getattr(a, h), getattr(r2, h))
-    finite = np.concatenate(batches)
-    finite = finite[np.isfinite(finite)]
-    _same(a.signed_hist, histogram_of(finite, 2048, signed=True))
-    _same(a.abs_hist, histogram_of(finite, 2048, signed=False))
