@@ -24,12 +24,13 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from childrun import run_child
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024.0  # ru_maxrss is in KiB on Linux
@@ -108,27 +109,13 @@ def spawn(step: str, repo: Path, model_path: Path, folder: Path, args: argparse.
             "--dir", str(folder), "--samples", str(args.samples), "--result", str(result),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(repo)}
-        with open(Path(tmp) / "log.txt", "w+") as log:
-            proc = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
-            start = time.monotonic()
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() - start > args.timeout:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.1)
-            elapsed = time.monotonic() - start
-            log.seek(0)
-            text = log.read()
-        row: dict[str, Any] = {"step": step, "repo": str(repo), "rss_gb": usage.ru_maxrss / MB / 1024, "wall_s": elapsed}
+        run = run_child(cmd, tmp, args.timeout, env=env, poll=0.1)
+        text = run.output
+        row: dict[str, Any] = {"step": step, "repo": str(repo), "rss_gb": run.peak_rss_kb / MB / 1024, "wall_s": run.elapsed}
         if result.exists():
             row.update(json.loads(result.read_text()))
         else:
-            last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ["no output"]
-            row["error"] = f"exit {os.waitstatus_to_exitcode(status)}: {last[0][:100]}"
+            row["error"] = f"exit {run.exit_code}: {run.last_line()}"
         runs = [line for line in text.splitlines() if "runs of layers" in line]
         row["runs"] = runs[-1].split("Analysis in ")[-1].split(" runs")[0] if runs else "1"
         return row

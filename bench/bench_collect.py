@@ -27,13 +27,14 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from childrun import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("quantviz", "ort-minmax", "ort-entropy", "float", "baseline")
@@ -191,30 +192,12 @@ def spawn(method: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
             sys.executable, str(Path(__file__).resolve()), str(Path(args.model).resolve()), str(Path(args.data).resolve()),
             "--child", method, "--n", str(n), "--batch-size", str(args.batch_size), "--result", str(result),
         ]  # fmt: skip
-        with open(Path(tmp) / "log.txt", "w+") as log:
-            proc = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-            start = time.monotonic()
-            timed_out = False
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() - start > args.timeout:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    timed_out = True
-                    break
-                time.sleep(0.05)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            elapsed = time.monotonic() - start
-            log.seek(0)
-            text = log.read()
-        row: dict[str, Any] = {"method": method, "n": n, "rss_mb": usage.ru_maxrss / MB, "elapsed": elapsed}
-        if timed_out:
+        run = run_child(cmd, tmp, args.timeout)
+        row: dict[str, Any] = {"method": method, "n": n, "rss_mb": run.peak_rss_kb / MB, "elapsed": run.elapsed}
+        if run.timed_out:
             row["error"] = f"timeout (>{args.timeout:.0f} s)"
-        elif proc.returncode != 0 or not result.exists():
-            last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ["no output"]
-            row["error"] = f"failed (exit {proc.returncode}): {last[0][:80]}"
+        elif run.exit_code != 0 or not result.exists():
+            row["error"] = f"failed (exit {run.exit_code}): {run.last_line(80)}"
         else:
             row.update(json.loads(result.read_text()))
             row["total"] = row["setup"] + row["collect"] + row["compute"]
