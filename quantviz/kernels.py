@@ -59,6 +59,15 @@ def available() -> bool:
 
 if njit is not None:
 
+    @njit(nogil=True, cache=True, inline="always")
+    def _abs_bits(top_s, top_u):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+        """The largest |x| bits of values whose bits' largest int32 is top_s and largest uint32 top_u:
+        of the positives (top_s >= 0) and of the negatives (top_u has its sign bit), NaN above Inf."""
+        sign = np.uint32(0x80000000)
+        positive = np.uint32(top_s) if top_s >= 0 else np.uint32(0)
+        negative = (top_u & ~sign) if top_u >= sign else np.uint32(0)
+        return max(positive, negative)
+
     @njit(nogil=True, cache=True, boundscheck=False)
     def _fine_pass(values, bits, scale, limit, bins, shift, fine, blocks, ranges):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
         """fine[bins + a] (s >= 0) or fine[bins - 1 - a] (s < 0) += 1 for every value, block by block,
@@ -84,7 +93,6 @@ if njit is not None:
         idx = np.empty(BLOCK, np.uint32)
         half = np.int32(bins)
         cleared = np.int32(-(1 << shift))
-        sign = np.uint32(0x80000000)
         top_s = np.int32(ranges[0])
         top_u = np.uint32(ranges[1])
         low_u = np.uint32(ranges[2])
@@ -111,9 +119,7 @@ if njit is not None:
                 bs = max(bs, np.int32(u))
                 bu = max(bu, u)
                 lu = min(lu, u)
-            # the block's largest |x| bits: of its positives (bs >= 0) and of its negatives (bu signed)
-            big = max(np.uint32(bs) if bs >= 0 else np.uint32(0), (bu & ~sign) if bu >= sign else np.uint32(0))
-            if big >= limit:
+            if _abs_bits(bs, bu) >= limit:
                 break
             for i in range(m):
                 fine[np.uint64(idx[i])] += np.int32(1)
@@ -181,8 +187,7 @@ if njit is not None:
             top_s = max(top_s, np.int32(u))
             top_u = max(top_u, u)
             low_u = min(low_u, u)
-        big = max(np.uint32(top_s) if top_s >= 0 else np.uint32(0), (top_u & np.uint32(0x7FFFFFFF)) if top_u >= np.uint32(0x80000000) else np.uint32(0))
-        if big >= limit:
+        if _abs_bits(top_s, top_u) >= limit:
             return 0, 0
         ranges[0] = np.uint32(top_s)
         ranges[1] = top_u
